@@ -1,0 +1,5 @@
+"""The `dream` command line."""
+
+from dream_cli.main import main
+
+__all__ = ["main"]
