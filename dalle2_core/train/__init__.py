@@ -1,0 +1,6 @@
+"""Training: trainers with per-network AdamW + EMA, and the folder training loop."""
+
+from dalle2_core.train.ema import EMA
+from dalle2_core.train.trainers import DecoderTrainer, DiffusionPriorTrainer
+
+__all__ = ["EMA", "DecoderTrainer", "DiffusionPriorTrainer"]
