@@ -1,0 +1,22 @@
+"""Layers shared by the networks: bias-free norms, SDPA attention, rotary, T5 bias, SwiGLU, embeddings."""
+
+from dalle2_core.nn.attention import Attention, RelPosBias
+from dalle2_core.nn.embedding import MLP, SinusoidalPosEmb
+from dalle2_core.nn.feedforward import FeedForward, SwiGLU
+from dalle2_core.nn.norm import ChanLayerNorm, LayerNorm
+from dalle2_core.nn.rotary import RotaryEmbedding
+from dalle2_core.nn.transformer import CausalTransformer, CausalTransformerConfig
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "CausalTransformer",
+    "CausalTransformerConfig",
+    "ChanLayerNorm",
+    "FeedForward",
+    "LayerNorm",
+    "RelPosBias",
+    "RotaryEmbedding",
+    "SinusoidalPosEmb",
+    "SwiGLU",
+]

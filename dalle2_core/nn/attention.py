@@ -1,0 +1,114 @@
+"""Multi-query self-attention with a learned null key/value, rotary embedding and T5 relative bias."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from dalle2_core.helpers import exists
+from dalle2_core.nn.norm import LayerNorm
+from dalle2_core.nn.rotary import RotaryEmbedding
+
+
+class RelPosBias(nn.Module):
+    """Causal T5 relative position bias (Raffel et al. 2020, sec. 2.1): log-spaced distance buckets."""
+
+    def __init__(self, heads: int = 8, num_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
+
+    def bucket(self, relative_position: torch.Tensor) -> torch.Tensor:
+        """Bucket of each key-minus-query offset; keys ahead of the query all share bucket 0."""
+        n = (-relative_position).clamp(min=0)
+        max_exact = self.num_buckets // 2
+        # distances past max_exact share buckets spaced logarithmically up to max_distance
+        far = max_exact + (
+            torch.log(n.clamp(min=max_exact).float() / max_exact)
+            / math.log(self.max_distance / max_exact)
+            * (self.num_buckets - max_exact)
+        ).long()
+        far = far.clamp(max=self.num_buckets - 1)
+        return torch.where(n < max_exact, n, far)
+
+    def forward(self, i: int, j: int, *, device: torch.device) -> torch.Tensor:
+        """(heads, i, j) bias for i queries at positions 0..i-1 and j keys at positions 0..j-1."""
+        q_pos = torch.arange(i, device=device)
+        k_pos = torch.arange(j, device=device)
+        buckets = self.bucket(k_pos[None, :] - q_pos[:, None])  # (i, j)
+        return rearrange(self.relative_attention_bias(buckets), "i j h -> h i j")
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-query attention (Shazeer 2019): `heads` queries share one key/value head.
+
+    A learned null key/value is prepended so every query can attend to "nothing" (needed when all
+    real keys are masked, and what classifier-free guidance falls back on). Rotary embedding is
+    applied to q and k before the null key/value joins. `attn_bias` (h, n, n + 1) is added to the
+    logits multiplied by `pb_relax_alpha` when given: the 1.1.0-era "PB-relax" numerics
+    (Ding et al. 2021, CogView sec. 2.4) computed `q·k/√d + α·bias`, which the LAION prior needs.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        dim_head: int = 64,
+        heads: int = 8,
+        dropout: float = 0.0,
+        causal: bool = False,
+        rotary_emb: RotaryEmbedding | None = None,
+        pb_relax_alpha: float | None = None,
+    ):
+        super().__init__()
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.rotary_emb = rotary_emb
+        self.bias_scale = 1.0 if pb_relax_alpha is None else float(pb_relax_alpha)
+        inner_dim = dim_head * heads
+
+        self.norm = LayerNorm(dim)
+        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
+        self.to_q = nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = nn.Linear(dim, dim_head * 2, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, dim, bias=False), LayerNorm(dim))
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (b, n, dim); mask (b, n) bool, True = may be attended to; attn_bias (h, n, n + 1)."""
+        b, n, _ = x.shape
+        x = self.norm(x)
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = self.to_kv(x).chunk(2, dim=-1)  # (b, n, d) each
+
+        if exists(self.rotary_emb):
+            q, k = self.rotary_emb(q), self.rotary_emb(k)
+
+        null_k, null_v = (t.to(x.dtype).expand(b, 1, -1) for t in self.null_kv.unbind(dim=0))
+        k = torch.cat((null_k, k), dim=1)  # (b, n + 1, d)
+        v = torch.cat((null_v, v), dim=1)
+        # the single key/value head is shared by every query head
+        k, v = (rearrange(t, "b j d -> b 1 j d").expand(-1, self.heads, -1, -1) for t in (k, v))
+
+        allowed = None  # (b | 1, 1, n, n + 1) bool, True = attend
+        if self.causal:
+            # key j holds position j - 1 (key 0 is the null key), so query i sees keys 0..i + 1
+            allowed = torch.ones(n, n + 1, dtype=torch.bool, device=x.device).tril(1)[None, None]
+        if exists(mask):
+            key_mask = F.pad(mask, (1, 0), value=True)[:, None, None, :]  # (b, 1, 1, n + 1)
+            allowed = key_mask if allowed is None else allowed & key_mask
+
+        attn_mask = allowed
+        if exists(attn_bias):
+            attn_mask = (attn_bias * self.bias_scale).to(q.dtype)[None]  # (1, h, n, n + 1)
+            if exists(allowed):
+                attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))

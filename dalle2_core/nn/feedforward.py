@@ -1,0 +1,36 @@
+"""SwiGLU feed-forward block (Shazeer 2020, "GLU Variants Improve Transformer", eq. 6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle2_core.nn.norm import LayerNorm
+
+
+class SwiGLU(nn.Module):
+    """x * SiLU(gate), the two halves of the last dim (Shazeer 2020, eq. 6)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = x.chunk(2, dim=-1)
+        return x * F.silu(gate)
+
+
+class FeedForward(nn.Sequential):
+    """Pre-norm SwiGLU MLP; `post_activation_norm` adds NormFormer's norm after the GLU (Shleifer et al. 2021).
+
+    Kept as a flat Sequential (norm, proj in, GLU, norm, dropout, proj out) so that state-dict keys
+    line up index for index with the LAION prior checkpoints.
+    """
+
+    def __init__(self, dim: int, mult: float = 4, dropout: float = 0.0, post_activation_norm: bool = False):
+        inner_dim = int(mult * dim)
+        super().__init__(
+            LayerNorm(dim),
+            nn.Linear(dim, inner_dim * 2, bias=False),
+            SwiGLU(),
+            LayerNorm(inner_dim) if post_activation_norm else nn.Identity(),
+            nn.Dropout(dropout),
+            nn.Linear(inner_dim, dim, bias=False),
+        )
