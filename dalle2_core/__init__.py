@@ -1,3 +1,5 @@
 """dalle2_core: DALL-E 2 (unCLIP) in PyTorch — CLIP, diffusion prior, cascaded decoder."""
 
 __version__ = "0.1.0"
+
+from .decoder.unet import Unet  # noqa: E402

@@ -1,0 +1,335 @@
+"""The decoder U-Net of unCLIP (Ramesh et al. 2022, Sec. 2.1), laid out as DALLE2-pytorch 1.1.0.
+
+Conditioning path: the timestep becomes a FiLM vector (`to_time_hiddens` -> `to_time_cond`) and
+`num_time_tokens` cross-attention tokens; the CLIP image embedding becomes `num_image_tokens` tokens
+and is also added to the FiLM vector; text encodings are projected to `cond_dim` and, as in 1.1.0,
+reach only the middle blocks. Dropped conditions are swapped for learned null tokens, which is what
+classifier-free guidance (Ho & Salimans 2022) contrasts against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..helpers import exists
+from .unet_attention import LinearAttention, SpatialSelfAttention, WindowGridAttention
+from .unet_blocks import (
+    ConvNextBlock,
+    CrossEmbedLayer,
+    Downsample,
+    NearestUpsample,
+    PixelShuffleUpsample,
+    ResnetBlock,
+    SinusoidalPosEmb,
+    rearrange_tokens,
+)
+from .unet_config import UnetConfig, resolve_aliases
+
+
+def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.device) -> torch.Tensor:
+    """(b,) bool, True where the condition is replaced by its learned null."""
+    if not exists(drop):
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+    if drop.dtype != torch.bool or drop.shape != (batch,):
+        raise ValueError(f"{name} must be a bool tensor of shape ({batch},), got {drop.dtype} {tuple(drop.shape)}")
+    return drop
+
+
+class Unet(nn.Module):
+    """Denoising U-Net over (b, channels, h, w) conditioned on t, a CLIP image embedding and text encodings."""
+
+    def __init__(self, config: UnetConfig | dict | None = None, **kwargs):
+        super().__init__()
+        self.config = cfg = UnetConfig.build(config, owner="Unet", **resolve_aliases(kwargs))
+        cond, attn, blocks = cfg.conditioning, cfg.attention, cfg.blocks
+        dim = cfg.dim
+        init_dim = blocks.init_dim or dim
+        cond_dim = cond.cond_dim or dim
+        time_cond_dim = dim * 4
+        dims = [init_dim, *(dim * m for m in cfg.dim_mults)]
+        in_out = list(zip(dims[:-1], dims[1:]))
+
+        # stem: the low-res image (cascaded diffusion, Ho et al. 2021) is stacked on the channels
+        in_channels = cfg.channels * (2 if cond.lowres_cond else 1)
+        if blocks.init_cross_embed:
+            self.init_conv = CrossEmbedLayer(in_channels, blocks.init_cross_embed_kernel_sizes, init_dim, stride=1)
+        else:
+            k = blocks.init_conv_kernel_size
+            self.init_conv = nn.Conv2d(in_channels, init_dim, k, padding=k // 2)
+
+        # time: a FiLM vector for every block and tokens for cross-attention
+        self.to_time_hiddens = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_cond_dim), nn.GELU())
+        self.to_time_tokens = nn.Sequential(
+            nn.Linear(time_cond_dim, cond_dim * cond.num_time_tokens), rearrange_tokens(cond.num_time_tokens)
+        )
+        self.to_time_cond = nn.Sequential(nn.Linear(time_cond_dim, time_cond_dim))
+
+        if cond.cond_on_image_embeds:
+            self.image_to_tokens = nn.Sequential(
+                nn.Linear(cond.image_embed_dim, cond_dim * cond.num_image_tokens),
+                rearrange_tokens(cond.num_image_tokens),
+            )
+            self.null_image_embed = nn.Parameter(torch.randn(1, cond.num_image_tokens, cond_dim))
+            if cond.add_image_embeds_to_time:
+                self.to_image_hiddens = nn.Sequential(nn.Linear(cond.image_embed_dim, time_cond_dim), nn.GELU())
+                self.null_image_hiddens = nn.Parameter(torch.randn(1, time_cond_dim))
+        if cond.cond_on_text_encodings:
+            self.text_to_cond = nn.Linear(cond.text_embed_dim, cond_dim)
+            # one null vector per text position: padding positions take it too (1.1.0 behaviour)
+            self.null_text_embed = nn.Parameter(torch.randn(1, cond.max_text_len, cond_dim))
+        if cond.lowres_noise_cond:
+            self.to_lowres_noise_cond = nn.Sequential(
+                SinusoidalPosEmb(dim),
+                nn.Linear(dim, time_cond_dim),
+                nn.GELU(),
+                nn.Linear(time_cond_dim, time_cond_dim),
+            )
+        self.norm_cond = nn.LayerNorm(cond_dim)
+        self.norm_mid_cond = nn.LayerNorm(cond_dim)
+
+        # Imagen's skip scaling keeps the variance of concatenated skips in check
+        self.skip_connect_scale = 2**-0.5 if blocks.scale_skip_connection else 1.0
+
+        block_kw = dict(time_cond_dim=time_cond_dim, cross_attn_heads=attn.cross_attn_heads,
+                        cross_attn_dim_head=attn.cross_attn_dim_head)
+        if blocks.block_type == "convnext":
+            def make_block(d_in, d_out, *, cond_dim=None, groups):
+                return ConvNextBlock(d_in, d_out, cond_dim=cond_dim, groups=groups, mult=blocks.convnext_mult, **block_kw)
+        else:
+            def make_block(d_in, d_out, *, cond_dim=None, groups):
+                return ResnetBlock(d_in, d_out, cond_dim=cond_dim, groups=groups, **block_kw)
+
+        def make_downsample(d_in, d_out):
+            if blocks.cross_embed_downsample:
+                return CrossEmbedLayer(d_in, blocks.cross_embed_downsample_kernel_sizes, d_out, stride=2)
+            return Downsample(d_in, d_out, blocks.downsample_mode)
+
+        make_upsample = PixelShuffleUpsample if blocks.pixel_shuffle_upsample else NearestUpsample
+        groups_per_stage = cfg.per_stage("resnet_groups")
+        num_blocks = cfg.per_stage("num_resnet_blocks")
+        self_attn = cfg.per_stage("self_attn")
+        sparse_attn = cfg.per_stage("sparse_attn")
+        efficient = blocks.memory_efficient
+
+        self.init_resnet_block = make_block(init_dim, init_dim, groups=groups_per_stage[0]) if efficient else None
+
+        self.downs = nn.ModuleList()
+        skip_dims = []
+        for ind, ((d_in, d_out), groups, n, sa, sp) in enumerate(zip(in_out, groups_per_stage, num_blocks, self_attn, sparse_attn)):
+            is_first, is_last = ind == 0, ind == len(in_out) - 1
+            # the first stage skips cross-attention: at full resolution it costs the most
+            stage_cond = None if is_first else cond_dim
+            d_layer = d_out if efficient else d_in
+            skip_dims.append(d_layer)
+            self.downs.append(nn.ModuleDict(dict(
+                pre_downsample=make_downsample(d_in, d_out) if efficient else nn.Identity(),
+                init_block=make_block(d_layer, d_layer, groups=groups),
+                resnet_blocks=nn.ModuleList(make_block(d_layer, d_layer, cond_dim=stage_cond, groups=groups) for _ in range(n)),
+                attn=self._stage_attention(d_layer, sa, sp),
+                post_downsample=nn.Conv2d(d_layer, d_out, 1) if is_last or efficient else make_downsample(d_layer, d_out),
+            )))
+
+        mid_dim = dims[-1]
+        self.mid_block1 = make_block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups_per_stage[-1])
+        self.mid_attn = (
+            SpatialSelfAttention(mid_dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
+            if attn.attend_at_middle else nn.Identity()
+        )
+        self.mid_block2 = make_block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups_per_stage[-1])
+
+        self.ups = nn.ModuleList()
+        stages_up = zip(reversed(in_out), reversed(groups_per_stage), reversed(num_blocks), reversed(self_attn), reversed(sparse_attn))
+        for ind, ((d_in, d_out), groups, n, sa, sp) in enumerate(stages_up):
+            is_last = ind == len(in_out) - 1
+            stage_cond = None if is_last else cond_dim
+            skip = skip_dims.pop()
+            self.ups.append(nn.ModuleDict(dict(
+                init_block=make_block(d_out + skip, d_out, cond_dim=stage_cond, groups=groups),
+                resnet_blocks=nn.ModuleList(make_block(d_out + skip, d_out, cond_dim=stage_cond, groups=groups) for _ in range(n)),
+                attn=self._stage_attention(d_out, sa, sp),
+                upsample=make_upsample(d_out, d_in) if efficient or not is_last else nn.Identity(),
+            )))
+
+        up_out = init_dim if efficient else dims[1]
+        self.final_resnet_block = make_block(up_out + init_dim, dim, groups=groups_per_stage[0])
+        k = blocks.final_conv_kernel_size
+        # the low-res image is offered again at the output, as in 1.1.0
+        out_in = dim + (cfg.channels if cond.lowres_cond else 0)
+        self.to_out = nn.Conv2d(out_in, cfg.resolved_channels_out, k, padding=k // 2)
+        # a zero head makes the untrained net predict 0 (OpenAI's ADM does the same)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def _stage_attention(self, dim: int, self_attn: bool, sparse_attn: bool) -> nn.Module:
+        attn = self.config.attention
+        if self_attn:
+            return SpatialSelfAttention(dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
+        if sparse_attn and exists(attn.sparse_attn_window):
+            return WindowGridAttention(dim, window=attn.sparse_attn_window, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
+        if sparse_attn:
+            return LinearAttention(dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head,
+                                   normalize_v=attn.linear_attn_normalize_v)
+        return nn.Identity()
+
+    @classmethod
+    def from_config(cls, config: UnetConfig | dict) -> Unet:
+        return cls(config)
+
+    def with_options(self, **overrides) -> Unet:
+        """A freshly initialised Unet whose config is this one with `overrides` replaced.
+
+        Returns `self` (weights kept) when the overrides change nothing, like DALLE2-pytorch's
+        `cast_model_parameters`, so a Decoder does not re-initialise a correctly built unet.
+        """
+        config = UnetConfig.build(self.config, owner="Unet", **resolve_aliases(overrides))
+        return self if config == self.config else type(self)(config)
+
+    # the attributes the Decoder reads
+    lowres_cond = property(lambda self: self.config.conditioning.lowres_cond)
+    lowres_noise_cond = property(lambda self: self.config.conditioning.lowres_noise_cond)
+    cond_on_text_encodings = property(lambda self: self.config.conditioning.cond_on_text_encodings)
+    cond_on_image_embeds = property(lambda self: self.config.conditioning.cond_on_image_embeds)
+    channels = property(lambda self: self.config.channels)
+    channels_out = property(lambda self: self.config.resolved_channels_out)
+    learned_variance = property(lambda self: self.config.learned_variance)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Height and width must be multiples of this."""
+        return 2 ** (self.config.num_stages - (0 if self.config.blocks.memory_efficient else 1))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        image_embed: torch.Tensor | None = None,
+        text_encodings: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        lowres_cond_img: torch.Tensor | None = None,
+        lowres_noise_level: torch.Tensor | None = None,
+        image_cond_drop_mask: torch.Tensor | None = None,
+        text_cond_drop_mask: torch.Tensor | None = None,
+        cond_drop_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The objective's prediction (b, channels_out, h, w) for x_t at timesteps t (b,)."""
+        cfg, cond = self.config, self.config.conditioning
+        b, c, h, w = x.shape
+        if c != cfg.channels:
+            raise ValueError(f"x has {c} channels, this Unet takes channels={cfg.channels}")
+        f = self.downsample_factor
+        if h % f or w % f:
+            raise ValueError(f"image size {h}x{w} must be a multiple of {f} for dim_mults={cfg.dim_mults}")
+        t = t.expand(b) if t.ndim == 0 else t
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
+
+        if cond.lowres_cond:
+            if not exists(lowres_cond_img):
+                raise ValueError("this Unet has lowres_cond=True: pass lowres_cond_img (the upsampled low-res image)")
+            if lowres_cond_img.shape != x.shape:
+                raise ValueError(f"lowres_cond_img has shape {tuple(lowres_cond_img.shape)}, expected {tuple(x.shape)}")
+            x = torch.cat((x, lowres_cond_img), dim=1)
+        elif exists(lowres_cond_img):
+            raise ValueError("lowres_cond_img given but this Unet has lowres_cond=False")
+
+        x = self.init_conv(x)
+        r = x.clone()  # the stem output is concatenated again before the head
+
+        time_hiddens = self.to_time_hiddens(t.to(x.dtype))
+        time_tokens = self.to_time_tokens(time_hiddens)  # (b, num_time_tokens, cond_dim)
+        film = self.to_time_cond(time_hiddens)  # (b, time_cond_dim)
+
+        if cond.lowres_noise_cond:
+            if not exists(lowres_noise_level):
+                raise ValueError("this Unet has lowres_noise_cond=True: pass lowres_noise_level (b,), 0 for clean")
+            film = film + self.to_lowres_noise_cond(lowres_noise_level.to(x.dtype).expand(b))
+        elif exists(lowres_noise_level):
+            raise ValueError("lowres_noise_level given but this Unet was built with lowres_noise_cond=False")
+
+        drop_both = _drop_mask(cond_drop_mask, b, "cond_drop_mask", x.device)
+        image_keep = ~(_drop_mask(image_cond_drop_mask, b, "image_cond_drop_mask", x.device) | drop_both)
+        text_keep = ~(_drop_mask(text_cond_drop_mask, b, "text_cond_drop_mask", x.device) | drop_both)
+
+        tokens = [time_tokens]
+        if cond.cond_on_image_embeds:
+            if not exists(image_embed) or image_embed.shape != (b, cond.image_embed_dim):
+                got = tuple(image_embed.shape) if exists(image_embed) else None
+                raise ValueError(f"image_embed must have shape ({b}, {cond.image_embed_dim}), got {got}")
+            image_embed = image_embed.to(x.dtype)
+            image_tokens = self.image_to_tokens(image_embed)  # (b, num_image_tokens, cond_dim)
+            tokens.append(torch.where(image_keep[:, None, None], image_tokens, self.null_image_embed.to(x.dtype)))
+            if cond.add_image_embeds_to_time:
+                image_hiddens = self.to_image_hiddens(image_embed)
+                film = film + torch.where(image_keep[:, None], image_hiddens, self.null_image_hiddens.to(x.dtype))
+        c_tokens = torch.cat(tokens, dim=1)
+
+        mid_tokens = c_tokens
+        if cond.cond_on_text_encodings:
+            text_tokens = self._text_tokens(text_encodings, text_mask, text_keep, b, x.dtype)
+            mid_tokens = torch.cat((c_tokens, text_tokens), dim=1)
+
+        c_tokens, mid_tokens = self.norm_cond(c_tokens), self.norm_mid_cond(mid_tokens)
+
+        if exists(self.init_resnet_block):
+            x = self.init_resnet_block(x, film)
+
+        hiddens = []
+        for stage in self.downs:
+            x = stage["pre_downsample"](x)
+            x = stage["init_block"](x, film)
+            for block in stage["resnet_blocks"]:
+                x = block(x, film, c_tokens)
+                hiddens.append(x)
+            x = stage["attn"](x)
+            hiddens.append(x)
+            x = stage["post_downsample"](x)
+
+        x = self.mid_block1(x, film, mid_tokens)
+        x = self.mid_attn(x)
+        x = self.mid_block2(x, film, mid_tokens)
+
+        for stage in self.ups:
+            x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
+            x = stage["init_block"](x, film, c_tokens)
+            for block in stage["resnet_blocks"]:
+                x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
+                x = block(x, film, c_tokens)
+            x = stage["attn"](x)
+            x = stage["upsample"](x)
+
+        x = self.final_resnet_block(torch.cat((x, r), dim=1), film)
+        if cond.lowres_cond:
+            x = torch.cat((x, lowres_cond_img), dim=1)
+        return self.to_out(x)
+
+    def _text_tokens(self, text_encodings, text_mask, text_keep, b, dtype) -> torch.Tensor:
+        """Text encodings projected to (b, max_text_len, cond_dim); padding and dropped rows take null tokens."""
+        cond = self.config.conditioning
+        if not exists(text_encodings):
+            raise ValueError("this Unet has cond_on_text_encodings=True: pass text_encodings (b, n, text_embed_dim)")
+        if text_encodings.ndim != 3 or text_encodings.shape[0] != b or text_encodings.shape[-1] != cond.text_embed_dim:
+            raise ValueError(
+                f"text_encodings must have shape ({b}, n, {cond.text_embed_dim}), got {tuple(text_encodings.shape)}"
+            )
+        if not exists(text_mask):
+            # 1.1.0 convention: an all-zero encoding is padding
+            text_mask = (text_encodings != 0).any(dim=-1)
+        if text_mask.dtype != torch.bool or text_mask.shape != text_encodings.shape[:2]:
+            raise ValueError(
+                f"text_mask must be a bool tensor of shape {tuple(text_encodings.shape[:2])}, "
+                f"got {text_mask.dtype} {tuple(text_mask.shape)}"
+            )
+        n = cond.max_text_len
+        text_tokens = self.text_to_cond(text_encodings.to(dtype)[:, :n])  # (b, <=n, cond_dim)
+        text_mask = text_mask[:, :n]
+        pad = n - text_tokens.shape[1]
+        text_tokens = F.pad(text_tokens, (0, 0, 0, pad))  # (b, n, cond_dim)
+        text_mask = F.pad(text_mask, (0, pad), value=False)
+        keep = (text_mask & text_keep[:, None])[..., None]  # (b, n, 1)
+        return torch.where(keep, text_tokens, self.null_text_embed.to(dtype))
+
+
+__all__ = ["Unet", "UnetConfig"]

@@ -1,0 +1,184 @@
+"""Attention layers of the decoder U-Net: self, cross, linear (Shen et al.) and window/grid (MaxViT).
+
+Every softmax attention goes through `F.scaled_dot_product_attention`, so no (n, n) map is built by
+hand. Module and parameter names follow DALLE2-pytorch 1.1.0 (`norm`, `null_kv`, `to_q`, `to_kv`,
+`to_out`) so the LAION importer can map its weights one to one. 1.1.0 computes its logits with the
+"PB-relax" trick (subtract the row max, scale by alpha); that is the same softmax in exact arithmetic,
+so SDPA with the plain 1/sqrt(d) scale reproduces it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from ..helpers import l2norm
+
+
+class ChanLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a (b, c, h, w) map, gain only (as DALLE2-pytorch's)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (b, h, w, c)
+        x = F.layer_norm(x, x.shape[-1:], self.weight, None, self.eps)
+        return x.permute(0, 3, 1, 2)  # (b, c, h, w)
+
+
+def _null_kv(null_kv: torch.Tensor, b: int, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    nk, nv = null_kv.to(dtype).unbind(dim=-2)
+    return repeat(nk, "d -> b h 1 d", b=b, h=heads), repeat(nv, "d -> b h 1 d", b=b, h=heads)
+
+
+class Attention(nn.Module):
+    """Multi-query self-attention over a sequence (Shazeer 2019), with a learned null key/value.
+
+    One key/value head is shared by all query heads, as in the 1.1.0 U-Net's middle attention.
+    """
+
+    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        self.heads = heads
+        inner_dim = heads * dim_head
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
+        self.to_q = nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = nn.Linear(dim, dim_head * 2, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, dim, bias=False), nn.LayerNorm(dim, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = self.norm(x)
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = self.to_kv(x).chunk(2, dim=-1)  # (b, n, d) each: one shared head
+        k, v = (repeat(t, "b n d -> b h n d", h=self.heads) for t in (k, v))
+        nk, nv = _null_kv(self.null_kv, b, self.heads, x.dtype)
+        k, v = torch.cat((nk, k), dim=-2), torch.cat((nv, v), dim=-2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out(out)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from image features to conditioning tokens, with a learned null key/value.
+
+    The null key/value lets a query attend to "nothing" when every token is a null token
+    (classifier-free guidance, Ho & Salimans 2022).
+    """
+
+    def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        self.heads = heads
+        inner_dim = heads * dim_head
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
+        self.to_q = nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, inner_dim * 2, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, dim, bias=False), nn.LayerNorm(dim, bias=False))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = self.norm(x)
+        q, k, v = (self.to_q(x), *self.to_kv(context).chunk(2, dim=-1))
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        nk, nv = _null_kv(self.null_kv, b, self.heads, x.dtype)
+        k, v = torch.cat((nk, k), dim=-2), torch.cat((nv, v), dim=-2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out(out)
+
+
+class SpatialCrossAttention(nn.Module):
+    """`CrossAttention` applied to every pixel of a (b, c, h, w) map, residual included."""
+
+    def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        self.attn = CrossAttention(dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        seq = rearrange(x, "b c h w -> b (h w) c")
+        seq = self.attn(seq, context) + seq
+        return rearrange(seq, "b (h w) c -> b c h w", h=h, w=w)
+
+
+class SpatialSelfAttention(nn.Module):
+    """Full self-attention over all pixels of a (b, c, h, w) map, residual included."""
+
+    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        self.attn = Attention(dim, heads=heads, dim_head=dim_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        seq = rearrange(x, "b c h w -> b (h w) c")
+        seq = self.attn(seq) + seq
+        return rearrange(seq, "b (h w) c -> b c h w", h=h, w=w)
+
+
+class LinearAttention(nn.Module):
+    """Efficient attention with linear complexity (Shen et al. 2018, "Efficient Attention"), residual included.
+
+    Softmax over the feature axis for queries and over positions for keys, so the (d, d) context is
+    formed first. `normalize_v` adds the later DALLE2-pytorch (1.4+) normalisation of v and k; 1.1.0
+    weights (the LAION decoder) need it off.
+    """
+
+    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 32, normalize_v: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        self.normalize_v = normalize_v
+        inner_dim = heads * dim_head
+        self.norm = ChanLayerNorm(dim)
+        self.to_qkv = nn.Conv2d(dim, inner_dim * 3, 1, bias=False)
+        self.nonlin = nn.GELU()
+        self.to_out = nn.Sequential(nn.Conv2d(inner_dim, dim, 1, bias=False), ChanLayerNorm(dim))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        h, w = fmap.shape[-2:]
+        x = self.norm(fmap)
+        q, k, v = self.to_qkv(x).chunk(3, dim=1)
+        q, k, v = (rearrange(t, "b (g c) x y -> (b g) (x y) c", g=self.heads) for t in (q, k, v))
+        q = q.softmax(dim=-1) * self.scale
+        k = k.softmax(dim=-2)
+        if self.normalize_v:
+            v = l2norm(v)
+            k, v = k / (h * w) ** 0.5, v / (h * w) ** 0.5
+        context = torch.einsum("b n d, b n e -> b d e", k, v)
+        out = torch.einsum("b n d, b d e -> b n e", q, context)
+        out = rearrange(out, "(b g) (x y) d -> b (g d) x y", g=self.heads, x=h, y=w)
+        return self.to_out(self.nonlin(out)) + fmap
+
+
+class WindowGridAttention(nn.Module):
+    """Block (local window) then grid (dilated) attention, each residual (MaxViT, Tu et al. 2022, Sec. 3.2).
+
+    Both partitions hold `window`² pixels, so the cost is linear in the number of pixels while the
+    grid pass still mixes information across the whole map.
+    """
+
+    def __init__(self, dim: int, *, window: int, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        self.window = window
+        self.block_attn = Attention(dim, heads=heads, dim_head=dim_head)
+        self.grid_attn = Attention(dim, heads=heads, dim_head=dim_head)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        h, w = fmap.shape[-2:]
+        p = self.window
+        if h % p or w % p:
+            raise ValueError(f"feature map {h}x{w} is not divisible by sparse_attn_window={p}")
+        nx, ny = h // p, w // p
+        seq = rearrange(fmap, "b c (x p1) (y p2) -> (b x y) (p1 p2) c", p1=p, p2=p)  # local windows
+        seq = self.block_attn(seq) + seq
+        fmap = rearrange(seq, "(b x y) (p1 p2) c -> b c (x p1) (y p2)", x=nx, y=ny, p1=p)
+        seq = rearrange(fmap, "b c (p1 x) (p2 y) -> (b x y) (p1 p2) c", p1=p, p2=p)  # strided grid
+        seq = self.grid_attn(seq) + seq
+        return rearrange(seq, "(b x y) (p1 p2) c -> b c (p1 x) (p2 y)", x=nx, y=ny, p1=p)
