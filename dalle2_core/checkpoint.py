@@ -1,0 +1,474 @@
+"""Model folders: each component's config (JSON) plus its weights (safetensors), written atomically.
+
+Layout (ARCHITECTURE.md "Checkpoints"):
+
+    model_index.json         {"format": "dream-model", "version": 1, "components": [...], "defaults": {...}}
+    clip/config.json         {"class": "CLIP", "config": {...}}
+    clip/model.safetensors
+    prior/...  decoder/...   same; the frozen CLIP inside them is not stored again
+
+A component is rebuilt from its config alone (`cls.from_config(config, clip=...)`) and then filled
+with its weights. Nothing here executes code from a file: configs are JSON and weights safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dalle2_core.helpers import Config, config_dataclass, exists
+
+FORMAT = "dream-model"
+FORMAT_VERSION = 1
+INDEX_FILE = "model_index.json"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+COMPONENTS = ("clip", "prior", "decoder")
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+
+# class name -> module that defines it; imported only when a checkpoint names the class, so loading
+# a checkpoint never imports more than it needs and never instantiates an arbitrary class
+_CLASSES = {
+    "CLIP": "dalle2_core.clip",
+    "XClipAdapter": "dalle2_core.clip",
+    "OpenClipAdapter": "dalle2_core.clip",
+    "OpenAIClipAdapter": "dalle2_core.clip",
+    "DiffusionPriorNetwork": "dalle2_core.prior",
+    "DiffusionPrior": "dalle2_core.prior",
+    "Unet": "dalle2_core.decoder",
+    "Decoder": "dalle2_core.decoder",
+    "VQGanVAE": "dalle2_core",
+}
+# pretrained CLIPs whose weights come from open_clip's own cache: the config names them, no weights
+_EXTERNAL_WEIGHTS = frozenset({"OpenClipAdapter", "OpenAIClipAdapter"})
+# a submodule of one of these classes inside a prior/decoder is the shared frozen CLIP: saved once
+_CLIP_CLASS_NAMES = frozenset({"CLIP", "ClipAdapter", "XClipAdapter", "OpenClipAdapter", "OpenAIClipAdapter"})
+
+
+class ModelLoadError(Exception):
+    """A model folder or component that cannot be loaded; the message is one line."""
+
+
+@config_dataclass
+class SamplingDefaults(Config):
+    """Sampling settings a model folder recommends; `None` means the module's own default."""
+
+    cond_scale: float | tuple[float, ...] = 1.0  # decoder guidance, one value or one per unet
+    prior_cond_scale: float = 1.0
+    prior_samples: int = 2  # candidates drawn by the prior; the one closest to the text is kept
+    steps: int | tuple[int, ...] | None = None  # per unet
+    prior_steps: int | None = None
+    sampler: str = "ddpm"
+
+    def __post_init__(self):
+        for name, value in (("cond_scale", self.cond_scale), ("prior_cond_scale", self.prior_cond_scale)):
+            if any(not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in _as_tuple(value)):
+                raise ValueError(f"{name} {value!r} is invalid: guidance scales must be finite numbers >= 0")
+        for name, value in (("steps", self.steps), ("prior_steps", self.prior_steps)):
+            if exists(value) and any(not isinstance(v, int) or v < 1 for v in _as_tuple(value)):
+                raise ValueError(f"{name} {value!r} is invalid: steps must be integers >= 1")
+        if not isinstance(self.prior_samples, int) or self.prior_samples < 1:
+            raise ValueError(f"prior_samples {self.prior_samples!r} is invalid: must be an integer >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is unknown; accepted: {', '.join(SAMPLERS)}")
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+@dataclass
+class Model:
+    """A loaded model folder: the shared CLIP, the prior, the decoder and the sampling defaults."""
+
+    clip: nn.Module | None
+    prior: nn.Module | None
+    decoder: nn.Module | None
+    defaults: SamplingDefaults
+    path: Path | None = None
+
+
+# --- atomic file writes ---------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    # the rename itself must reach the disk too; directories cannot be opened on some platforms
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """A temporary path beside `path`; on success it is fsynced and renamed onto `path`.
+
+    Whatever writes into the yielded path (safetensors, torch.save, PIL) either completes or leaves
+    `path` exactly as it was. With `overwrite=False` an existing `path` raises FileExistsError and
+    is never replaced, even by a concurrent writer (the final step is a hard link).
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if `path` exists: no window for a silent overwrite
+            except FileExistsError:
+                raise
+            except OSError:  # file systems without hard links
+                if path.exists():
+                    raise FileExistsError(f"{path} already exists") from None
+                os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# --- class registry ---------------------------------------------------------------------------------
+
+
+def _class_for(name: str) -> type[nn.Module]:
+    if name not in _CLASSES:
+        raise ModelLoadError(f"unknown component class {name!r}; accepted: {', '.join(sorted(_CLASSES))}")
+    module = importlib.import_module(_CLASSES[name])
+    cls = getattr(module, name, None)
+    if cls is None:  # defined in a submodule not re-exported yet
+        cls = getattr(importlib.import_module("dalle2_core"), name, None)
+    if cls is None:
+        raise ModelLoadError(f"component class {name!r} is not available in this build of dalle2_core")
+    return cls
+
+
+def _class_name(module: nn.Module) -> str:
+    name = type(module).__name__
+    if name not in _CLASSES:
+        raise TypeError(f"cannot checkpoint a {name}; accepted classes: {', '.join(sorted(_CLASSES))}")
+    if not isinstance(getattr(module, "config", None), Config):
+        raise TypeError(f"cannot checkpoint this {name}: it has no typed `config` to rebuild it from")
+    return name
+
+
+def _dependency_prefixes(module: nn.Module) -> list[str]:
+    """State-dict prefixes of the shared CLIP inside `module` (topmost CLIP-like submodules)."""
+    prefixes: list[str] = []
+    for name, sub in module.named_modules():
+        if not name or any(name.startswith(p) for p in prefixes):
+            continue
+        if any(c.__name__ in _CLIP_CLASS_NAMES for c in type(sub).__mro__):
+            prefixes.append(name + ".")
+    return prefixes
+
+
+def _own_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    prefixes = _dependency_prefixes(module)
+    return {k: v for k, v in module.state_dict().items() if not any(k.startswith(p) for p in prefixes)}
+
+
+# --- components -------------------------------------------------------------------------------------
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors for safetensors (which refuses shared memory) and the aliases to restore on load."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for key, t in state.items():
+        t = t.detach()
+        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and view in seen:  # the same tensor under two names (tied weights)
+            aliases[key] = seen[view]
+            continue
+        seen[view] = key
+        ptr = t.untyped_storage().data_ptr()
+        # a view overlapping another tensor's memory is stored as its own copy
+        tensors[key] = t.clone().contiguous() if (ptr in storages and t.numel()) else t.contiguous()
+        storages.add(ptr)
+    return tensors, aliases
+
+
+def _write_component(module: nn.Module, directory: Path) -> None:
+    name = _class_name(module)
+    _write_json(directory / CONFIG_FILE, {"class": name, "config": module.config.to_dict()})
+    if name in _EXTERNAL_WEIGHTS:
+        return
+    tensors, aliases = _dedupe_shared(_own_state(module))
+    tensors = {k: v.cpu() for k, v in tensors.items()}
+    metadata = {"format": "pt", "aliases": json.dumps(aliases)}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def save_component(module: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write `module` (config + weights, without its shared CLIP) as a component folder.
+
+    The folder is written beside the target and swapped in with renames, so a crash at any point
+    leaves either the old or the new component complete (`load_component` recovers a swap that was
+    cut between its two renames).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        _write_component(module, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+        _fsync_dir(directory.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, directory)
+        _fsync_dir(directory.parent)
+    for stale in directory.parent.glob(f".{directory.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return directory
+
+
+def _component_dir(directory: Path) -> Path:
+    """`directory`, or the previous version left by a save cut between its two renames."""
+    if directory.is_dir():
+        return directory
+    previous = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    previous = [p for p in previous if (p / CONFIG_FILE).is_file()]
+    return previous[-1] if previous else directory
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} is missing: {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path} is not valid JSON ({_one_line(err)}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} holds a {type(data).__name__}; expected {what}")
+    return data
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _few(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _check_weights(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatch (weights vs config) {_few(wrong)}")
+    if problems:
+        raise ModelLoadError(f"{path} does not match its {CONFIG_FILE}: " + "; ".join(problems))
+
+
+def load_component(
+    directory: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **deps: Any,
+) -> nn.Module:
+    """Rebuild a component from its config and fill in its weights; `deps` (e.g. `clip=`) are passed on."""
+    directory = _component_dir(Path(directory))
+    if not (directory / CONFIG_FILE).is_file():
+        raise ModelLoadError(
+            f"{directory} is not a model component: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    entry = _read_json(directory / CONFIG_FILE, '{"class": ..., "config": {...}}')
+    name, config = entry.get("class"), entry.get("config")
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise ModelLoadError(f"{directory / CONFIG_FILE} needs a string 'class' and an object 'config'")
+    cls = _class_for(name)
+    try:
+        module = cls.from_config(config, **{k: v for k, v in deps.items() if exists(v)})
+    except (TypeError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {_one_line(err)}") from None
+
+    if name not in _EXTERNAL_WEIGHTS:
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelLoadError(f"{weights} is missing: the {name} component has no weights")
+        try:
+            state = load_file(str(weights), device="cpu")
+            with safe_open(str(weights), framework="pt") as f:
+                metadata = f.metadata() or {}
+            aliases = json.loads(metadata.get("aliases", "{}"))
+        except Exception as err:  # safetensors reports truncation and corruption with several types
+            raise ModelLoadError(
+                f"{weights} is corrupted or truncated ({_one_line(err)}); re-save or re-download it"
+            ) from None
+        for alias, source in aliases.items():
+            if source in state:
+                state[alias] = state[source]
+        _check_weights(weights, state, _own_state(module))
+        module.load_state_dict(state, strict=False)  # strict check done above, CLIP excluded
+    return module.to(device=device, dtype=dtype) if exists(device) or exists(dtype) else module
+
+
+# --- model folders ----------------------------------------------------------------------------------
+
+
+def _shared_clip(clip, prior, decoder):
+    """The CLIP to store once: the given one, else the one inside the prior or decoder."""
+    if exists(clip):
+        return clip
+    for module in (prior, decoder):
+        if not exists(module):
+            continue
+        for prefix in _dependency_prefixes(module):
+            return module.get_submodule(prefix.rstrip("."))
+    return None
+
+
+def save_model(
+    folder: str | os.PathLike,
+    *,
+    clip: nn.Module | None = None,
+    prior: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+    defaults: SamplingDefaults | dict | None = None,
+) -> Path:
+    """Write a model folder; components not given are kept from an existing folder.
+
+    The index is written last, so an interrupted save leaves the previous index pointing at
+    complete components.
+    """
+    folder = Path(folder)
+    clip = _shared_clip(clip, prior, decoder)
+    given = {"clip": clip, "prior": prior, "decoder": decoder}
+    if not any(exists(m) for m in given.values()):
+        raise ValueError("save_model needs at least one of clip=, prior=, decoder=")
+    defaults = SamplingDefaults.build(defaults) if exists(defaults) else None
+    folder.mkdir(parents=True, exist_ok=True)
+
+    index = {}
+    if (folder / INDEX_FILE).is_file():
+        with contextlib.suppress(ModelLoadError):
+            index = _read_json(folder / INDEX_FILE, "a model index")
+    for name, module in given.items():
+        if exists(module):
+            save_component(module, folder / name)
+    kept = [c for c in index.get("components", []) if c in COMPONENTS and (folder / c).is_dir()]
+    components = [c for c in COMPONENTS if exists(given[c]) or c in kept]
+    if not exists(defaults):
+        try:
+            defaults = SamplingDefaults.from_dict(index.get("defaults") or {})
+        except (TypeError, ValueError):
+            defaults = SamplingDefaults()
+    _write_json(
+        folder / INDEX_FILE,
+        {"format": FORMAT, "version": FORMAT_VERSION, "components": components, "defaults": defaults.to_dict()},
+    )
+    return folder
+
+
+def read_index(folder: str | os.PathLike) -> tuple[list[str], SamplingDefaults]:
+    """The components and sampling defaults of a model folder, validated."""
+    folder = Path(folder)
+    expected = f"a model folder with {INDEX_FILE} and component folders ({', '.join(COMPONENTS)})"
+    if not folder.exists():
+        raise ModelLoadError(f"model folder {folder} does not exist; expected {expected}")
+    if not folder.is_dir() or not (folder / INDEX_FILE).is_file():
+        raise ModelLoadError(f"{folder} is not a model folder: expected {expected}")
+    index = _read_json(folder / INDEX_FILE, f'{{"format": "{FORMAT}", "version": {FORMAT_VERSION}, ...}}')
+    if index.get("format") != FORMAT:
+        raise ModelLoadError(f"{folder / INDEX_FILE} has format {index.get('format')!r}; expected {FORMAT!r}")
+    version = index.get("version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{folder / INDEX_FILE} has version {version!r}; this build reads versions 1..{FORMAT_VERSION}"
+        )
+    components = index.get("components")
+    if not isinstance(components, list) or not components or any(c not in COMPONENTS for c in components):
+        raise ModelLoadError(
+            f"{folder / INDEX_FILE} lists components {components!r}; expected a non-empty list of {COMPONENTS}"
+        )
+    try:
+        defaults = SamplingDefaults.from_dict(index.get("defaults") or {})
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {_one_line(err)}") from None
+    return components, defaults
+
+
+def load_model(
+    folder: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Model:
+    """Load a model folder for sampling (modules in eval mode); the CLIP is loaded once and shared."""
+    folder = Path(folder)
+    components, defaults = read_index(folder)
+    loaded: dict[str, nn.Module | None] = dict.fromkeys(COMPONENTS)
+    if "clip" in components:
+        loaded["clip"] = load_component(folder / "clip", device=device, dtype=dtype)
+    for name in ("prior", "decoder"):
+        if name in components:
+            loaded[name] = load_component(folder / name, device=device, dtype=dtype, clip=loaded["clip"])
+    for module in loaded.values():
+        if exists(module):
+            module.eval()
+    return Model(clip=loaded["clip"], prior=loaded["prior"], decoder=loaded["decoder"], defaults=defaults, path=folder)
+
+
+__all__ = [
+    "Model",
+    "ModelLoadError",
+    "SamplingDefaults",
+    "atomic_path",
+    "load_component",
+    "load_model",
+    "read_index",
+    "save_component",
+    "save_model",
+]

@@ -1,0 +1,236 @@
+"""Where a model comes from: a local folder, a Hugging Face Hub repo, the bundled `shapes`, or `laion`.
+
+`resolve_model(spec)` turns what a user typed into a local model folder (see `checkpoint.py`);
+`checkpoint.load_model` then loads it. Downloads go through huggingface_hub, which owns the cache,
+`HF_HUB_OFFLINE` and `HF_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dalle2_core.checkpoint import INDEX_FILE, ModelLoadError
+from dalle2_core.helpers import exists
+
+DEFAULT_MODEL = "laion"
+BUNDLED = ("shapes",)
+# the public LAION weights (see /work/shared/spec/laion-checkpoints.md): key -> (repo, file)
+LAION_FILES = {
+    "prior": ("laion/DALLE2-PyTorch", "prior/latest.pth"),
+    "prior_config": ("laion/DALLE2-PyTorch", "prior/prior_config.json"),
+    "decoder": ("laion/DALLE2-PyTorch", "decoder/v1.0.2/latest.pth"),
+    "upsampler": ("Veldrovive/upsamplers", "working/latest.pth"),
+    "upsampler_config": ("Veldrovive/upsamplers", "working/decoder_config.json"),
+}
+# a Hub repo id, optionally pinned: org/name or org/name@revision (branch, tag or commit)
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+_MODEL_FILES = [INDEX_FILE, "*/config.json", "*/model.safetensors"]
+OFFLINE_HINT = "use --model shapes, the bundled model that needs no download"
+
+
+class ModelNotFoundError(ModelLoadError):
+    """The requested model cannot be found or downloaded; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A local model folder and where it came from (recorded in generated images' metadata)."""
+
+    path: Path
+    spec: str  # what was asked for
+    source: str  # "local" | "hub" | "bundled" | "preset"
+    revision: str | None = None  # the Hub commit actually used
+
+
+def default_model_spec() -> str:
+    """`$DREAM_MODEL` if set, else the LAION preset."""
+    return os.environ.get("DREAM_MODEL") or DEFAULT_MODEL
+
+
+def bundled_path(name: str) -> Path:
+    return Path(__file__).parent / "bundled" / name
+
+
+def parse_hub_id(spec: str) -> tuple[str, str | None] | None:
+    """`("org/name", revision or None)` for a Hub repo id, None for anything else."""
+    match = _HUB_ID.match(spec)
+    return (match["repo"], match["revision"]) if match else None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _quiet_tqdm():
+    from huggingface_hub.utils import tqdm
+
+    class QuietTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return QuietTqdm
+
+
+def _hub_error(err: Exception, what: str, revision: str | None) -> ModelNotFoundError:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(err, LocalEntryNotFoundError):
+        return ModelNotFoundError(
+            f"{what} is not in the local Hugging Face cache and cannot be downloaded "
+            f"(offline: HF_HUB_OFFLINE is set or the Hub is unreachable); {OFFLINE_HINT}"
+        )
+    if isinstance(err, GatedRepoError):
+        return ModelNotFoundError(f"{what} is gated: accept its terms on huggingface.co and set HF_TOKEN")
+    if isinstance(err, RevisionNotFoundError):
+        return ModelNotFoundError(f"revision {revision!r} of {what} does not exist (use a branch, tag or commit)")
+    if isinstance(err, RepositoryNotFoundError):
+        return ModelNotFoundError(f"{what} not found on the Hugging Face Hub (private? set HF_TOKEN)")
+    return ModelNotFoundError(f"could not download {what}: {' '.join(str(err).split())[:200]}")
+
+
+def _snapshot(repo_id: str, revision: str | None, progress: bool, cache_dir) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=_MODEL_FILES,
+            local_files_only=_offline(),
+            tqdm_class=None if progress else _quiet_tqdm(),
+            library_name="dream-dalle2",
+        )
+    except Exception as err:  # huggingface_hub raises many types, all mapped to one line
+        raise _hub_error(err, f"Hugging Face repo {repo_id!r}", revision) from None
+    return Path(path)
+
+
+def resolve_hub(repo_id: str, revision: str | None = None, *, progress: bool = False, cache_dir=None) -> ResolvedModel:
+    """A Hub repo holding a model folder, downloaded (or found) in the Hugging Face cache."""
+    path = _snapshot(repo_id, revision, progress, cache_dir)
+    spec = repo_id + (f"@{revision}" if exists(revision) else "")
+    if not (path / INDEX_FILE).is_file():
+        raise ModelNotFoundError(
+            f"Hugging Face repo {spec!r} is not a dream model folder: it has no {INDEX_FILE} at its root"
+        )
+    # snapshot folders are named by commit: the exact weights used, whatever the branch says now
+    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name)
+
+
+def dream_cache_dir() -> Path:
+    """Where converted models are kept: `$DREAM_CACHE`, else `$XDG_CACHE_HOME/dream` or ~/.cache/dream."""
+    if os.environ.get("DREAM_CACHE"):
+        return Path(os.environ["DREAM_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "dream"
+
+
+def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
+    """The LAION weights converted once into a model folder under `dream_cache_dir()`."""
+    converted = dream_cache_dir() / "models" / "laion"
+    if (converted / INDEX_FILE).is_file():
+        return ResolvedModel(path=converted, spec="laion", source="preset")
+    try:
+        convert_laion = importlib.import_module("dalle2_core.convert.laion").convert_laion
+    except (ImportError, AttributeError):
+        raise ModelNotFoundError(
+            "the 'laion' model needs the LAION importer (dalle2_core.convert.laion), which is not "
+            f"available in this build yet; {OFFLINE_HINT}, or pass a model folder / Hub repo to --model"
+        ) from None
+    from huggingface_hub import hf_hub_download
+
+    files = {}
+    for key, (repo_id, filename) in LAION_FILES.items():
+        try:
+            files[key] = Path(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    cache_dir=cache_dir,
+                    local_files_only=_offline(),
+                    tqdm_class=None if progress else _quiet_tqdm(),
+                    library_name="dream-dalle2",
+                )
+            )
+        except Exception as err:
+            raise _hub_error(err, f"LAION file {repo_id}/{filename}", None) from None
+    converted.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".laion.tmp-", dir=converted.parent))
+    try:
+        convert_laion(files, tmp)
+        os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ResolvedModel(path=converted, spec="laion", source="preset")
+
+
+def _looks_like_path(spec: str) -> bool:
+    has_sep = any(exists(sep) and sep in spec for sep in (os.sep, os.altsep))
+    return spec.startswith((".", "/", "~")) or (has_sep and not exists(parse_hub_id(spec)))
+
+
+def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=None) -> ResolvedModel:
+    """A local model folder for `spec`: 'shapes', 'laion', a folder path, or a Hub id org/name[@revision].
+
+    The names are checked first: a local folder called `shapes` is reached as `./shapes`.
+    `progress` lets huggingface_hub show download bars (off by default: the library never prints).
+    """
+    spec = default_model_spec() if spec is None else spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelNotFoundError(
+            f"model {spec!r} is empty; expected a model folder, a Hugging Face repo id org/name[@revision], "
+            f"or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
+        )
+    spec = spec.strip()
+    if spec in BUNDLED:
+        path = bundled_path(spec)
+        if not (path / INDEX_FILE).is_file():
+            raise ModelNotFoundError(
+                f"the bundled model {spec!r} is not included in this build ({path} has no {INDEX_FILE}); "
+                "train one with `dream train` and pass its folder to --model"
+            )
+        return ResolvedModel(path=path, spec=spec, source="bundled")
+    if spec == DEFAULT_MODEL:
+        return resolve_laion(progress=progress, cache_dir=cache_dir)
+    local = Path(spec).expanduser()
+    if local.exists() or _looks_like_path(spec):
+        if not local.exists():
+            raise ModelNotFoundError(f"model folder {str(local)!r} does not exist")
+        return ResolvedModel(path=local, spec=spec, source="local")
+    hub = parse_hub_id(spec)
+    if exists(hub):
+        return resolve_hub(*hub, progress=progress, cache_dir=cache_dir)
+    raise ModelNotFoundError(
+        f"model {spec!r} not found: expected a model folder path, a Hugging Face repo id "
+        f"org/name[@revision], or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
+    )
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LAION_FILES",
+    "ModelNotFoundError",
+    "ResolvedModel",
+    "bundled_path",
+    "default_model_spec",
+    "dream_cache_dir",
+    "parse_hub_id",
+    "resolve_hub",
+    "resolve_laion",
+    "resolve_model",
+]
