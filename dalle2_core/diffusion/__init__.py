@@ -1,0 +1,33 @@
+"""Parameter-free diffusion math: schedules, the Gaussian diffusion, respacing, guidance, samplers."""
+
+from .gaussian import OBJECTIVES, GaussianDiffusion, ModelPrediction, PMeanVariance
+from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp
+from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .respace import respaced_diffusion, space_timesteps
+from .samplers import SAMPLERS, ddim_step, p_sample_step, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from .schedules import BETA_SCHEDULES, beta_schedule
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "OBJECTIVES",
+    "SAMPLERS",
+    "GaussianDiffusion",
+    "ModelPrediction",
+    "PMeanVariance",
+    "beta_schedule",
+    "classifier_free_guidance",
+    "ddim_step",
+    "discretized_gaussian_log_likelihood",
+    "dynamic_threshold",
+    "dynamic_thresholding",
+    "mean_flat",
+    "normal_kl",
+    "p_sample_step",
+    "respaced_diffusion",
+    "sample",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "space_timesteps",
+    "static_clamp",
+]

@@ -1,0 +1,76 @@
+"""Classifier-free guidance (Ho & Salimans 2022) and the x_0 post-processing used while sampling."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .gaussian import DenoiseFn
+
+
+def classifier_free_guidance(net: Callable[..., torch.Tensor], cond_scale: float, guide_variance: bool = False, **cond):
+    """A model function (x, t) -> uncond + (cond - uncond) · cond_scale, both branches in one forward.
+
+    `net(x, t, cond_drop_mask=..., **cond)` takes a boolean mask (b,), True = the learned null
+    condition. With learned variance (output has twice x's channels) only the prediction half is
+    guided and the variance comes from the conditional branch, as in GLIDE; `guide_variance=True`
+    mixes every channel (what the DALLE2-pytorch 1.1.0 LAION decoder did).
+    """
+    try:
+        scale = float(cond_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"cond_scale must be a finite number, got {cond_scale!r}") from None
+    if not math.isfinite(scale):
+        raise ValueError(f"cond_scale must be a finite number, got {cond_scale!r}")
+
+    if scale == 1.0:
+
+        def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            keep = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            return net(x, t, cond_drop_mask=keep, **cond)
+
+        return conditional
+
+    doubled = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=x.device), torch.ones(b, dtype=torch.bool, device=x.device)])
+        out = net(torch.cat([x, x]), torch.cat([t, t]), cond_drop_mask=drop, **doubled)  # (2b, c, ...)
+        cond_out, uncond_out = out[:b], out[b:]
+        mixed = uncond_out + (cond_out - uncond_out) * scale
+        learned_variance = x.ndim > 1 and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]
+        if not learned_variance or guide_variance:
+            return mixed
+        c = x.shape[1]
+        return torch.cat([mixed[:, :c], cond_out[:, c:]], dim=1)
+
+    return guided
+
+
+def static_clamp(x_start: torch.Tensor) -> torch.Tensor:
+    """Clamp predicted images to the data range [-1, 1] (Ho et al. 2020 sampling)."""
+    return x_start.clamp(-1.0, 1.0)
+
+
+def dynamic_threshold(x_start: torch.Tensor, percentile: float = 0.95) -> torch.Tensor:
+    """Imagen (Saharia et al. 2022 §2.3): s = max(1, p-th percentile of |x_0|) per sample; clamp to ±s, divide by s."""
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must be in (0, 1], got {percentile!r}")
+    flat = x_start.reshape(x_start.shape[0], -1).abs()  # (b, c·h·w)
+    # quantile needs float32/64; half-precision inputs are promoted for this one reduction
+    s = torch.quantile(flat.float() if flat.dtype not in (torch.float32, torch.float64) else flat, percentile, dim=1)
+    s = s.clamp(min=1.0).to(x_start.dtype).reshape(-1, *((1,) * (x_start.ndim - 1)))  # (b, 1, ..., 1)
+    return x_start.clamp(-s, s) / s
+
+
+def dynamic_thresholding(percentile: float = 0.95) -> DenoiseFn:
+    """`dynamic_threshold` at a fixed percentile, as a `denoise_fn` for the samplers."""
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must be in (0, 1], got {percentile!r}")
+    return lambda x_start: dynamic_threshold(x_start, percentile)
+
+
+__all__ = ["classifier_free_guidance", "dynamic_threshold", "dynamic_thresholding", "static_clamp"]
