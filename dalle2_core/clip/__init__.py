@@ -1,0 +1,25 @@
+"""CLIP: the trainable project CLIP, the `ClipAdapter` interface, and open_clip's pretrained models."""
+
+from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText, resize_center_crop
+from .config import CLIPConfig, CLIPLossConfig, TextEncoderConfig, VisualEncoderConfig
+from .model import CLIP
+from .open_clip_adapter import ClipWeightsUnavailable, OpenAIClipAdapter, OpenClipAdapter
+from .tokenizer import PromptTruncatedWarning
+from .xclip_adapter import XClipAdapter
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CLIPLossConfig",
+    "ClipAdapter",
+    "ClipWeightsUnavailable",
+    "EmbeddedImage",
+    "EmbeddedText",
+    "OpenAIClipAdapter",
+    "OpenClipAdapter",
+    "PromptTruncatedWarning",
+    "TextEncoderConfig",
+    "VisualEncoderConfig",
+    "XClipAdapter",
+    "resize_center_crop",
+]

@@ -1,0 +1,43 @@
+"""`XClipAdapter`: the project's trainable CLIP behind the `ClipAdapter` interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
+from .model import CLIP
+from .tokenizer import clip_bpe_tokenizer, tokenize
+
+
+class XClipAdapter(ClipAdapter):
+    """Wraps a `CLIP`; prompts go through open_clip's BPE tokenizer at the CLIP's `text_seq_len`.
+
+    Images are handed to the CLIP in [0, 1] (resized here); the CLIP normalises them with its own
+    `image_mean` / `image_std` (OpenAI's statistics by default).
+    """
+
+    def __init__(self, clip: CLIP):
+        super().__init__()
+        if not isinstance(clip, CLIP):
+            raise TypeError(f"XClipAdapter wraps a dalle2_core CLIP, got {type(clip).__name__}")
+        self.clip = clip
+        self.dim_latent = clip.dim_latent
+        self.dim_text = clip.dim_text
+        self.image_size = clip.image_size
+        self.image_channels = clip.image_channels
+        self.max_text_len = clip.text_seq_len
+        self._tokenizer = clip_bpe_tokenizer(clip.text_seq_len)
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        return tokenize(self._tokenizer, texts, self.max_text_len)
+
+    def _embed_tokens(self, tokens: torch.Tensor) -> EmbeddedText:
+        return self.clip.embed_text(tokens)
+
+    def _embed_pixels(self, images: torch.Tensor) -> EmbeddedImage:
+        return self.clip.embed_image(images)
+
+
+__all__ = ["XClipAdapter"]
