@@ -1,0 +1,91 @@
+"""Decoder Unet against its references: DALLE2-pytorch 1.1.0 numerics, the seed README, the LAION configs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dalle2_core import Unet
+
+FIXTURE = Path(__file__).parent / "fixtures" / "unet_parity_1_1_0.safetensors"
+
+
+def test_matches_dalle2_pytorch_1_1_0_numerics():
+    # weights, inputs and outputs of a 1.1.0 Unet (text cond, linear + self attention, memory efficient,
+    # low-res cond, learned variance); see fixtures/make_unet_parity_fixture.py
+    with safe_open(str(FIXTURE), "pt") as f:
+        config = json.loads(f.metadata()["config"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    unet = Unet(**config).eval()
+    weights = {k.removeprefix("weight."): v.float() for k, v in tensors.items() if k.startswith("weight.")}
+    unused = set(weights) - set(unet.state_dict())
+    assert unused == set()
+    unet.load_state_dict(weights, strict=True)
+    inp = {k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")}
+    x, t = inp.pop("x"), inp.pop("t")
+    with torch.no_grad():
+        out = unet(x, t, **inp)
+        null = unet(x, t, **inp, cond_drop_mask=torch.ones(2, dtype=torch.bool))
+    assert out.shape == (2, 6, 16, 16)
+    torch.testing.assert_close(out, tensors["output.cond"], rtol=0, atol=2e-5)
+    torch.testing.assert_close(null, tensors["output.null"], rtol=0, atol=2e-5)
+    assert (out - null).abs().max().item() > 1e-2  # the fixture does exercise the conditioning
+
+
+SEED_README_UNETS = [  # every Unet(...) of the seed README
+    dict(dim=128, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8)),
+    dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8)),
+    dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8, 16)),
+    dict(dim=16, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8, 16)),
+    dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, sparse_attn=True, sparse_attn_window=2,
+         dim_mults=(1, 2, 4, 8)),
+    dict(dim=32, image_embed_dim=512, channels=3, dim_mults=(1, 2, 4, 8, 16), cond_on_image_embeds=True,
+         cond_on_text_encodings=False),
+    dict(dim=32, image_embed_dim=512, channels=3, dim_mults=(1, 2, 4, 8, 16), cond_on_image_embeds=True,
+         cond_on_text_encodings=False, attend_at_middle=False),
+    dict(dim=128, image_embed_dim=512, text_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8)),
+    dict(dim=16, image_embed_dim=512, text_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8, 16),
+         cond_on_text_encodings=True),
+]
+
+
+@pytest.mark.parametrize("kwargs", SEED_README_UNETS)
+def test_seed_readme_unets_construct(kwargs):
+    with torch.device("meta"):  # structure only: no memory, no init cost
+        unet = Unet(**kwargs)
+    assert unet.channels_out == 3 and unet.config.dim == kwargs["dim"]
+    assert Unet.from_config(unet.config.to_dict()).config == unet.config
+
+
+def test_seed_readme_base_unet_runs_at_64px():
+    torch.manual_seed(0)
+    unet = Unet(**SEED_README_UNETS[0])
+    assert sum(p.numel() for p in unet.parameters()) == 189_553_603
+    with torch.no_grad():
+        unet.to_out.weight.normal_(0, 0.02)
+        out = unet(torch.randn(1, 3, 64, 64), torch.tensor([10]), image_embed=torch.randn(1, 512))
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+
+
+# LAION's public checkpoints (shared/spec/laion-checkpoints.md); the counts equal DALLE2-pytorch 1.1.0's
+# for the same configs (its unused null parameters left out)
+LAION_DECODER = dict(
+    dim=320, cond_dim=512, image_embed_dim=768, text_embed_dim=768, cond_on_text_encodings=True,
+    dim_mults=(1, 2, 3, 4), num_resnet_blocks=4, attn_heads=8, attn_dim_head=64, sparse_attn=True,
+    memory_efficient=True, self_attn=(False, True, True, True), learned_variance=True,
+)
+LAION_UPSAMPLER = dict(
+    dim=256, cond_dim=512, image_embed_dim=768, text_embed_dim=768, init_cross_embed=False,
+    dim_mults=(1, 2, 3, 4), num_resnet_blocks=4, attn_heads=8, attn_dim_head=64, memory_efficient=True,
+    cond_on_text_encodings=True, cond_on_image_embeds=False, lowres_cond=True,
+)
+
+
+@pytest.mark.parametrize("kwargs, count", [(LAION_DECODER, 982_610_118), (LAION_UPSAMPLER, 633_003_020)])
+def test_laion_configs_have_the_published_structure(kwargs, count):
+    with torch.device("meta"):
+        unet = Unet(**kwargs)
+    assert sum(p.numel() for p in unet.parameters()) == count
+    assert unet.downs[1]["resnet_blocks"][0].cross_attn.attn.to_kv.weight.shape == (1024, 512)
