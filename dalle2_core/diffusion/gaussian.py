@@ -41,13 +41,21 @@ class GaussianDiffusion:
 
     def __init__(
         self,
-        betas: torch.Tensor,
+        betas: torch.Tensor | None = None,
         objective: str = "eps",
         learned_variance: bool = False,
         timestep_map: torch.Tensor | list[int] | None = None,
+        *,
+        alphas_cumprod: torch.Tensor | None = None,
     ):
+        """From `betas`, or from `alphas_cumprod` (kept bit-exact; respacing uses this)."""
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; accepted: {', '.join(OBJECTIVES)}")
+        if exists(betas) == exists(alphas_cumprod):
+            raise ValueError("give exactly one of betas and alphas_cumprod")
+        if exists(alphas_cumprod):
+            alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu()
+            betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}")
@@ -63,7 +71,8 @@ class GaussianDiffusion:
         self.timestep_map = timestep_map
 
         alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        if not exists(alphas_cumprod):
+            alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)  # Ho et al. eq. 7
         # the posterior variance is 0 at t = 0; Improved DDPM substitutes the t = 1 value so the log stays finite

@@ -63,15 +63,12 @@ def _check_count(count: int, num_timesteps: int) -> None:
 
 
 def respaced_diffusion(diffusion: GaussianDiffusion, spacing: int | str) -> GaussianDiffusion:
-    """A diffusion over the kept timesteps with the same alpha_bar there (betas re-derived from ratios)."""
+    """A diffusion over the kept timesteps with exactly the same alpha_bar there (its betas are the ratios)."""
     kept = space_timesteps(diffusion.num_timesteps, spacing)
     if kept == list(range(diffusion.num_timesteps)):
         return diffusion
-    alphas_cumprod = diffusion.alphas_cumprod[kept]
-    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    betas = 1.0 - alphas_cumprod / previous
     return GaussianDiffusion(
-        betas,
+        alphas_cumprod=diffusion.alphas_cumprod[kept],
         objective=diffusion.objective,
         learned_variance=diffusion.learned_variance,
         timestep_map=diffusion.timestep_map[kept],  # composes with an earlier respacing

@@ -97,8 +97,10 @@ def sample_ddim(model, diffusion, x, *, denoise_fn=None, generator=None, on_step
 def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022 Alg. 2): multistep data prediction in log-SNR; deterministic.
 
-    The first step is first order (no history yet) and the last jumps straight to the predicted x_0.
-    `generator` is accepted for the shared signature and unused.
+    The first step is first order (no history yet), and so is the step into the cleanest level
+    (DPM-Solver's `lower_order_final`): evenly spaced timesteps make that step's log-SNR jump several
+    times the previous one, and extrapolating across it costs far more than it gains. The last step
+    jumps straight to the predicted x_0. `generator` is accepted for the shared signature and unused.
     """
     total = diffusion.num_timesteps
     previous_xstart, previous_h = None, None
@@ -112,7 +114,7 @@ def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_
             alpha_bar_next = diffusion.lookup("alphas_cumprod_prev", t, x)
             # lambda = log(alpha / sigma), half the log-SNR; h is the step in lambda
             h = 0.5 * (torch.log(alpha_bar_next) - torch.log1p(-alpha_bar_next) - torch.log(alpha_bar) + torch.log1p(-alpha_bar))
-            if previous_xstart is None:
+            if previous_xstart is None or index == 1:
                 denoised = pred_xstart
             else:
                 r = previous_h / h
