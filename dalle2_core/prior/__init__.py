@@ -1,5 +1,6 @@
 """The diffusion prior: text embedding → CLIP image embedding (DALL-E 2, Ramesh et al. 2022, sec. 2.2)."""
 
 from dalle2_core.prior.network import DiffusionPriorNetwork, DiffusionPriorNetworkConfig
+from dalle2_core.prior.prior import DiffusionPrior, DiffusionPriorConfig, rerank_by_similarity
 
-__all__ = ["DiffusionPriorNetwork", "DiffusionPriorNetworkConfig"]
+__all__ = ["DiffusionPrior", "DiffusionPriorConfig", "DiffusionPriorNetwork", "DiffusionPriorNetworkConfig", "rerank_by_similarity"]
