@@ -134,6 +134,8 @@ def test_bad_input_names_the_value():
         VQGanVAE(**TINY, codebook=3)
     with pytest.raises(ValueError, match="30"):
         VQGanVAE(**{**TINY, "image_size": 30})
+    with pytest.raises(ValueError, match=r"layer_mults \(1, 2\)"):
+        VQGanVAE(**{**TINY, "encdec_type": "vit"}, layer_mults=(1, 2))
     with pytest.raises(ValueError, match="num_quantizers=2"):
         VQGanVAE(**TINY, num_quantizers=2)
     vae = VQGanVAE(**TINY)

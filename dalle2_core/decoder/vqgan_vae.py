@@ -124,6 +124,8 @@ def _build_backbone(cfg: VQGanVAEConfig) -> nn.Module:
             attn_heads=b.attn_heads, attn_dim_head=b.attn_dim_head,
         )
     if b.encdec_type == "vit":
+        if cfg.layer_mults is not None:
+            raise ValueError(f"layer_mults {cfg.layer_mults} has no meaning for the vit backbone (one width, dim)")
         return ViTEncDec(
             cfg.dim, cfg.channels, cfg.layers, depth=b.vit_depth, heads=b.attn_heads, dim_head=b.attn_dim_head,
             ff_mult=b.ff_mult,

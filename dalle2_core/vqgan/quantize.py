@@ -90,7 +90,7 @@ class VectorQuantizer(nn.Module):
 
     def _distances(self, x: torch.Tensor) -> torch.Tensor:
         """Lower is nearer: negative cosine similarity or squared euclidean distance. x: (h, n, d)."""
-        embed = self.embed.to(x.dtype)
+        embed = self.embed
         if self.use_cosine_sim:
             return -torch.einsum("hnd,hkd->hnk", x, embed)
         return (
@@ -101,7 +101,6 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from_kmeans(self, flat: torch.Tensor) -> None:
-        flat = flat.to(self.embed.dtype)
         means = torch.stack([_kmeans(f, self.codebook_size, self.kmeans_iters, self.use_cosine_sim) for f in flat])
         self.embed.copy_(means)
         self.embed_avg.copy_(means)
@@ -111,10 +110,8 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         """EMA of cluster sizes and sums with Laplace smoothing (VQ-VAE appendix A.1)."""
-        flat = flat.to(self.embed.dtype)
-        onehot = F.one_hot(indices, self.codebook_size).to(flat.dtype)  # (h, n, k)
-        counts = onehot.sum(dim=1)  # (h, k)
-        sums = torch.einsum("hnk,hnd->hkd", onehot, flat)
+        counts = torch.zeros_like(self.cluster_size).scatter_add_(1, indices, torch.ones_like(flat[..., 0]))  # (h, k)
+        sums = torch.zeros_like(self.embed).scatter_add_(1, indices.unsqueeze(-1).expand_as(flat), flat)  # (h, k, d)
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_avg.lerp_(sums, 1 - self.decay)
         total = self.cluster_size.sum(dim=-1, keepdim=True)
@@ -154,14 +151,15 @@ class VectorQuantizer(nn.Module):
         if self.use_cosine_sim:
             heads_x = l2norm(heads_x)
 
-        if self.training and float(self.initted) < 0.5:
-            self._init_from_kmeans(heads_x.detach())
-
-        indices = self._distances(heads_x.detach()).argmin(dim=-1)  # (heads, b*n)
-        quantized = torch.stack([self.embed[h][indices[h]] for h in range(self.heads)]).to(heads_x.dtype)
-
-        if self.training:
-            self._ema_update(heads_x.detach(), indices)
+        # nearest codes and codebook statistics in the codebook's precision, even under autocast
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            flat = heads_x.detach().to(self.embed.dtype)
+            if self.training and float(self.initted) < 0.5:
+                self._init_from_kmeans(flat)
+            indices = self._distances(flat).argmin(dim=-1)  # (heads, b*n)
+            quantized = torch.stack([self.embed[h][indices[h]] for h in range(self.heads)]).to(heads_x.dtype)
+            if self.training:
+                self._ema_update(flat, indices)
 
         commit_loss = F.mse_loss(heads_x, quantized.detach()) * self.commitment_weight
         # straight-through estimator: the decoder's gradient reaches the encoder unchanged
