@@ -1,6 +1,6 @@
 """Training: trainers with per-network AdamW + EMA, and the folder training loop."""
 
 from dalle2_core.train.ema import EMA
-from dalle2_core.train.trainers import DecoderTrainer, DiffusionPriorTrainer
+from dalle2_core.train.trainers import CLIPTrainer, DecoderTrainer, DiffusionPriorTrainer
 
-__all__ = ["EMA", "DecoderTrainer", "DiffusionPriorTrainer"]
+__all__ = ["EMA", "CLIPTrainer", "DecoderTrainer", "DiffusionPriorTrainer"]

@@ -12,6 +12,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from dalle2_core.helpers import cast_tuple, exists
@@ -19,6 +20,24 @@ from dalle2_core.train.ema import EMA
 from dalle2_core.train.optim import make_optimizer, warmup_cosine_schedule
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _average_gradients_across_processes(net: nn.Module) -> None:
+    """Data parallelism: every process ends with the mean gradient over all processes' shards.
+
+    A parameter that got no gradient on one process (an unused branch, e.g. the null condition when
+    nothing was dropped) counts as zero there, so every process reduces the same list of tensors.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in net.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
 
 
 class _NetsTrainer(nn.Module):
@@ -88,6 +107,7 @@ class _NetsTrainer(nn.Module):
         if self._accumulated[index] % self.grad_accum_every:
             return False
         optimizer = self.optimizers[index]
+        _average_gradients_across_processes(net)
         if exists(self.max_grad_norm):
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(net.parameters(), self.max_grad_norm)
@@ -237,3 +257,38 @@ class DiffusionPriorTrainer(_NetsTrainer):
 
     def load_training_state(self, state: dict) -> None:  # type: ignore[override]
         super().load_training_state(state, [self.diffusion_prior.net])
+
+
+class CLIPTrainer(_NetsTrainer):
+    """Trains the project's `CLIP` contrastively: `loss = trainer(text, images)`, backward, `update()`."""
+
+    def __init__(self, clip: nn.Module, lr=3e-4, wd=1e-2, eps=1e-8, max_grad_norm=1.0, use_ema=False, **kwargs):
+        super().__init__([clip], lr=lr, wd=wd, eps=eps, max_grad_norm=max_grad_norm, use_ema=use_ema, **kwargs)
+        self.clip = clip
+
+    def forward(self, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast(images.device):
+            loss = self.clip(text, images, return_loss=True)
+        return self._scale_for_backward(loss)
+
+    def update(self) -> bool:
+        return self._update(0, self.clip)
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[nn.Module]:
+        """The CLIP with its EMA weights loaded for the duration (online weights restored after)."""
+        if not self.use_ema:
+            yield self.clip
+            return
+        online = {k: v.clone() for k, v in self.clip.state_dict().items()}
+        self.clip.load_state_dict(self.emas[0].ema_model.state_dict())
+        try:
+            yield self.clip
+        finally:
+            self.clip.load_state_dict(online)
+
+    def training_state(self) -> dict:  # type: ignore[override]
+        return super().training_state([self.clip])
+
+    def load_training_state(self, state: dict) -> None:  # type: ignore[override]
+        super().load_training_state(state, [self.clip])
