@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from dalle2_core.clip.model import CLIP
-from dalle2_core.clip.xclip_adapter import XClipAdapter
+from dalle2_core.clip import CLIP, XClipAdapter
 from dalle2_core.diffusion import sample
 from dalle2_core.helpers import l2norm
 from dalle2_core.prior import DiffusionPrior, DiffusionPriorNetwork, rerank_by_similarity

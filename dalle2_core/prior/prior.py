@@ -8,9 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dalle2_core.clip.adapter import ClipAdapter
-from dalle2_core.clip.model import CLIP
-from dalle2_core.clip.xclip_adapter import XClipAdapter
+from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter
 from dalle2_core.diffusion import BETA_SCHEDULES, GaussianDiffusion, classifier_free_guidance, sample
 from dalle2_core.diffusion.losses import SIMPLE_LOSSES
 from dalle2_core.helpers import Config, config_dataclass, default, exists, l2norm
@@ -311,14 +309,13 @@ class DiffusionPrior(nn.Module):
 
 
 def _frozen_adapter(clip, overrides: dict) -> ClipAdapter | None:
-    """A raw CLIP wrapped in XClipAdapter; any adapter frozen and put in eval mode."""
+    """A raw CLIP wrapped in XClipAdapter (with `overrides`); any adapter frozen and put in eval mode."""
     if clip is None:
         return None
-    if isinstance(clip, CLIP):
+    if overrides:
+        if not isinstance(clip, CLIP):
+            raise ValueError(f"clip_adapter_overrides apply only when wrapping a raw CLIP, got a {type(clip).__name__}")
         clip = XClipAdapter(clip, **overrides)
-    elif overrides:
-        raise ValueError(f"clip_adapter_overrides apply only when wrapping a raw CLIP, got a {type(clip).__name__}")
-    if not isinstance(clip, ClipAdapter):
-        raise TypeError(f"clip must be a dalle2_core CLIP or a ClipAdapter, got {type(clip).__name__}")
+    clip = as_clip_adapter(clip)
     clip.requires_grad_(False)
     return clip.eval()

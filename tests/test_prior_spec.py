@@ -1,0 +1,87 @@
+"""The seed README's three diffusion-prior examples, as written (dalle2_pytorch → dalle2_core, no .cuda())."""
+
+import torch
+
+from dalle2_core import CLIP, DiffusionPrior, DiffusionPriorNetwork
+
+
+def spec_clip():
+    return CLIP(
+        dim_text=512,
+        dim_image=512,
+        dim_latent=512,
+        num_text_tokens=49408,
+        text_enc_depth=6,
+        text_seq_len=256,
+        text_heads=8,
+        visual_enc_depth=6,
+        visual_image_size=256,
+        visual_patch_size=32,
+        visual_heads=8,
+    )
+
+
+def spec_prior_network():
+    return DiffusionPriorNetwork(dim=512, depth=6, dim_head=64, heads=8)
+
+
+def test_prior_with_clip_from_text_and_images():
+    torch.manual_seed(0)
+    clip = spec_clip()
+    prior_network = spec_prior_network()
+    diffusion_prior = DiffusionPrior(net=prior_network, clip=clip, timesteps=100, cond_drop_prob=0.2)
+
+    text = torch.randint(0, 49408, (4, 256))
+    images = torch.randn(4, 3, 256, 256)
+
+    loss = diffusion_prior(text, images)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
+    assert prior_network.learned_query.grad.abs().sum() > 0
+    assert all(p.grad is None for p in clip.parameters())  # CLIP is frozen inside the prior
+
+    image_embeds = diffusion_prior.sample(text[:1], cond_scale=2.0, steps=2)
+    assert image_embeds.shape == (1, 512) and torch.isfinite(image_embeds).all()
+
+
+def test_prior_on_precomputed_clip_embeddings():
+    torch.manual_seed(0)
+    clip = spec_clip()
+    prior_network = spec_prior_network()
+    diffusion_prior = DiffusionPrior(
+        net=prior_network, clip=clip, timesteps=100, cond_drop_prob=0.2, condition_on_text_encodings=False
+    )
+
+    text = torch.randint(0, 49408, (4, 256))
+    images = torch.randn(4, 3, 256, 256)
+
+    clip_image_embeds = diffusion_prior.clip.embed_image(images).image_embed
+    clip_text_embeds = diffusion_prior.clip.embed_text(text).text_embed
+    assert clip_image_embeds.shape == clip_text_embeds.shape == (4, 512)
+
+    loss = diffusion_prior(text_embed=clip_text_embeds, image_embed=clip_image_embeds)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    # without text encodings the transformer sees only [text embed, time, noised image, query]
+    lengths = []
+    prior_network.causal_transformer.register_forward_hook(lambda m, args, out: lengths.append(args[0].shape[1]))
+    diffusion_prior.sample(text_embed=clip_text_embeds[:1], steps=1)
+    assert set(lengths) == {4}
+
+
+def test_prior_without_clip():
+    torch.manual_seed(0)
+    prior_network = spec_prior_network()
+    diffusion_prior = DiffusionPrior(
+        net=prior_network, image_embed_dim=512, timesteps=100, cond_drop_prob=0.2, condition_on_text_encodings=False
+    )
+
+    clip_image_embeds = torch.randn(4, 512)
+    clip_text_embeds = torch.randn(4, 512)
+    given = clip_image_embeds.clone()
+
+    loss = diffusion_prior(text_embed=clip_text_embeds, image_embed=clip_image_embeds)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert torch.equal(clip_image_embeds, given)  # the peer scaled this tensor in place
+    assert diffusion_prior.clip is None
