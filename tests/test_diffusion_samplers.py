@@ -1,6 +1,5 @@
 """Samplers with exact denoisers: recovery of x0, reproducibility, respacing, hooks and errors."""
 
-import math
 
 import pytest
 import torch

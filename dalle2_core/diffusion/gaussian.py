@@ -65,7 +65,8 @@ class GaussianDiffusion:
         self.learned_variance = bool(learned_variance)
         self.num_timesteps = T = betas.numel()
 
-        timestep_map = torch.arange(T) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.long).cpu()
+        timestep_map = torch.arange(T) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.long)
+        timestep_map = timestep_map.cpu()
         if timestep_map.shape != (T,):
             raise ValueError(f"timestep_map needs {T} entries (one per step), got shape {tuple(timestep_map.shape)}")
         self.timestep_map = timestep_map
@@ -175,10 +176,8 @@ class GaussianDiffusion:
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Ho et al. eq. 4: x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps."""
         noise = default(noise, lambda: torch.randn_like(x_start))
-        return (
-            self.lookup("sqrt_alphas_cumprod", t, x_start) * x_start
-            + self.lookup("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
-        )
+        alpha, sigma = self.alpha_sigma(t, x_start)
+        return alpha * x_start + sigma * noise
 
     def q_sample_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Ho et al. eq. 2, one forward step x_{t-1} -> x_t (RePaint re-noising, Lugmayr et al. 2022)."""
@@ -194,26 +193,32 @@ class GaussianDiffusion:
 
     # ---- parameterisations (eps, x0, v; Salimans & Ho 2022 for v) --------------------------
 
+    def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, sigma) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)), so that x_t = alpha x_0 + sigma eps."""
+        return self.lookup("sqrt_alphas_cumprod", t, like), self.lookup("sqrt_one_minus_alphas_cumprod", t, like)
+
     def predict_start_from_noise(self, x_t, t, eps):
-        return self.lookup("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self.lookup("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        """Ho et al. eq. 4 solved for x_0."""
+        recip = self.lookup("sqrt_recip_alphas_cumprod", t, x_t)
+        return recip * x_t - self.lookup("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
 
     def predict_noise_from_start(self, x_t, t, x_start):
-        # (x_t - sqrt(a) x0) / sqrt(1 - a): the same as (x_t / sqrt(a) - x0) / sqrt(1/a - 1), but finite at a = 0
-        return (x_t - self.lookup("sqrt_alphas_cumprod", t, x_t) * x_start) / self.lookup(
-            "sqrt_one_minus_alphas_cumprod", t, x_t
-        )
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        # the same as (x_t / alpha - x_0) / sqrt(1/alpha² - 1), but finite where alpha_bar = 0 (jsd's last step)
+        return (x_t - alpha * x_start) / sigma
 
     def predict_v(self, x_start, t, noise):
-        """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0."""
-        return self.lookup("sqrt_alphas_cumprod", t, x_start) * noise - self.lookup(
-            "sqrt_one_minus_alphas_cumprod", t, x_start
-        ) * x_start
+        """v = alpha eps - sigma x_0."""
+        alpha, sigma = self.alpha_sigma(t, x_start)
+        return alpha * noise - sigma * x_start
 
     def predict_start_from_v(self, x_t, t, v):
-        return self.lookup("sqrt_alphas_cumprod", t, x_t) * x_t - self.lookup("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        return alpha * x_t - sigma * v
 
     def predict_noise_from_v(self, x_t, t, v):
-        return self.lookup("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t + self.lookup("sqrt_alphas_cumprod", t, x_t) * v
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        return sigma * x_t + alpha * v
 
     def target(self, x_start, t, noise) -> torch.Tensor:
         """What the network is trained to output under this objective."""
@@ -234,7 +239,9 @@ class GaussianDiffusion:
         expected = (x_t.shape[0], 2 * channels, *x_t.shape[2:]) if self.learned_variance else tuple(x_t.shape)
         if tuple(output.shape) != expected:
             kind = "learned-variance " if self.learned_variance else ""
-            raise ValueError(f"{kind}model output has shape {tuple(output.shape)}; expected {expected} for x_t {tuple(x_t.shape)}")
+            raise ValueError(
+                f"{kind}model output has shape {tuple(output.shape)}; expected {expected} for x_t {tuple(x_t.shape)}"
+            )
         if not self.learned_variance:
             return output, None
         pred, var_values = output.chunk(2, dim=1)
@@ -330,7 +337,8 @@ class GaussianDiffusion:
             frozen = torch.cat([pred.detach(), var_values], dim=1)
             model_mean = self.p_mean_variance(model, x_t, t, output=frozen)
             true_mean, _, true_log_variance = self.q_posterior(x_start, x_t, t)
-            kl = mean_flat(normal_kl(true_mean, true_log_variance, model_mean.mean, model_mean.log_variance)) / math.log(2.0)
+            kl = normal_kl(true_mean, true_log_variance, model_mean.mean, model_mean.log_variance)
+            kl = mean_flat(kl) / math.log(2.0)
             nll = -discretized_gaussian_log_likelihood(x_start, model_mean.mean, 0.5 * model_mean.log_variance)
             nll = mean_flat(nll) / math.log(2.0)
             terms["vb"] = torch.where(t == 0, nll, kl)

@@ -37,7 +37,7 @@ def classifier_free_guidance(net: Callable[..., torch.Tensor], cond_scale: float
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=x.device), torch.ones(b, dtype=torch.bool, device=x.device)])
+        drop = torch.arange(2 * b, device=x.device) >= b  # (2b,): conditional half, then null half
         out = net(torch.cat([x, x]), torch.cat([t, t]), cond_drop_mask=drop, **doubled)  # (2b, c, ...)
         cond_out, uncond_out = out[:b], out[b:]
         mixed = uncond_out + (cond_out - uncond_out) * scale
@@ -56,7 +56,7 @@ def static_clamp(x_start: torch.Tensor) -> torch.Tensor:
 
 
 def dynamic_threshold(x_start: torch.Tensor, percentile: float = 0.95) -> torch.Tensor:
-    """Imagen (Saharia et al. 2022 §2.3): s = max(1, p-th percentile of |x_0|) per sample; clamp to ±s, divide by s."""
+    """Imagen (Saharia et al. 2022 §2.3): s = max(1, percentile p of |x_0|) per sample; clamp to ±s, divide by s."""
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"percentile must be in (0, 1], got {percentile!r}")
     flat = x_start.reshape(x_start.shape[0], -1).abs()  # (b, c·h·w)

@@ -31,7 +31,8 @@ def discretized_gaussian_log_likelihood(
     The outermost bins extend to ±inf so that the probabilities over all 256 values sum to one.
     """
     if not (x.shape == means.shape == log_scales.shape):
-        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}")
+        shapes = f"x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}"
+        raise ValueError(f"shapes must match, got {shapes}")
     half = bin_width / 2
     centered = x - means
     inv_std = torch.exp(-log_scales)

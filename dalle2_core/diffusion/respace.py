@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .gaussian import GaussianDiffusion
 
 
@@ -54,7 +52,8 @@ def _parse_count(text: str, spacing: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"cannot read steps {spacing!r}; accepted: an int, 'ddimN' or section counts '10,15,20'") from None
+        accepted = "an int, 'ddimN' or section counts like '10,15,20'"
+        raise ValueError(f"cannot read steps {spacing!r}; accepted: {accepted}") from None
 
 
 def _check_count(count: int, num_timesteps: int) -> None:

@@ -72,7 +72,7 @@ def ddim_step(
 
 
 @torch.no_grad()
-def sample_ddpm(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None) -> torch.Tensor:
+def sample_ddpm(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None):
     """Ancestral sampling over every step of `diffusion` (posterior variance, or the learned one)."""
     total = diffusion.num_timesteps
     for i, index in enumerate(reversed(range(total))):
@@ -82,7 +82,7 @@ def sample_ddpm(model, diffusion, x, *, denoise_fn=None, generator=None, on_step
 
 
 @torch.no_grad()
-def sample_ddim(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None, eta: float = 0.0) -> torch.Tensor:
+def sample_ddim(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None, eta: float = 0.0):
     """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches DDPM's marginals."""
     if not 0.0 <= eta:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
@@ -93,8 +93,12 @@ def sample_ddim(model, diffusion, x, *, denoise_fn=None, generator=None, on_step
     return x
 
 
+def _log_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
+    return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+
+
 @torch.no_grad()
-def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None) -> torch.Tensor:
+def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None):
     """DPM-Solver++(2M) (Lu et al. 2022 Alg. 2): multistep data prediction in log-SNR; deterministic.
 
     The first step is first order (no history yet), and so is the step into the cleanest level
@@ -113,7 +117,8 @@ def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_
             alpha_bar = diffusion.lookup("alphas_cumprod", t, x)
             alpha_bar_next = diffusion.lookup("alphas_cumprod_prev", t, x)
             # lambda = log(alpha / sigma), half the log-SNR; h is the step in lambda
-            h = 0.5 * (torch.log(alpha_bar_next) - torch.log1p(-alpha_bar_next) - torch.log(alpha_bar) + torch.log1p(-alpha_bar))
+            log_snr, log_snr_next = _log_snr(alpha_bar), _log_snr(alpha_bar_next)
+            h = 0.5 * (log_snr_next - log_snr)
             if previous_xstart is None or index == 1:
                 denoised = pred_xstart
             else:
@@ -155,7 +160,8 @@ def sample(
         raise ValueError(f"eta applies to the ddim sampler only; got eta={eta!r} with sampler {sampler!r}")
     if exists(steps):
         diffusion = diffusion.respace(steps)
-    return SAMPLERS[sampler](model, diffusion, noise, denoise_fn=denoise_fn, generator=generator, on_step=on_step, **opts)
+    run = SAMPLERS[sampler]
+    return run(model, diffusion, noise, denoise_fn=denoise_fn, generator=generator, on_step=on_step, **opts)
 
 
 __all__ = ["SAMPLERS", "ddim_step", "p_sample_step", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]
