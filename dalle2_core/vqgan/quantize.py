@@ -145,7 +145,7 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(b, n, dim) -> quantised (b, n, dim), indices (b, n) or (b, n, heads), commitment loss ()."""
-        b, n, _ = x.shape
+        b = x.shape[0]
         x = self.project_in(x)
         heads_x = rearrange(x, "b n (h d) -> h (b n) d", h=self.heads)  # (heads, b*n, d)
         if self.use_cosine_sim:
