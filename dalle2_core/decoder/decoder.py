@@ -1,0 +1,465 @@
+"""The cascaded decoder of unCLIP (Ramesh et al. 2022, Sec. 2.1): CLIP image embedding -> image.
+
+A base unet generates the lowest resolution from the image embedding (and optionally the text);
+each following unet is a super-resolution diffusion conditioned on the previous stage's output
+(cascaded diffusion, Ho et al. 2021). Any stage may run in the latent space of a frozen VQ-GAN
+(Rombach et al. 2022). The diffusion math is `dalle2_core.diffusion`; this module only wires the
+networks, conditioning and stages together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from dalle2_core.clip.xclip_adapter import as_clip_adapter
+from dalle2_core.decoder.decoder_config import DecoderConfig
+from dalle2_core.decoder.decoder_inpaint import repaint_sample
+from dalle2_core.decoder.decoder_lowres import LowresConditioner, crop, random_crop_params, resize_image_to
+from dalle2_core.decoder.unet import Unet
+from dalle2_core.decoder.vqgan_vae import NullVQGanVAE, VQGanVAE
+from dalle2_core.diffusion import (
+    GaussianDiffusion,
+    classifier_free_guidance,
+    dynamic_thresholding,
+    sample as diffusion_sample,
+    static_clamp,
+)
+from dalle2_core.helpers import (
+    cast_tuple,
+    default,
+    exists,
+    normalize_neg_one_to_one,
+    unnormalize_zero_to_one,
+)
+
+# DALLE2-pytorch keyword spellings accepted by the constructor
+ALIASES = {
+    "use_dynamic_thres": "dynamic_thresholding",
+    "dynamic_thres_percentile": "dynamic_thresholding_percentile",
+}
+OBJECTIVE_NAMES = {(False, False): "eps", (True, False): "x0", (False, True): "v"}
+
+
+class Decoder(nn.Module):
+    """Cascade of diffusion unets from a CLIP image embedding to an image (unCLIP decoder, Sec. 2.1)."""
+
+    def __init__(self, unet: Unet | tuple[Unet, ...] | None = None, *, clip=None, vae=(), config=None, **kwargs):
+        super().__init__()
+        kwargs = _resolve_aliases(kwargs)
+        if exists(unet):
+            unets = cast_tuple(unet)
+            for i, u in enumerate(unets):
+                if not isinstance(u, Unet):
+                    raise TypeError(f"unet {i + 1} must be a dalle2_core Unet, got {type(u).__name__}")
+            vaes = tuple(v.copy_for_eval() if isinstance(v, VQGanVAE) else None for v in cast_tuple(default(vae, ())))
+            if len(vaes) > len(unets):
+                raise ValueError(f"{len(vaes)} VQ-GAN VAEs given for {len(unets)} unet(s)")
+            vaes += (None,) * (len(unets) - len(vaes))
+            kwargs.update(unets=tuple(u.config for u in unets), vaes=tuple(v.config if exists(v) else None for v in vaes))
+        cfg = DecoderConfig.build(config, owner="Decoder", **kwargs)
+        if not cfg.unets:
+            raise ValueError("Decoder needs unet= (one Unet or a tuple, lowest resolution first)")
+        if not exists(unet):  # rebuilding from a saved config
+            unets = tuple(Unet.from_config(c) for c in cfg.unets)
+            vaes = tuple(VQGanVAE.from_config(c) if exists(c) else None for c in cfg.vaes)
+
+        self.clip = None
+        if exists(clip):
+            if cfg.conditioning.unconditional:
+                raise ValueError("clip must not be given to an unconditional decoder")
+            self.clip = as_clip_adapter(clip).eval().requires_grad_(False)
+            if self.clip.image_channels != cfg.channels:
+                raise ValueError(f"channels={cfg.channels} but the CLIP takes {self.clip.image_channels}-channel images")
+            if not cfg.image_sizes:  # default: generate at the CLIP's resolution
+                size = cast_tuple(self.clip.image_size)
+                if len(set(size)) != 1:
+                    raise ValueError(f"the CLIP's image size {size} is not square; pass image_sizes")
+                cfg = DecoderConfig.build(cfg, image_sizes=(size[0],))
+        if not cfg.image_sizes:
+            raise ValueError("give image_size, image_sizes, or a clip (whose image size is then used)")
+        cfg.validate()
+        for i, v in enumerate(vaes):
+            if exists(v) and v.channels != cfg.channels:
+                raise ValueError(f"VQ-GAN of unet {i + 1} takes {v.channels} channels, the decoder {cfg.channels}")
+        n, channels = len(unets), cfg.channels
+        self.vaes = nn.ModuleList([v if exists(v) else NullVQGanVAE(channels) for v in vaes])
+        self.vaes.eval().requires_grad_(False)  # frozen: trained beforehand, never by the decoder loss
+
+        # adapt each unet to its place in the cascade (returns the same unet when nothing changes)
+        cond = cfg.conditioning
+        learned_variance = self._learned_variance(cfg)
+        use_noise = cfg.per_unet(cfg.lowres.use_noise_for_lowres_cond, False)
+        use_blur = cfg.per_unet(cfg.lowres.use_blur_for_lowres_cond, True)
+        adapted = []
+        for i, (u, v) in enumerate(zip(unets, self.vaes)):
+            text_cond = not cond.unconditional and (u.cond_on_text_encodings or (cond.condition_on_text_encodings and i == 0))
+            overrides = dict(
+                lowres_cond=i > 0,
+                lowres_noise_cond=i > 0 and bool(use_noise[i]),
+                # the paper's upsamplers see only the low-res image (as DALLE2-pytorch does)
+                cond_on_image_embeds=not cond.unconditional and i == 0,
+                cond_on_text_encodings=text_cond,
+                channels=v.encoded_dim,
+                channels_out=v.encoded_dim * (2 if learned_variance[i] else 1),
+                learned_variance=learned_variance[i],
+            )
+            ucond = u.config.conditioning
+            for on, name, known in (
+                (overrides["cond_on_image_embeds"], "image_embed_dim", self.clip.dim_latent if exists(self.clip) else cfg.image_embed_dim),
+                (text_cond, "text_embed_dim", self.clip.dim_text if exists(self.clip) else cfg.text_embed_dim),
+            ):
+                own = getattr(ucond, name)
+                if on and exists(own) and exists(known) and own != known:
+                    raise ValueError(f"unet {i + 1} has {name}={own}, but the decoder's embeddings are {known} wide")
+                if on and exists(default(own, known)):
+                    overrides[name] = default(own, known)
+            adapted.append(u.with_options(**overrides))
+        self.unets = nn.ModuleList(adapted)
+        self.config = DecoderConfig.build(cfg, unets=tuple(u.config for u in adapted))
+
+        d = cfg.diffusion
+        schedules = cfg.per_unet(d.beta_schedule, None)
+        objectives = [
+            OBJECTIVE_NAMES[(bool(x0), bool(v))]
+            for x0, v in zip(cfg.per_unet(d.predict_x_start, False), cfg.per_unet(d.predict_v, False))
+        ]
+        self.diffusions = [
+            GaussianDiffusion.from_schedule(default(s, "cosine"), d.timesteps, objective=o, learned_variance=lv)
+            for s, o, lv in zip(schedules, objectives, learned_variance)
+        ]
+        lr = cfg.lowres
+        self.lowres_conds = [None] + [
+            LowresConditioner(
+                downsample_first=lr.lowres_downsample_first,
+                use_blur=bool(use_blur[i]),
+                blur_prob=lr.blur_prob,
+                blur_sigma=lr.blur_sigma,
+                blur_kernel_size=lr.blur_kernel_size,
+                use_noise=bool(use_noise[i]),
+                noise_sample_level=lr.lowres_noise_sample_level,
+            )
+            for i in range(1, n)
+        ]
+        # tracks where `.to()` put the decoder, so `one_unet_in_gpu` knows the accelerator
+        self.register_buffer("_device_tracker", torch.zeros(()), persistent=False)
+
+    @staticmethod
+    def _learned_variance(cfg: DecoderConfig) -> tuple[bool, ...]:
+        lv = cfg.diffusion.learned_variance
+        if isinstance(lv, bool):  # the paper learns the variance of the base model only
+            return (lv,) + (False,) * (cfg.num_unets - 1)
+        return tuple(bool(v) for v in cfg.per_unet(lv, False))
+
+    @classmethod
+    def from_config(cls, config: DecoderConfig | dict, clip=None) -> Decoder:
+        """Rebuild (untrained) from a saved config; load the weights with `load_state_dict`."""
+        config = config if isinstance(config, DecoderConfig) else DecoderConfig.from_dict(config)
+        return cls(config=config, clip=clip)
+
+    # ---- introspection ---------------------------------------------------------------------
+
+    @property
+    def num_unets(self) -> int:
+        return len(self.unets)
+
+    @property
+    def image_sizes(self) -> tuple[int, ...]:
+        return self.config.image_sizes
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_sizes[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.config.channels
+
+    @property
+    def unconditional(self) -> bool:
+        return self.config.conditioning.unconditional
+
+    @property
+    def condition_on_text_encodings(self) -> bool:
+        return any(u.cond_on_text_encodings for u in self.unets)
+
+    @property
+    def learned_variance(self) -> tuple[bool, ...]:
+        return self._learned_variance(self.config)
+
+    def get_unet(self, unet_number: int) -> Unet:
+        return self.unets[self._unet_index(unet_number)]
+
+    def _unet_index(self, unet_number) -> int:
+        if isinstance(unet_number, bool) or not isinstance(unet_number, int) or not 1 <= unet_number <= self.num_unets:
+            raise ValueError(f"unet_number {unet_number!r} is invalid; accepted: 1..{self.num_unets}")
+        return unet_number - 1
+
+    def _stage_size(self, index: int) -> int:
+        """Height/width of what unet `index` denoises (latent stages are 2**layers smaller)."""
+        return self.vaes[index].get_encoded_fmap_size(self.image_sizes[index])
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def one_unet_in_gpu(self, unet_number: int | None = None, unet: Unet | None = None) -> Iterator[None]:
+        """Keep only one unet on the decoder's accelerator, the others on CPU, for the block's duration."""
+        if exists(unet_number) == exists(unet):
+            raise ValueError("give exactly one of unet_number and unet")
+        target = self.get_unet(unet_number) if exists(unet_number) else unet
+        if not any(target is u for u in self.unets):
+            raise ValueError("unet is not one of this decoder's unets")
+        device = self._device_tracker.device
+        if device.type == "cpu":
+            yield
+            return
+        cpu = torch.device("cpu")
+        before = [next(u.parameters()).device for u in self.unets]
+        for u in self.unets:
+            u.to(device if u is target else cpu)
+        try:
+            yield
+        finally:
+            for u, d in zip(self.unets, before):
+                u.to(d)
+
+    # ---- conditioning ----------------------------------------------------------------------
+
+    def _embed(self, images, text, image_embed, text_encodings, text_mask):
+        """CLIP image embedding and text encodings from whatever the caller passed."""
+        if self.unconditional:
+            return None, None, None
+        if not exists(image_embed):
+            if not exists(images):
+                raise ValueError("pass image_embed (or images with a clip on the decoder)")
+            if not exists(self.clip):
+                raise ValueError("no image_embed given and the decoder has no clip to compute it")
+            with torch.no_grad():
+                image_embed = self.clip.embed_image(images).image_embed
+        if image_embed.ndim != 2:
+            raise ValueError(f"image_embed must have shape (batch, dim), got {tuple(image_embed.shape)}")
+        if exists(text) and not exists(text_encodings):
+            if not exists(self.clip):
+                raise ValueError("raw text needs a clip on the decoder; pass text_encodings instead")
+            with torch.no_grad():
+                _, text_encodings, text_mask = self.clip.embed_text(text)
+        if self.condition_on_text_encodings and not exists(text_encodings):
+            raise ValueError("this decoder is conditioned on text: pass text or text_encodings")
+        if not self.condition_on_text_encodings and exists(text_encodings):
+            raise ValueError("this decoder is not conditioned on text (condition_on_text_encodings=False), yet text was given")
+        return image_embed, text_encodings, text_mask
+
+    def _network(self, index: int):
+        """Unet `index` as the network the diffusion calls, with the variance fraction squashed if asked."""
+        unet = self.unets[index]
+        if not (self.learned_variance[index] and self.config.diffusion.learned_variance_constrain_frac):
+            return unet
+
+        def constrained(x, t, **kwargs):
+            pred, var_values = unet(x, t, **kwargs).chunk(2, dim=1)
+            # the diffusion reads frac = (v + 1) / 2; make that sigmoid((v + 1) / 2), always in (0, 1)
+            frac = torch.sigmoid(unnormalize_zero_to_one(var_values))
+            return torch.cat((pred, normalize_neg_one_to_one(frac)), dim=1)
+
+        return constrained
+
+    def _unet_cond(self, index, image_embed, text_encodings, text_mask, lowres_img, lowres_level) -> dict:
+        """The keyword conditions unet `index` takes (only those it was built for)."""
+        u = self.unets[index]
+        cond = {}
+        if u.cond_on_image_embeds:
+            cond["image_embed"] = image_embed
+        if u.cond_on_text_encodings:
+            cond["text_encodings"] = text_encodings
+            if exists(text_mask):
+                cond["text_mask"] = text_mask
+        if u.lowres_cond:
+            cond["lowres_cond_img"] = lowres_img
+        if u.lowres_noise_cond:
+            cond["lowres_noise_level"] = lowres_level
+        return cond
+
+    def _encode(self, index: int, img: torch.Tensor) -> torch.Tensor:
+        """[0, 1] image -> what unet `index` diffuses: [-1, 1] pixels or the frozen VQ-GAN's latent."""
+        with torch.no_grad():
+            return self.vaes[index].encode(normalize_neg_one_to_one(img))
+
+    # ---- training --------------------------------------------------------------------------
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        text=None,
+        image_embed: torch.Tensor | None = None,
+        text_encodings: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        unet_number: int | None = None,
+        return_lowres_cond_image: bool = False,
+    ):
+        """Diffusion loss of one unet on images in [0, 1] (b, c, h, w); other unets are untouched."""
+        if self.num_unets > 1 and not exists(unet_number):
+            raise ValueError(f"this decoder has {self.num_unets} unets: pass unet_number (1..{self.num_unets}) to train one")
+        index = self._unet_index(default(unet_number, 1))
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"images must have shape (b, {self.channels}, h, w), got {tuple(images.shape)}")
+        size = self.image_sizes[index]
+        if min(images.shape[-2:]) < size:
+            raise ValueError(f"unet {index + 1} trains at {size}px; images are {tuple(images.shape[-2:])}")
+        image_embed, text_encodings, text_mask = self._embed(images, text, image_embed, text_encodings, text_mask)
+
+        lowres = self.lowres_conds[index]
+        lowres_img = lowres_level = None
+        if exists(lowres):
+            lowres_img, lowres_level = lowres.for_training(images, target_size=size, lowres_size=self.image_sizes[index - 1])
+        target = resize_image_to(images, size)
+        crop_size = self.config.per_unet(self.config.lowres.random_crop_sizes)[index]
+        if exists(crop_size):
+            # the same window for the target and its condition (a super-resolution unet is convolutional)
+            top, left = random_crop_params(target, crop_size)
+            target, lowres_img = crop(target, top, left, crop_size), crop(lowres_img, top, left, crop_size)
+
+        x_start = self._encode(index, target)
+        lowres_x = self._encode(index, lowres_img) if exists(lowres_img) else None
+
+        diffusion, b = self.diffusions[index], x_start.shape[0]
+        c = self.config.conditioning
+        cond = self._unet_cond(index, image_embed, text_encodings, text_mask, lowres_x, lowres_level)
+        device = x_start.device
+        # classifier-free guidance training (Ho & Salimans 2022): drop each condition at random
+        cond["image_cond_drop_mask"] = torch.rand(b, device=device) < c.image_cond_drop_prob
+        cond["text_cond_drop_mask"] = torch.rand(b, device=device) < c.text_cond_drop_prob
+
+        d = self.config.diffusion
+        t = diffusion.sample_timesteps(b, device=device)
+        losses = diffusion.training_losses(
+            self._network(index),
+            x_start,
+            t,
+            model_kwargs=cond,
+            loss_type=d.loss_type,
+            p2_gamma=float(self.config.per_unet(d.p2_loss_weight_gamma, 0.0)[index]),
+            p2_k=d.p2_loss_weight_k,
+            vb_weight=d.vb_loss_weight,
+        )
+        loss = losses.mean()
+        return (loss, lowres_img) if return_lowres_cond_image else loss
+
+    # ---- sampling --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image_embed: torch.Tensor | None = None,
+        text=None,
+        text_encodings: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        *,
+        batch_size: int = 1,
+        cond_scale: float | tuple[float, ...] = 1.0,
+        sampler: str = "ddpm",
+        steps: int | str | tuple | None = None,
+        start_at_unet_number: int = 1,
+        stop_at_unet_number: int | None = None,
+        start_image_or_video: torch.Tensor | None = None,
+        inpaint_image: torch.Tensor | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+        inpaint_resample_times: int = 5,
+        generator: torch.Generator | None = None,
+        on_step=None,
+    ) -> torch.Tensor:
+        """Run the cascade from `start_at_unet_number` to `stop_at_unet_number`; images in [0, 1].
+
+        `cond_scale`, `steps` (respaced sampling steps, default `sample_timesteps`) may be given
+        per unet. Inpainting (RePaint) keeps `inpaint_image` where `inpaint_mask` (b, h, w) is True.
+        `on_step(unet_number, i, total, x)` is called after every denoising step.
+        """
+        n = self.num_unets
+        start = self._unet_index(start_at_unet_number)
+        stop = self._unet_index(default(stop_at_unet_number, n))
+        if stop < start:
+            raise ValueError(f"stop_at_unet_number {stop + 1} is before start_at_unet_number {start + 1}")
+        if self.unconditional:
+            image_embed = text_encodings = text_mask = None
+        else:
+            image_embed, text_encodings, text_mask = self._embed(None, text, image_embed, text_encodings, text_mask)
+            batch_size = image_embed.shape[0]
+        if exists(inpaint_image) != exists(inpaint_mask):
+            raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
+        if exists(inpaint_mask) and (inpaint_mask.dtype != torch.bool or inpaint_mask.ndim != 3):
+            raise ValueError(f"inpaint_mask must be a bool tensor (b, h, w), got {inpaint_mask.dtype} {tuple(inpaint_mask.shape)}")
+
+        img = None
+        if start > 0:
+            if not exists(start_image_or_video):
+                raise ValueError(f"start_at_unet_number={start + 1} needs start_image_or_video (the stage {start} images)")
+            if start_image_or_video.shape[0] != batch_size:
+                raise ValueError(f"start_image_or_video has batch {start_image_or_video.shape[0]}, expected {batch_size}")
+            img = resize_image_to(start_image_or_video, self.image_sizes[start - 1])
+
+        scales = self._per_unet_arg(cond_scale, "cond_scale")
+        steps = self._per_unet_arg(steps, "steps") if exists(steps) else self.config.per_unet(self.config.diffusion.sample_timesteps)
+        c = self.config.conditioning
+        for index in range(start, stop + 1):
+            unet = self.unets[index]
+            param = next(unet.parameters())
+            size, latent_size = self.image_sizes[index], self._stage_size(index)
+            lowres_x = lowres_level = None
+            if exists(self.lowres_conds[index]):
+                lowres_img, lowres_level = self.lowres_conds[index].for_sampling(img, target_size=size, generator=generator)
+                lowres_x = self._encode(index, lowres_img)
+            cond = self._unet_cond(index, image_embed, text_encodings, text_mask, lowres_x, lowres_level)
+            conditioned = unet.cond_on_image_embeds or unet.cond_on_text_encodings
+            # a stage without image/text condition has nothing to guide
+            model = classifier_free_guidance(self._network(index), scales[index] if conditioned else 1.0, guide_variance=True, **cond)
+            is_latent = isinstance(self.vaes[index], VQGanVAE)
+            denoise_fn = None
+            if c.clip_denoised and not is_latent:
+                denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
+            shape = (batch_size, self.vaes[index].encoded_dim, latent_size, latent_size)
+            noise = torch.randn(shape, generator=generator, device=param.device, dtype=param.dtype)
+            stage_on_step = (lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)) if exists(on_step) else None
+            opts = dict(sampler=sampler, steps=steps[index], denoise_fn=denoise_fn, generator=generator, on_step=stage_on_step)
+            if sampler == "ddim":
+                opts["eta"] = self.config.diffusion.ddim_sampling_eta
+            if exists(inpaint_image):
+                known_px = resize_image_to(inpaint_image, size)
+                mask_px = resize_image_to(inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
+                known = self._encode(index, known_px)
+                mask = resize_image_to(mask_px.float(), latent_size) > 0.5
+                x = repaint_sample(model, self.diffusions[index], noise, known, mask,
+                                   resample_times=inpaint_resample_times, **opts)
+            else:
+                x = diffusion_sample(model, self.diffusions[index], noise, **opts)
+            img = unnormalize_zero_to_one(self.vaes[index].decode(x)).clamp(0.0, 1.0)
+            if exists(inpaint_image):
+                img = torch.where(mask_px, known_px, img)  # exact known pixels, also for latent stages
+        return img
+
+    def _per_unet_arg(self, value, name: str) -> tuple:
+        values = cast_tuple(value)
+        if len(values) == 1:
+            return values * self.num_unets
+        if len(values) != self.num_unets:
+            raise ValueError(f"{name} needs one value or one per unet ({self.num_unets}), got {value!r}")
+        return values
+
+
+def _resolve_aliases(kwargs: dict) -> dict:
+    """DALLE2-pytorch spellings onto config fields; `image_size` is one-stage `image_sizes`."""
+    out = dict(kwargs)
+    for alias, name in ALIASES.items():
+        if alias in out:
+            out[name] = out.pop(alias)
+    if "image_size" in out:
+        size = out.pop("image_size")
+        if exists(size) and exists(out.get("image_sizes")):
+            raise ValueError("give only one of image_size and image_sizes")
+        if exists(size):
+            out["image_sizes"] = (size,)
+    return out
+
+
+__all__ = ["Decoder"]
