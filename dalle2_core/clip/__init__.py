@@ -3,9 +3,9 @@
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText, resize_center_crop
 from .config import CLIPConfig, CLIPLossConfig, TextEncoderConfig, VisualEncoderConfig
 from .model import CLIP
-from .open_clip_adapter import ClipWeightsUnavailable, OpenAIClipAdapter, OpenClipAdapter
+from .open_clip_adapter import ClipWeightsUnavailable, OpenAIClipAdapter, OpenClipAdapter, OpenClipConfig
 from .tokenizer import PromptTruncatedWarning
-from .xclip_adapter import XClipAdapter
+from .xclip_adapter import XClipAdapter, as_clip_adapter
 
 __all__ = [
     "CLIP",
@@ -17,9 +17,11 @@ __all__ = [
     "EmbeddedText",
     "OpenAIClipAdapter",
     "OpenClipAdapter",
+    "OpenClipConfig",
     "PromptTruncatedWarning",
     "TextEncoderConfig",
     "VisualEncoderConfig",
     "XClipAdapter",
+    "as_clip_adapter",
     "resize_center_crop",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import field
 
 import open_clip
 import torch
@@ -14,7 +15,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from ..helpers import cast_tuple, exists, l2norm
+from ..helpers import Config, cast_tuple, config_dataclass, exists, l2norm
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
 from .tokenizer import tokenize
 
@@ -23,6 +24,15 @@ HUB_SCHEMA = "hf-hub:"
 
 class ClipWeightsUnavailable(RuntimeError):
     """Pretrained CLIP weights could not be downloaded and are not in the local cache."""
+
+
+@config_dataclass
+class OpenClipConfig(Config):
+    """Enough to rebuild an open_clip adapter: the weights come from open_clip's own cache."""
+
+    name: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    model_kwargs: dict = field(default_factory=dict)
 
 
 def openai_to_open_clip_name(name: str) -> str:
@@ -73,6 +83,7 @@ class OpenClipAdapter(ClipAdapter):
         super().__init__()
         name = name if name.startswith(HUB_SCHEMA) else name.replace("/", "-")
         _check_model_name(name)
+        self.config = OpenClipConfig(name, pretrained, dict(model_kwargs))
         self.name, self.pretrained = name, pretrained
         self.clip = self._create_model(name, pretrained, cache_dir, model_kwargs).eval()
 
@@ -100,6 +111,11 @@ class OpenClipAdapter(ClipAdapter):
         self._eot_id = self._tokenizer.eot_token_id if isinstance(self._tokenizer, SimpleTokenizer) else None
         pad = getattr(getattr(self._tokenizer, "tokenizer", None), "pad_token_id", None)
         self._pad_id = pad if exists(pad) else 0
+
+    @classmethod
+    def from_config(cls, config: OpenClipConfig | dict, cache_dir: str | None = None) -> OpenClipAdapter:
+        config = OpenClipConfig.build(config, owner="OpenClipAdapter")
+        return OpenClipAdapter(config.name, config.pretrained, cache_dir=cache_dir, **config.model_kwargs)
 
     @staticmethod
     def _create_model(name: str, pretrained: str | None, cache_dir: str | None, model_kwargs: dict) -> nn.Module:
@@ -183,4 +199,4 @@ class OpenAIClipAdapter(OpenClipAdapter):
         super().__init__(openai_to_open_clip_name(name), pretrained="openai", cache_dir=cache_dir)
 
 
-__all__ = ["ClipWeightsUnavailable", "OpenAIClipAdapter", "OpenClipAdapter", "openai_to_open_clip_name"]
+__all__ = ["ClipWeightsUnavailable", "OpenClipConfig", "OpenAIClipAdapter", "OpenClipAdapter", "openai_to_open_clip_name"]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
+from .config import CLIPConfig
 from .model import CLIP
 from .tokenizer import clip_bpe_tokenizer, tokenize
 
@@ -30,6 +31,14 @@ class XClipAdapter(ClipAdapter):
         self.max_text_len = clip.text_seq_len
         self._tokenizer = clip_bpe_tokenizer(clip.text_seq_len)
 
+    @property
+    def config(self) -> CLIPConfig:
+        return self.clip.config
+
+    @classmethod
+    def from_config(cls, config: CLIPConfig | dict) -> XClipAdapter:
+        return cls(CLIP.from_config(config))
+
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
         return tokenize(self._tokenizer, texts, self.max_text_len)
 
@@ -40,4 +49,13 @@ class XClipAdapter(ClipAdapter):
         return self.clip.embed_image(images)
 
 
-__all__ = ["XClipAdapter"]
+def as_clip_adapter(clip: ClipAdapter | CLIP) -> ClipAdapter:
+    """What the prior and decoder hold: adapters as given, a raw project `CLIP` wrapped in `XClipAdapter`."""
+    if isinstance(clip, ClipAdapter):
+        return clip
+    if isinstance(clip, CLIP):
+        return XClipAdapter(clip)
+    raise TypeError(f"expected a dalle2_core CLIP or a ClipAdapter (e.g. OpenClipAdapter), got {type(clip).__name__}")
+
+
+__all__ = ["XClipAdapter", "as_clip_adapter"]
