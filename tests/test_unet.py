@@ -257,3 +257,19 @@ def test_deterministic_given_seed():
         c = make(seed=4)(x, t, **kw)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max().item() > 1e-3
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    plain = make(sparse_attn=True, self_attn=(False, True))
+    ckpt = make(sparse_attn=True, self_attn=(False, True), gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, kw = inputs(plain)
+    grads = []
+    for unet in (plain, ckpt):
+        unet.train()
+        unet(x, t, **kw).square().mean().backward()
+        grads.append({n: p.grad for n, p in unet.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert grads[0]["downs.0.init_block.block1.project.weight"].abs().sum().item() > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..helpers import exists
 from .unet_attention import LinearAttention, SpatialSelfAttention, WindowGridAttention
@@ -274,36 +275,41 @@ class Unet(nn.Module):
         c_tokens, mid_tokens = self.norm_cond(c_tokens), self.norm_mid_cond(mid_tokens)
 
         if exists(self.init_resnet_block):
-            x = self.init_resnet_block(x, film)
+            x = self._run(self.init_resnet_block, x, film)
 
         hiddens = []
         for stage in self.downs:
             x = stage["pre_downsample"](x)
-            x = stage["init_block"](x, film)
+            x = self._run(stage["init_block"], x, film)
             for block in stage["resnet_blocks"]:
-                x = block(x, film, c_tokens)
+                x = self._run(block, x, film, c_tokens)
                 hiddens.append(x)
-            x = stage["attn"](x)
+            x = self._run(stage["attn"], x)
             hiddens.append(x)
             x = stage["post_downsample"](x)
 
-        x = self.mid_block1(x, film, mid_tokens)
-        x = self.mid_attn(x)
-        x = self.mid_block2(x, film, mid_tokens)
+        x = self._run(self.mid_block1, x, film, mid_tokens)
+        x = self._run(self.mid_attn, x)
+        x = self._run(self.mid_block2, x, film, mid_tokens)
 
         for stage in self.ups:
             x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
-            x = stage["init_block"](x, film, c_tokens)
+            x = self._run(stage["init_block"], x, film, c_tokens)
             for block in stage["resnet_blocks"]:
                 x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
-                x = block(x, film, c_tokens)
-            x = stage["attn"](x)
+                x = self._run(block, x, film, c_tokens)
+            x = self._run(stage["attn"], x)
             x = stage["upsample"](x)
 
-        x = self.final_resnet_block(torch.cat((x, r), dim=1), film)
+        x = self._run(self.final_resnet_block, torch.cat((x, r), dim=1), film)
         if cond.lowres_cond:
             x = torch.cat((x, lowres_cond_img), dim=1)
         return self.to_out(x)
+
+    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.config.blocks.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
 
     def _text_tokens(self, text_encodings, text_mask, text_keep, b, dtype) -> torch.Tensor:
         """Text encodings projected to (b, max_text_len, cond_dim); padding and dropped rows take null tokens."""
