@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dalle2_core.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from dalle2_core.helpers import Config, config_dataclass, exists
 
 FORMAT = "dream-model"
@@ -38,20 +39,20 @@ INDEX_FILE = "model_index.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 COMPONENTS = ("clip", "prior", "decoder")
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SAMPLERS = tuple(DIFFUSION_SAMPLERS)
 
 # class name -> module that defines it; imported only when a checkpoint names the class, so loading
 # a checkpoint never imports more than it needs and never instantiates an arbitrary class
 _CLASSES = {
-    "CLIP": "dalle2_core.clip",
-    "XClipAdapter": "dalle2_core.clip",
-    "OpenClipAdapter": "dalle2_core.clip",
-    "OpenAIClipAdapter": "dalle2_core.clip",
-    "DiffusionPriorNetwork": "dalle2_core.prior",
-    "DiffusionPrior": "dalle2_core.prior",
-    "Unet": "dalle2_core.decoder",
-    "Decoder": "dalle2_core.decoder",
-    "VQGanVAE": "dalle2_core",
+    "CLIP": ("dalle2_core.clip",),
+    "XClipAdapter": ("dalle2_core.clip",),
+    "OpenClipAdapter": ("dalle2_core.clip",),
+    "OpenAIClipAdapter": ("dalle2_core.clip",),
+    "DiffusionPriorNetwork": ("dalle2_core.prior",),
+    "DiffusionPrior": ("dalle2_core.prior",),
+    "Unet": ("dalle2_core.decoder",),
+    "Decoder": ("dalle2_core.decoder", "dalle2_core.decoder.decoder"),
+    "VQGanVAE": ("dalle2_core.decoder", "dalle2_core.decoder.vqgan_vae"),
 }
 # pretrained CLIPs whose weights come from open_clip's own cache: the config names them, no weights
 _EXTERNAL_WEIGHTS = frozenset({"OpenClipAdapter", "OpenAIClipAdapter"})
@@ -162,22 +163,39 @@ def _write_json(path: Path, data: dict) -> None:
 def _class_for(name: str) -> type[nn.Module]:
     if name not in _CLASSES:
         raise ModelLoadError(f"unknown component class {name!r}; accepted: {', '.join(sorted(_CLASSES))}")
-    module = importlib.import_module(_CLASSES[name])
-    cls = getattr(module, name, None)
-    if cls is None:  # defined in a submodule not re-exported yet
-        cls = getattr(importlib.import_module("dalle2_core"), name, None)
-    if cls is None:
-        raise ModelLoadError(f"component class {name!r} is not available in this build of dalle2_core")
-    return cls
+    for module_name in _CLASSES[name]:
+        cls = getattr(importlib.import_module(module_name), name, None)
+        if cls is not None:
+            return cls
+    raise ModelLoadError(f"component class {name!r} is not available in this build of dalle2_core")
 
 
-def _class_name(module: nn.Module) -> str:
+def _is_external(module: nn.Module) -> bool:
+    """An open_clip model with a pretrained tag: open_clip's cache has the weights, don't copy them."""
+    name = type(module).__name__
+    pretrained = getattr(module, "pretrained", None)
+    return name in _EXTERNAL_WEIGHTS and isinstance(pretrained, str) and not os.path.isfile(pretrained)
+
+
+def _describe(module: nn.Module) -> tuple[str, dict]:
+    """(class name, config dict) that rebuild `module`."""
     name = type(module).__name__
     if name not in _CLASSES:
         raise TypeError(f"cannot checkpoint a {name}; accepted classes: {', '.join(sorted(_CLASSES))}")
-    if not isinstance(getattr(module, "config", None), Config):
-        raise TypeError(f"cannot checkpoint this {name}: it has no typed `config` to rebuild it from")
-    return name
+    config = getattr(module, "config", None)
+    if isinstance(config, Config):
+        return name, config.to_dict()
+    if name in _EXTERNAL_WEIGHTS:
+        # open_clip adapters are named, not configured; a local weights file is stored as weights
+        pretrained = module.pretrained if _is_external(module) else None
+        return "OpenClipAdapter", {"name": module.name, "pretrained": pretrained, **getattr(module, "model_kwargs", {})}
+    raise TypeError(f"cannot checkpoint this {name}: it has no typed `config` to rebuild it from")
+
+
+def _build(cls: type[nn.Module], config: dict, deps: dict) -> nn.Module:
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config, **deps)
+    return cls(**config, **deps)  # adapters named by keywords (open_clip)
 
 
 def _dependency_prefixes(module: nn.Module) -> list[str]:
@@ -220,9 +238,9 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 
 def _write_component(module: nn.Module, directory: Path) -> None:
-    name = _class_name(module)
-    _write_json(directory / CONFIG_FILE, {"class": name, "config": module.config.to_dict()})
-    if name in _EXTERNAL_WEIGHTS:
+    name, config = _describe(module)
+    _write_json(directory / CONFIG_FILE, {"class": name, "config": config})
+    if _is_external(module):
         return
     tensors, aliases = _dedupe_shared(_own_state(module))
     tensors = {k: v.cpu() for k, v in tensors.items()}
@@ -330,11 +348,15 @@ def load_component(
         raise ModelLoadError(f"{directory / CONFIG_FILE} needs a string 'class' and an object 'config'")
     cls = _class_for(name)
     try:
-        module = cls.from_config(config, **{k: v for k, v in deps.items() if exists(v)})
+        module = _build(cls, config, {k: v for k, v in deps.items() if exists(v)})
     except (TypeError, ValueError, KeyError) as err:
         raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {_one_line(err)}") from None
+    except RuntimeError as err:
+        if type(err).__name__ != "ClipWeightsUnavailable":
+            raise
+        raise ModelLoadError(f"{directory}: {_one_line(err)}") from None  # pretrained CLIP not cached
 
-    if name not in _EXTERNAL_WEIGHTS:
+    if not _is_external(module):
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelLoadError(f"{weights} is missing: the {name} component has no weights")
@@ -359,15 +381,21 @@ def load_component(
 
 
 def _shared_clip(clip, prior, decoder):
-    """The CLIP to store once: the given one, else the one inside the prior or decoder."""
-    if exists(clip):
-        return clip
-    for module in (prior, decoder):
-        if not exists(module):
-            continue
-        for prefix in _dependency_prefixes(module):
-            return module.get_submodule(prefix.rstrip("."))
-    return None
+    """The CLIP to store once: the given one, else the one inside the prior or decoder.
+
+    A project CLIP behind an `XClipAdapter` is stored bare; the prior and decoder wrap it again.
+    """
+    if not exists(clip):
+        found = [
+            module.get_submodule(prefix.rstrip("."))
+            for module in (prior, decoder)
+            if exists(module)
+            for prefix in _dependency_prefixes(module)
+        ]
+        clip = found[0] if found else None
+    if type(clip).__name__ == "XClipAdapter":
+        clip = clip.clip
+    return clip
 
 
 def save_model(

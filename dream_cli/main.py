@@ -1,14 +1,70 @@
-"""Entry point: `dream PROMPT` generates; `dream train|data|eval|convert` are subcommands."""
+"""Entry point: `dream PROMPT` generates; `dream train|data|eval|convert|interpolate` are subcommands."""
 
 from __future__ import annotations
 
 import click
 
+from dream_cli.errors import run
+from dream_cli.generate import generate, interpolate
 
-@click.group()
+DEFAULT_COMMAND = "generate"
+
+
+class DefaultCommandGroup(click.Group):
+    """A click group whose first argument, unless it names a subcommand, goes to a default command.
+
+    `dream "a red cube"` runs `generate`; a prompt that equals a subcommand name follows `--`
+    (`dream -- train`).
+    """
+
+    def __init__(self, *args, default_command: str = DEFAULT_COMMAND, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def _routes_to_default(self, ctx: click.Context, args: list[str]) -> bool:
+        first = args[0]
+        group_options = {*self.get_help_option_names(ctx), "--version"}
+        return first == "--" or (first not in self.commands and first not in group_options)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and self._routes_to_default(ctx, args):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] PROMPT...")
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="       ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # the default command's options are the ones most people need: list them with the group's
+        default = self.commands.get(self.default_command)
+        params = [p for p in default.get_params(ctx) if p not in (default.get_help_option(ctx),)] if default is not None else []
+        records = [r for p in params + self.get_params(ctx) if (r := p.get_help_record(ctx)) is not None]
+        if records:
+            with formatter.section("Options"):
+                formatter.write_dl(records)
+        self.format_commands(ctx, formatter)
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:  # a caller that handles exceptions itself
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        return run(self, args, prog_name, **extra)
+
+
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dream-dalle2", prog_name="dream")
 def cli() -> None:
-    """dream: text to image with DALL-E 2 (unCLIP)."""
+    """dream: text to image with DALL-E 2 (unCLIP).
+
+    \b
+    dream "a red cube left of a blue ball"          generate (see options below)
+    dream interpolate "a red cube" "a blue ball"    render a slerp between two prompts or images
+    dream -- train                                  a prompt that equals a command name
+    """
+
+
+cli.add_command(generate)
+cli.add_command(interpolate)
 
 
 def main(argv: list[str] | None = None) -> None:

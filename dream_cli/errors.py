@@ -1,0 +1,67 @@
+"""How `dream` fails: one line on stderr, exit 2 for usage errors and 1 for runtime errors.
+
+A traceback is shown only with `--debug` (or `DREAM_DEBUG=1`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+
+class DreamError(click.ClickException):
+    """A runtime failure (model cannot be loaded, output cannot be written): exit code 1."""
+
+    exit_code = 1
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def wants_debug(args: list[str]) -> bool:
+    """`--debug` before a `--` separator, or DREAM_DEBUG set."""
+    head = args[: args.index("--")] if "--" in args else args
+    return "--debug" in head or os.environ.get("DREAM_DEBUG", "") not in ("", "0")
+
+
+def report(err: BaseException, debug: bool) -> int:
+    """Print `err` as one line and return the exit code (re-raises when debugging)."""
+    if isinstance(err, click.exceptions.NoArgsIsHelpError):
+        err.show()
+        return err.exit_code
+    if isinstance(err, click.ClickException):
+        message = err.format_message()
+        if isinstance(err, click.UsageError) and not isinstance(err, click.BadParameter):
+            ctx = err.ctx
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = one_line(message) + hint
+        click.echo(f"Error: {one_line(message)}", err=True)
+        return err.exit_code
+    if isinstance(err, click.Abort):
+        click.echo("Aborted.", err=True)
+        return 1
+    if debug:
+        raise err
+    name = type(err).__name__
+    click.echo(f"Error: {name}: {one_line(err)} (run with --debug for the traceback)", err=True)
+    return 1
+
+
+def run(command: click.Command, args: list[str] | None, prog_name: str | None, **extra) -> None:
+    """Run a click command with `dream`'s error reporting instead of click's standalone handling."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = wants_debug(args)
+    try:
+        code = click.Command.main(command, args, prog_name, standalone_mode=False, **extra)
+    except (click.ClickException, click.Abort) as err:
+        sys.exit(report(err, debug))
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as err:
+        sys.exit(report(err, debug))
+    # standalone_mode=False returns the Exit code of --help/--version, or the command's result
+    sys.exit(code if isinstance(code, int) else 0)
