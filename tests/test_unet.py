@@ -57,6 +57,15 @@ def test_output_shape_and_learned_variance_channels():
     assert make(channels=4, channels_out=5).channels_out == 5
 
 
+def test_image_conditioning_defaults_to_whether_an_embed_dim_is_given():
+    with_dim = Unet(dim=8, dim_mults=(1, 2), image_embed_dim=4)
+    without = Unet(dim=8, dim_mults=(1, 2))
+    assert with_dim.cond_on_image_embeds is True and with_dim.config.conditioning.cond_on_image_embeds is True
+    assert without.cond_on_image_embeds is False and not hasattr(without, "null_image_embed")
+    assert with_dim.with_options(cond_on_image_embeds=True) is with_dim
+    assert Unet(dim=8, image_embed_dim=4, cond_on_image_embeds=False).cond_on_image_embeds is False
+
+
 def test_fresh_unet_predicts_zero():
     # the zero-initialised head (ADM) makes an untrained unet output exactly 0
     torch.manual_seed(0)
@@ -189,7 +198,7 @@ def test_timestep_dtype_and_scalar():
         (dict(downsample_mode="avgpool"), "downsample_mode 'avgpool'"),
         (dict(self_attn=(True, False, True)), "self_attn has 3 values"),
         (dict(cond_on_text_encodings=True), "text_embed_dim"),
-        (dict(image_embed_dim=None), "image_embed_dim"),
+        (dict(image_embed_dim=None, cond_on_image_embeds=True), "image_embed_dim"),
         (dict(learned_variance=True, channels_out=3), "channels_out == 2 \\* channels = 6"),
         (dict(resnet_groups=5), "resnet_groups=5"),
     ],

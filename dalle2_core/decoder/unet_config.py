@@ -22,7 +22,8 @@ class UnetConditioningConfig(Config):
     cond_dim: int | None = None  # width of the cross-attention tokens; default: dim
     num_image_tokens: int = 4
     num_time_tokens: int = 2
-    cond_on_image_embeds: bool = True  # base unets do; the Decoder switches it off for upsamplers
+    # None: True exactly when image_embed_dim is given (base unets); the Decoder sets it per stage
+    cond_on_image_embeds: bool | None = None
     cond_on_text_encodings: bool = False
     add_image_embeds_to_time: bool = True  # unCLIP Sec. 2.1: "projecting and adding CLIP embeddings"
     max_text_len: int = 256
@@ -30,6 +31,8 @@ class UnetConditioningConfig(Config):
     lowres_noise_cond: bool = False  # Imagen's noise augmentation level as a second "timestep"
 
     def __post_init__(self):
+        if self.cond_on_image_embeds is None:  # resolved once, so the stored config is explicit
+            object.__setattr__(self, "cond_on_image_embeds", exists(self.image_embed_dim))
         if self.cond_on_image_embeds and not exists(self.image_embed_dim):
             raise ValueError("cond_on_image_embeds=True needs image_embed_dim (the CLIP embedding width)")
         if self.cond_on_text_encodings and not exists(self.text_embed_dim):
