@@ -1,5 +1,7 @@
 """The ClipAdapter interface over the project CLIP and over (tiny, random, offline) open_clip models."""
 
+import copy
+
 import huggingface_hub
 import open_clip
 import pytest
@@ -167,6 +169,13 @@ def test_open_clip_config_rebuilds_the_adapter(oclip):
     assert oclip.config.name == "ViT-B-32" and oclip.config.pretrained is None
     rebuilt = OpenClipAdapter.from_config(oclip.config.to_dict())
     assert rebuilt.dim_latent == 16 and rebuilt.max_text_len == 20
+
+
+def test_adapters_hold_each_weight_once_and_deep_copy(xclip, oclip):
+    for adapter in (xclip, oclip):
+        assert list(adapter.state_dict()) == ["clip." + k for k in adapter.clip.state_dict()]
+        twin = copy.deepcopy(adapter)  # EMA and trainers copy whole modules
+        torch.testing.assert_close(twin.embed_text(["a cat"]).text_embed, adapter.embed_text(["a cat"]).text_embed)
 
 
 def test_names_and_tags_are_checked_before_any_download():

@@ -68,13 +68,13 @@ def test_each_objective_trains_on_a_fixed_batch(option):
             return clip(text, images, return_loss=True).item()
 
     initial = seeded_loss()
-    for _ in range(10):
+    for _ in range(15):
         loss = clip(text, images, return_loss=True)
         opt.zero_grad()
         loss.backward()
         opt.step()
     final = seeded_loss()
-    assert final < initial - 0.25, (option, initial, final)
+    assert final < initial - 0.2, (option, initial, final)
 
 
 def test_objectives_change_the_loss_and_add_their_parameters():

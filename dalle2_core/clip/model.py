@@ -174,9 +174,12 @@ class CLIP(nn.Module):
         if exists(self.mlm):
             loss = loss + losses.text_ssl_weight * self.mlm(text, text_mask, self.text_transformer)
         if exists(self.visual_ssl):
-            encode_cls = lambda x: self.visual_transformer(x)[:, 0]  # noqa: E731
-            loss = loss + losses.image_ssl_weight * self.visual_ssl(images, encode_cls)
+            loss = loss + losses.image_ssl_weight * self.visual_ssl(images, self._visual_cls)
         return loss
+
+    def _visual_cls(self, images: torch.Tensor) -> torch.Tensor:
+        """The representation the image SSL heads see: the ViT's CLS state."""
+        return self.visual_transformer(images)[:, 0]
 
 
 __all__ = ["CLIP"]

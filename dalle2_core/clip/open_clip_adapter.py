@@ -31,7 +31,7 @@ class OpenClipConfig(Config):
     """Enough to rebuild an open_clip adapter: the weights come from open_clip's own cache."""
 
     name: str = "ViT-B-32"
-    pretrained: str | None = "laion2b_s34b_b79k"
+    pretrained: str | None = "openai"
     model_kwargs: dict = field(default_factory=dict)
 
 
@@ -76,7 +76,7 @@ class OpenClipAdapter(ClipAdapter):
     def __init__(
         self,
         name: str = "ViT-B-32",
-        pretrained: str | None = "laion2b_s34b_b79k",
+        pretrained: str | None = "openai",
         cache_dir: str | None = None,
         **model_kwargs,
     ):
@@ -93,13 +93,19 @@ class OpenClipAdapter(ClipAdapter):
         self.image_channels = 3
         self.image_mean = tuple(preprocess["mean"])
         self.image_std = tuple(preprocess["std"])
-        self.resize_mode = preprocess["interpolation"] if preprocess["interpolation"] in ("bilinear", "bicubic") else "bicubic"
+        # training-time choices such as "random" have no eval meaning; CLIP's eval resize is bicubic
+        mode = preprocess["interpolation"]
+        self.resize_mode = mode if mode in ("bilinear", "bicubic") else "bicubic"
         self.max_text_len = self.clip.context_length
         self.vocab_size = self.clip.vocab_size
 
-        self._token_module, self._read_tokens = _token_state_hook_target(self.clip)
+        # looked up per call, not stored: a module attribute would register the layer a second time
+        token_module, _ = _token_state_hook_target(self.clip)
         text = getattr(self.clip, "text", None)
-        self.dim_text = text.config.hidden_size if isinstance(text, HFTextEncoder) else self._token_module.normalized_shape[0]
+        if isinstance(text, HFTextEncoder):
+            self.dim_text = text.config.hidden_size
+        else:
+            self.dim_text = token_module.normalized_shape[0]
         with torch.no_grad():  # embedding width: whatever the text projection gives (no config lookup)
             probe = torch.zeros(1, self.max_text_len, dtype=torch.long, device=self.device)
             self.dim_latent = self.clip.encode_text(probe).shape[-1]
@@ -175,7 +181,8 @@ class OpenClipAdapter(ClipAdapter):
             tokens = torch.nn.functional.pad(tokens, (0, short), value=self._pad_id)
 
         captured = []
-        handle = self._token_module.register_forward_hook(lambda _m, _i, out: captured.append(self._read_tokens(out)))
+        token_module, read_tokens = _token_state_hook_target(self.clip)
+        handle = token_module.register_forward_hook(lambda _m, _i, out: captured.append(read_tokens(out)))
         try:
             text_embed = self.clip.encode_text(tokens)
         finally:
@@ -199,4 +206,10 @@ class OpenAIClipAdapter(OpenClipAdapter):
         super().__init__(openai_to_open_clip_name(name), pretrained="openai", cache_dir=cache_dir)
 
 
-__all__ = ["ClipWeightsUnavailable", "OpenClipConfig", "OpenAIClipAdapter", "OpenClipAdapter", "openai_to_open_clip_name"]
+__all__ = [
+    "ClipWeightsUnavailable",
+    "OpenAIClipAdapter",
+    "OpenClipAdapter",
+    "OpenClipConfig",
+    "openai_to_open_clip_name",
+]
