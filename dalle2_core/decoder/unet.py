@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..helpers import exists
+from ..helpers import default, exists
 from .unet_attention import LinearAttention, SpatialSelfAttention, WindowGridAttention
 from .unet_blocks import (
     ConvNextBlock,
@@ -46,11 +46,11 @@ class Unet(nn.Module):
         self.config = cfg = UnetConfig.build(config, owner="Unet", **resolve_aliases(kwargs))
         cond, attn, blocks = cfg.conditioning, cfg.attention, cfg.blocks
         dim = cfg.dim
-        init_dim = blocks.init_dim or dim
-        cond_dim = cond.cond_dim or dim
-        time_cond_dim = dim * 4
+        init_dim = default(blocks.init_dim, dim)
         dims = [init_dim, *(dim * m for m in cfg.dim_mults)]
-        in_out = list(zip(dims[:-1], dims[1:]))
+        in_out = list(zip(dims[:-1], dims[1:]))  # (width in, width out) per stage
+        cond_dim = default(cond.cond_dim, dim)
+        efficient = blocks.memory_efficient
 
         # stem: the low-res image (cascaded diffusion, Ho et al. 2021) is stacked on the channels
         in_channels = cfg.channels * (2 if cond.lowres_cond else 1)
@@ -60,13 +60,77 @@ class Unet(nn.Module):
             k = blocks.init_conv_kernel_size
             self.init_conv = nn.Conv2d(in_channels, init_dim, k, padding=k // 2)
 
-        # time: a FiLM vector for every block and tokens for cross-attention
+        self._build_conditioning(cond_dim, time_cond_dim=dim * 4)
+
+        # Imagen's skip scaling keeps the variance of concatenated skips in check
+        self.skip_connect_scale = 2**-0.5 if blocks.scale_skip_connection else 1.0
+        groups, num_blocks = cfg.per_stage("resnet_groups"), cfg.per_stage("num_resnet_blocks")
+        attends = list(zip(cfg.per_stage("self_attn"), cfg.per_stage("sparse_attn")))
+
+        self.init_resnet_block = self._block(init_dim, init_dim, groups=groups[0]) if efficient else None
+
+        self.downs = nn.ModuleList()
+        skip_dims = []
+        for i, (d_in, d_out) in enumerate(in_out):
+            is_last = i == len(in_out) - 1
+            # the first stage skips cross-attention: at full resolution it costs the most
+            stage_cond = None if i == 0 else cond_dim
+            d_layer = d_out if efficient else d_in  # the efficient U-Net works after downsampling
+            skip_dims.append(d_layer)
+            self.downs.append(nn.ModuleDict(dict(
+                pre_downsample=self._downsample(d_in, d_out) if efficient else nn.Identity(),
+                init_block=self._block(d_layer, d_layer, groups=groups[i]),
+                resnet_blocks=nn.ModuleList(
+                    self._block(d_layer, d_layer, cond_dim=stage_cond, groups=groups[i]) for _ in range(num_blocks[i])
+                ),
+                attn=self._stage_attention(d_layer, *attends[i]),
+                post_downsample=(
+                    nn.Conv2d(d_layer, d_out, 1) if is_last or efficient else self._downsample(d_layer, d_out)
+                ),
+            )))
+
+        mid_dim = dims[-1]
+        self.mid_block1 = self._block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups[-1])
+        self.mid_attn = (
+            SpatialSelfAttention(mid_dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
+            if attn.attend_at_middle
+            else nn.Identity()
+        )
+        self.mid_block2 = self._block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups[-1])
+
+        upsample = PixelShuffleUpsample if blocks.pixel_shuffle_upsample else NearestUpsample
+        self.ups = nn.ModuleList()
+        for i in reversed(range(len(in_out))):
+            d_in, d_out = in_out[i]
+            stage_cond = None if i == 0 else cond_dim
+            d_cat = d_out + skip_dims.pop()
+            self.ups.append(nn.ModuleDict(dict(
+                init_block=self._block(d_cat, d_out, cond_dim=stage_cond, groups=groups[i]),
+                resnet_blocks=nn.ModuleList(
+                    self._block(d_cat, d_out, cond_dim=stage_cond, groups=groups[i]) for _ in range(num_blocks[i])
+                ),
+                attn=self._stage_attention(d_out, *attends[i]),
+                upsample=upsample(d_out, d_in) if efficient or i > 0 else nn.Identity(),
+            )))
+
+        up_out = init_dim if efficient else dims[1]
+        self.final_resnet_block = self._block(up_out + init_dim, dim, groups=groups[0])
+        k = blocks.final_conv_kernel_size
+        # the low-res image is offered again at the output, as in 1.1.0
+        out_in = dim + (cfg.channels if cond.lowres_cond else 0)
+        self.to_out = nn.Conv2d(out_in, cfg.resolved_channels_out, k, padding=k // 2)
+        # a zero head makes the untrained net predict 0 (OpenAI's ADM does the same)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def _build_conditioning(self, cond_dim: int, time_cond_dim: int):
+        """Time FiLM vector and tokens, image tokens (+ FiLM), text projection, their learned nulls."""
+        dim, cond = self.config.dim, self.config.conditioning
         self.to_time_hiddens = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_cond_dim), nn.GELU())
         self.to_time_tokens = nn.Sequential(
             nn.Linear(time_cond_dim, cond_dim * cond.num_time_tokens), rearrange_tokens(cond.num_time_tokens)
         )
         self.to_time_cond = nn.Sequential(nn.Linear(time_cond_dim, time_cond_dim))
-
         if cond.cond_on_image_embeds:
             self.image_to_tokens = nn.Sequential(
                 nn.Linear(cond.image_embed_dim, cond_dim * cond.num_image_tokens),
@@ -90,88 +154,36 @@ class Unet(nn.Module):
         self.norm_cond = nn.LayerNorm(cond_dim)
         self.norm_mid_cond = nn.LayerNorm(cond_dim)
 
-        # Imagen's skip scaling keeps the variance of concatenated skips in check
-        self.skip_connect_scale = 2**-0.5 if blocks.scale_skip_connection else 1.0
-
-        block_kw = dict(time_cond_dim=time_cond_dim, cross_attn_heads=attn.cross_attn_heads,
-                        cross_attn_dim_head=attn.cross_attn_dim_head)
-        if blocks.block_type == "convnext":
-            def make_block(d_in, d_out, *, cond_dim=None, groups):
-                return ConvNextBlock(d_in, d_out, cond_dim=cond_dim, groups=groups, mult=blocks.convnext_mult, **block_kw)
-        else:
-            def make_block(d_in, d_out, *, cond_dim=None, groups):
-                return ResnetBlock(d_in, d_out, cond_dim=cond_dim, groups=groups, **block_kw)
-
-        def make_downsample(d_in, d_out):
-            if blocks.cross_embed_downsample:
-                return CrossEmbedLayer(d_in, blocks.cross_embed_downsample_kernel_sizes, d_out, stride=2)
-            return Downsample(d_in, d_out, blocks.downsample_mode)
-
-        make_upsample = PixelShuffleUpsample if blocks.pixel_shuffle_upsample else NearestUpsample
-        groups_per_stage = cfg.per_stage("resnet_groups")
-        num_blocks = cfg.per_stage("num_resnet_blocks")
-        self_attn = cfg.per_stage("self_attn")
-        sparse_attn = cfg.per_stage("sparse_attn")
-        efficient = blocks.memory_efficient
-
-        self.init_resnet_block = make_block(init_dim, init_dim, groups=groups_per_stage[0]) if efficient else None
-
-        self.downs = nn.ModuleList()
-        skip_dims = []
-        for ind, ((d_in, d_out), groups, n, sa, sp) in enumerate(zip(in_out, groups_per_stage, num_blocks, self_attn, sparse_attn)):
-            is_first, is_last = ind == 0, ind == len(in_out) - 1
-            # the first stage skips cross-attention: at full resolution it costs the most
-            stage_cond = None if is_first else cond_dim
-            d_layer = d_out if efficient else d_in
-            skip_dims.append(d_layer)
-            self.downs.append(nn.ModuleDict(dict(
-                pre_downsample=make_downsample(d_in, d_out) if efficient else nn.Identity(),
-                init_block=make_block(d_layer, d_layer, groups=groups),
-                resnet_blocks=nn.ModuleList(make_block(d_layer, d_layer, cond_dim=stage_cond, groups=groups) for _ in range(n)),
-                attn=self._stage_attention(d_layer, sa, sp),
-                post_downsample=nn.Conv2d(d_layer, d_out, 1) if is_last or efficient else make_downsample(d_layer, d_out),
-            )))
-
-        mid_dim = dims[-1]
-        self.mid_block1 = make_block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups_per_stage[-1])
-        self.mid_attn = (
-            SpatialSelfAttention(mid_dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
-            if attn.attend_at_middle else nn.Identity()
+    def _block(self, dim: int, dim_out: int, *, groups: int, cond_dim: int | None = None) -> nn.Module:
+        """A resnet or ConvNeXt block, FiLM-conditioned on time, cross-attending when `cond_dim` is set."""
+        blocks, attn = self.config.blocks, self.config.attention
+        kw = dict(
+            time_cond_dim=self.config.dim * 4,
+            cond_dim=cond_dim,
+            groups=groups,
+            cross_attn_heads=attn.cross_attn_heads,
+            cross_attn_dim_head=attn.cross_attn_dim_head,
         )
-        self.mid_block2 = make_block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups_per_stage[-1])
+        if blocks.block_type == "convnext":
+            return ConvNextBlock(dim, dim_out, mult=blocks.convnext_mult, **kw)
+        return ResnetBlock(dim, dim_out, **kw)
 
-        self.ups = nn.ModuleList()
-        stages_up = zip(reversed(in_out), reversed(groups_per_stage), reversed(num_blocks), reversed(self_attn), reversed(sparse_attn))
-        for ind, ((d_in, d_out), groups, n, sa, sp) in enumerate(stages_up):
-            is_last = ind == len(in_out) - 1
-            stage_cond = None if is_last else cond_dim
-            skip = skip_dims.pop()
-            self.ups.append(nn.ModuleDict(dict(
-                init_block=make_block(d_out + skip, d_out, cond_dim=stage_cond, groups=groups),
-                resnet_blocks=nn.ModuleList(make_block(d_out + skip, d_out, cond_dim=stage_cond, groups=groups) for _ in range(n)),
-                attn=self._stage_attention(d_out, sa, sp),
-                upsample=make_upsample(d_out, d_in) if efficient or not is_last else nn.Identity(),
-            )))
-
-        up_out = init_dim if efficient else dims[1]
-        self.final_resnet_block = make_block(up_out + init_dim, dim, groups=groups_per_stage[0])
-        k = blocks.final_conv_kernel_size
-        # the low-res image is offered again at the output, as in 1.1.0
-        out_in = dim + (cfg.channels if cond.lowres_cond else 0)
-        self.to_out = nn.Conv2d(out_in, cfg.resolved_channels_out, k, padding=k // 2)
-        # a zero head makes the untrained net predict 0 (OpenAI's ADM does the same)
-        nn.init.zeros_(self.to_out.weight)
-        nn.init.zeros_(self.to_out.bias)
+    def _downsample(self, dim: int, dim_out: int) -> nn.Module:
+        blocks = self.config.blocks
+        if blocks.cross_embed_downsample:
+            return CrossEmbedLayer(dim, blocks.cross_embed_downsample_kernel_sizes, dim_out, stride=2)
+        return Downsample(dim, dim_out, blocks.downsample_mode)
 
     def _stage_attention(self, dim: int, self_attn: bool, sparse_attn: bool) -> nn.Module:
+        """Full attention where `self_attn`; else, where `sparse_attn`, window/grid or linear attention."""
         attn = self.config.attention
+        heads = dict(heads=attn.attn_heads, dim_head=attn.attn_dim_head)
         if self_attn:
-            return SpatialSelfAttention(dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
+            return SpatialSelfAttention(dim, **heads)
         if sparse_attn and exists(attn.sparse_attn_window):
-            return WindowGridAttention(dim, window=attn.sparse_attn_window, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
+            return WindowGridAttention(dim, window=attn.sparse_attn_window, **heads)
         if sparse_attn:
-            return LinearAttention(dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head,
-                                   normalize_v=attn.linear_attn_normalize_v)
+            return LinearAttention(dim, normalize_v=attn.linear_attn_normalize_v, **heads)
         return nn.Identity()
 
     @classmethod
@@ -237,42 +249,12 @@ class Unet(nn.Module):
             raise ValueError("lowres_cond_img given but this Unet has lowres_cond=False")
 
         x = self.init_conv(x)
-        r = x.clone()  # the stem output is concatenated again before the head
+        r = x  # the stem output is concatenated again before the head
 
-        time_hiddens = self.to_time_hiddens(t.to(x.dtype))
-        time_tokens = self.to_time_tokens(time_hiddens)  # (b, num_time_tokens, cond_dim)
-        film = self.to_time_cond(time_hiddens)  # (b, time_cond_dim)
-
-        if cond.lowres_noise_cond:
-            if not exists(lowres_noise_level):
-                raise ValueError("this Unet has lowres_noise_cond=True: pass lowres_noise_level (b,), 0 for clean")
-            film = film + self.to_lowres_noise_cond(lowres_noise_level.to(x.dtype).expand(b))
-        elif exists(lowres_noise_level):
-            raise ValueError("lowres_noise_level given but this Unet was built with lowres_noise_cond=False")
-
-        drop_both = _drop_mask(cond_drop_mask, b, "cond_drop_mask", x.device)
-        image_keep = ~(_drop_mask(image_cond_drop_mask, b, "image_cond_drop_mask", x.device) | drop_both)
-        text_keep = ~(_drop_mask(text_cond_drop_mask, b, "text_cond_drop_mask", x.device) | drop_both)
-
-        tokens = [time_tokens]
-        if cond.cond_on_image_embeds:
-            if not exists(image_embed) or image_embed.shape != (b, cond.image_embed_dim):
-                got = tuple(image_embed.shape) if exists(image_embed) else None
-                raise ValueError(f"image_embed must have shape ({b}, {cond.image_embed_dim}), got {got}")
-            image_embed = image_embed.to(x.dtype)
-            image_tokens = self.image_to_tokens(image_embed)  # (b, num_image_tokens, cond_dim)
-            tokens.append(torch.where(image_keep[:, None, None], image_tokens, self.null_image_embed.to(x.dtype)))
-            if cond.add_image_embeds_to_time:
-                image_hiddens = self.to_image_hiddens(image_embed)
-                film = film + torch.where(image_keep[:, None], image_hiddens, self.null_image_hiddens.to(x.dtype))
-        c_tokens = torch.cat(tokens, dim=1)
-
-        mid_tokens = c_tokens
-        if cond.cond_on_text_encodings:
-            text_tokens = self._text_tokens(text_encodings, text_mask, text_keep, b, x.dtype)
-            mid_tokens = torch.cat((c_tokens, text_tokens), dim=1)
-
-        c_tokens, mid_tokens = self.norm_cond(c_tokens), self.norm_mid_cond(mid_tokens)
+        film, c_tokens, mid_tokens = self._conditioning(
+            t, image_embed, text_encodings, text_mask, lowres_noise_level,
+            image_cond_drop_mask, text_cond_drop_mask, cond_drop_mask, dtype=x.dtype,
+        )
 
         if exists(self.init_resnet_block):
             x = self._run(self.init_resnet_block, x, film)
@@ -306,14 +288,56 @@ class Unet(nn.Module):
             x = torch.cat((x, lowres_cond_img), dim=1)
         return self.to_out(x)
 
+    def _conditioning(
+        self, t, image_embed, text_encodings, text_mask, lowres_noise_level,
+        image_cond_drop_mask, text_cond_drop_mask, cond_drop_mask, *, dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FiLM vector (b, time_cond_dim), tokens for every stage and for the middle (b, n, cond_dim)."""
+        cond, (b,), device = self.config.conditioning, t.shape, t.device
+        time_hiddens = self.to_time_hiddens(t.to(dtype))
+        time_tokens = self.to_time_tokens(time_hiddens)  # (b, num_time_tokens, cond_dim)
+        film = self.to_time_cond(time_hiddens)  # (b, time_cond_dim)
+
+        if cond.lowres_noise_cond:
+            if not exists(lowres_noise_level) or lowres_noise_level.shape not in ((), (b,)):
+                got = tuple(lowres_noise_level.shape) if exists(lowres_noise_level) else None
+                raise ValueError(f"this Unet has lowres_noise_cond=True: pass lowres_noise_level ({b},), got {got}")
+            film = film + self.to_lowres_noise_cond(lowres_noise_level.to(dtype).expand(b))
+        elif exists(lowres_noise_level):
+            raise ValueError("lowres_noise_level given but this Unet was built with lowres_noise_cond=False")
+
+        drop_both = _drop_mask(cond_drop_mask, b, "cond_drop_mask", device)
+        image_keep = ~(_drop_mask(image_cond_drop_mask, b, "image_cond_drop_mask", device) | drop_both)
+        text_keep = ~(_drop_mask(text_cond_drop_mask, b, "text_cond_drop_mask", device) | drop_both)
+
+        tokens = [time_tokens]
+        if cond.cond_on_image_embeds:
+            if not exists(image_embed) or image_embed.shape != (b, cond.image_embed_dim):
+                got = tuple(image_embed.shape) if exists(image_embed) else None
+                raise ValueError(f"image_embed must have shape ({b}, {cond.image_embed_dim}), got {got}")
+            image_embed = image_embed.to(dtype)
+            image_tokens = self.image_to_tokens(image_embed)  # (b, num_image_tokens, cond_dim)
+            tokens.append(torch.where(image_keep[:, None, None], image_tokens, self.null_image_embed.to(dtype)))
+            if cond.add_image_embeds_to_time:
+                image_hiddens = self.to_image_hiddens(image_embed)
+                film = film + torch.where(image_keep[:, None], image_hiddens, self.null_image_hiddens.to(dtype))
+        c_tokens = torch.cat(tokens, dim=1)
+
+        mid_tokens = c_tokens
+        if cond.cond_on_text_encodings:
+            text_tokens = self._text_tokens(text_encodings, text_mask, text_keep, dtype)
+            mid_tokens = torch.cat((c_tokens, text_tokens), dim=1)
+        return film, self.norm_cond(c_tokens), self.norm_mid_cond(mid_tokens)
+
     def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        """module(*args), recomputed in the backward pass when gradient checkpointing is on."""
         if self.config.blocks.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def _text_tokens(self, text_encodings, text_mask, text_keep, b, dtype) -> torch.Tensor:
+    def _text_tokens(self, text_encodings, text_mask, text_keep, dtype) -> torch.Tensor:
         """Text encodings projected to (b, max_text_len, cond_dim); padding and dropped rows take null tokens."""
-        cond = self.config.conditioning
+        cond, b = self.config.conditioning, text_keep.shape[0]
         if not exists(text_encodings):
             raise ValueError("this Unet has cond_on_text_encodings=True: pass text_encodings (b, n, text_embed_dim)")
         if text_encodings.ndim != 3 or text_encodings.shape[0] != b or text_encodings.shape[-1] != cond.text_embed_dim:

@@ -176,9 +176,9 @@ class WindowGridAttention(nn.Module):
         if h % p or w % p:
             raise ValueError(f"feature map {h}x{w} is not divisible by sparse_attn_window={p}")
         nx, ny = h // p, w // p
-        seq = rearrange(fmap, "b c (x p1) (y p2) -> (b x y) (p1 p2) c", p1=p, p2=p)  # local windows
+        seq = rearrange(fmap, "b c (x p1) (y p2) -> (b x y) (p1 p2) c", p1=p, p2=p)  # p x p neighbours
         seq = self.block_attn(seq) + seq
         fmap = rearrange(seq, "(b x y) (p1 p2) c -> b c (x p1) (y p2)", x=nx, y=ny, p1=p)
-        seq = rearrange(fmap, "b c (p1 x) (p2 y) -> (b x y) (p1 p2) c", p1=p, p2=p)  # strided grid
+        seq = rearrange(fmap, "b c (p1 x) (p2 y) -> (b x y) (p1 p2) c", p1=p, p2=p)  # p x p pixels h/p apart
         seq = self.grid_attn(seq) + seq
         return rearrange(seq, "(b x y) (p1 p2) c -> b c (p1 x) (p2 y)", x=nx, y=ny, p1=p)
