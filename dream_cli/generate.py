@@ -88,7 +88,11 @@ def _settings(model, opts: dict) -> Settings:
         raise click.BadParameter(str(err), param_hint=err.param_hint) from None
 
 
-def _command_line(prompt: str, spec: str, s: Settings, seed: int, num: int, batch: int, extra: list[str]) -> str:
+def _command_line(prompt: str, resolved, s: Settings, seed: int, num: int, batch: int, extra: list[str]) -> str:
+    # a local folder by absolute path, a Hub repo pinned to the commit that was used
+    spec = {"local": str(resolved.path.resolve()), "hub": f"{resolved.spec.split('@')[0]}@{resolved.revision}"}.get(
+        resolved.source, resolved.spec
+    )
     args = ["dream", "--model", spec, "--seed", str(seed), "-n", str(num), "--batch-size", str(batch)]
     args += ["--sampler", s.sampler, "--cond-scale", ",".join(f"{v:g}" for v in s.cond_scale)]
     args += ["--steps", ",".join(map(str, s.steps))]
@@ -122,7 +126,10 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
     with surface_warnings():
         model, resolved = load(opts["model_spec"], device, dtype, quiet)
         s = _settings(model, opts)
-        if picture is None and model.prior is None:
+        unconditional = model.decoder.config.conditioning.unconditional
+        if unconditional:
+            picture = None  # nothing conditions the images: no prior, no image embedding
+        elif picture is None and model.prior is None:
             raise DreamError(f"model {resolved.spec!r} has no prior, so it cannot generate from text; use --image")
         if not quiet:
             click.echo(f"seed {seed}  model {resolved.spec}  device {device}  {opts['precision']}", err=True)
@@ -130,11 +137,14 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
         extra = ["--image", str(image.resolve())] if image is not None else []
         slug = slugify(text if text.strip() else image.stem)
         saved, tensors = [], []
-        with Progress(quiet, s, num, batch_size, with_prior=image_embed is None) as progress:
+        batches = -(-num // batch_size)
+        with Progress(quiet, s, decoder_runs=batches, prior_runs=0 if unconditional or picture is not None else batches) as progress:
             for start in range(0, num, batch_size):
                 b = min(batch_size, num - start)
                 generator = torch.Generator(device=device).manual_seed(seed + start)
-                if image_embed is None:
+                if unconditional:
+                    embeds = torch.zeros(b, 0, device=device)  # only its batch size is used
+                elif image_embed is None:
                     embeds = prior_embed(model, [text] * b, s, generator, progress)
                 else:
                     embeds = image_embed.expand(b, -1)
@@ -148,9 +158,9 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
                         "size": [img.shape[-1], img.shape[-2]],
                     }
                     if batch_size == 1:  # this image alone: its own seed, one image
-                        info["command"] = _command_line(text, resolved.spec, s, seed + i, 1, 1, extra)
+                        info["command"] = _command_line(text, resolved, s, seed + i, 1, 1, extra)
                     else:  # its batch shares a generator: regenerate the whole run, take image `index`
-                        info["command"] = _command_line(text, resolved.spec, s, seed, num, batch_size, extra)
+                        info["command"] = _command_line(text, resolved, s, seed, num, batch_size, extra)
                     path = save_png(img, outdir, f"{slug}-{seed}-{i}", png_text(text, info))
                     click.echo(str(path))
                     saved.append(path)
@@ -188,7 +198,7 @@ def interpolate(a: str, b: str, frames: int, **opts) -> None:
         if not quiet:
             click.echo(f"seed {seed}  model {resolved.spec}  device {device}  {opts['precision']}", err=True)
         texts = [e if isinstance(e, str) else None for e in ends]
-        with Progress(quiet, s, frames, 1, with_prior=any(texts)) as progress:
+        with Progress(quiet, s, decoder_runs=frames, prior_runs=sum(map(bool, texts))) as progress:
             embeds = []
             for end in ends:
                 generator = torch.Generator(device=device).manual_seed(seed)

@@ -151,6 +151,7 @@ class Settings:
         return {
             "model": resolved.spec,
             "model_source": resolved.source,
+            "model_path": str(resolved.path.resolve()),
             "model_revision": resolved.revision,
             "sampler": self.sampler,
             "cond_scale": list(self.cond_scale),
@@ -170,21 +171,20 @@ class Settings:
 class Progress:
     """One rich progress bar per stage (prior, each unet) on stderr; silent when quiet."""
 
-    def __init__(self, quiet: bool, s: Settings, num: int, batch_size: int, with_prior: bool):
+    def __init__(self, quiet: bool, s: Settings, decoder_runs: int, prior_runs: int):
         self.bar = None
         if quiet:
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-        batches = math.ceil(num / batch_size)
         self.bar = RichProgress(
             TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=Console(stderr=True),
         )
-        # the prior samples all steps inside one call, so its bar counts batches
-        self.prior = self.bar.add_task("prior", total=batches) if with_prior else None
-        self.unets = [self.bar.add_task(f"unet {i + 1}", total=steps * batches) for i, steps in enumerate(s.steps)]
+        # the prior samples all its steps inside one call, so its bar counts calls
+        self.prior = self.bar.add_task("prior", total=prior_runs) if prior_runs else None
+        self.unets = [self.bar.add_task(f"unet {i + 1}", total=steps * decoder_runs) for i, steps in enumerate(s.steps)]
 
     def __enter__(self) -> Progress:
         if self.bar is not None:
@@ -262,7 +262,8 @@ def decode(model: Model, embeds: torch.Tensor, texts: list[str] | None, s: Setti
     decoder = model.decoder
     on_text = decoder.config.conditioning.condition_on_text_encodings
     return decoder.sample(
-        image_embed=embeds,
+        image_embed=None if decoder.config.conditioning.unconditional else embeds,
+        batch_size=embeds.shape[0],
         text=texts if on_text else None,
         cond_scale=s.cond_scale,
         sampler=s.sampler,
