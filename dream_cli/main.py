@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from dream_cli.data import data
 from dream_cli.errors import run
 from dream_cli.generate import generate, interpolate
+from dream_cli.train import train
 
 DEFAULT_COMMAND = "generate"
 
@@ -65,6 +67,8 @@ def cli() -> None:
 
 cli.add_command(generate)
 cli.add_command(interpolate)
+cli.add_command(data)
+cli.add_command(train)
 
 
 def main(argv: list[str] | None = None) -> None:

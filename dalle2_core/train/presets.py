@@ -33,7 +33,7 @@ def default_presets(image_size: int) -> dict:
         raise ValueError(f"image size {image_size} is not supported; accepted: a power of two from 16 to 1024")
     small = image_size <= 64
     clip_size = min(image_size, 64 if small else 224)
-    latent = 64 if small else 512
+    latent = 128 if small else 512  # the prior works at the CLIP embedding width
     sizes = _cascade(image_size)
     unets = []
     for i, size in enumerate(sizes):
@@ -43,6 +43,8 @@ def default_presets(image_size: int) -> dict:
                 dim=(32 if small else 128) if i == 0 else (16 if small else 64),
                 dim_mults=tuple(2**k for k in range(depth)),
                 cond_dim=64 if small else 256,
+                image_embed_dim=latent,
+                text_embed_dim=latent,
                 cond_on_text_encodings=i == 0,
                 self_attn=tuple(k == depth - 1 for k in range(depth)) if i == 0 else False,
                 attn_heads=4 if small else 8,
@@ -52,7 +54,7 @@ def default_presets(image_size: int) -> dict:
         )
     return {
         "clip": dict(
-            dim_text=64 if small else 512,
+            dim_text=latent,  # the prior reads the text encodings at its own width
             dim_image=64 if small else 512,
             dim_latent=latent,
             text_enc_depth=2 if small else 6,
@@ -63,7 +65,7 @@ def default_presets(image_size: int) -> dict:
             visual_patch_size=clip_size // 8,
             visual_heads=4 if small else 8,
         ),
-        "prior_network": dict(dim=128 if small else 512, depth=2 if small else 6, dim_head=32 if small else 64, heads=4 if small else 8),
+        "prior_network": dict(dim=latent, depth=2 if small else 6, dim_head=32 if small else 64, heads=4 if small else 8),
         "prior": dict(timesteps=1000, sample_timesteps=50, cond_drop_prob=0.1, condition_on_text_encodings=True),
         "unets": unets,
         "decoder": dict(
