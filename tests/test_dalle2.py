@@ -28,7 +28,10 @@ def tiny_unet(**kwargs):
 def decoder(clip):
     torch.manual_seed(0)
     unets = (tiny_unet(image_embed_dim=LATENT, text_embed_dim=LATENT), tiny_unet())
-    return Decoder(unet=unets, clip=clip, image_sizes=(16, 32), timesteps=10, condition_on_text_encodings=True).eval()
+    decoder = Decoder(unet=unets, clip=clip, image_sizes=(16, 32), timesteps=10, condition_on_text_encodings=True)
+    for unet in decoder.unets:  # the zero-initialised heads would make every condition look alike
+        torch.nn.init.normal_(unet.to_out.weight, std=0.1)
+    return decoder.eval()
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,9 @@ def test_image_variations_decode_each_images_embedding(decoder):
     assert out.shape == (4, 3, 32, 32)
     # rows 0-1 come from image 0, rows 2-3 from image 1: different noise, same embedding
     assert not torch.equal(out[0], out[1])
+    embeds = decoder.clip.embed_image(images).image_embed.repeat_interleave(2, dim=0)
+    direct = decoder.sample(embeds, steps=2, text=["a", "b", "c", "d"], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, direct)
 
 
 def test_slerp_stays_on_the_sphere_at_constant_speed():
