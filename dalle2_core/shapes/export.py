@@ -12,6 +12,16 @@ FORMATS = ("txt", "jsonl")
 METADATA_FILE = "metadata.jsonl"
 
 
+def check_output_folder(out: str | Path) -> Path:
+    """`out` as a Path if it is new or an empty folder; otherwise an error, so nothing is overwritten."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new or empty folder (nothing is overwritten)")
+    return out
+
+
 def write_shapes_folder(
     out: str | Path,
     num: int,
@@ -33,11 +43,7 @@ def write_shapes_folder(
         raise ValueError(f"unknown format {format!r}; accepted: {', '.join(FORMATS)}")
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new or empty folder (nothing is overwritten)")
+    out = check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
 
     digits = max(6, len(str(num - 1)))
@@ -59,4 +65,4 @@ def write_shapes_folder(
     return paths
 
 
-__all__ = ["FORMATS", "METADATA_FILE", "write_shapes_folder"]
+__all__ = ["FORMATS", "METADATA_FILE", "check_output_folder", "write_shapes_folder"]

@@ -59,8 +59,8 @@ SPLITS = ("seen", "held")
 PHRASINGS: tuple[str, ...] = (
     "a {size} {color} {shape} {where} on a {background} background",
     "{background} background, {size} {color} {shape} {where}",
-    "a {background} background with a {size} {color} {shape} {where}",
-    "{where}, a {color} {shape}, {size}, on a {background} background",
+    "{size} {color} {shape} {where}, {background} background",
+    "{where} there is a {size} {color} {shape}; the background is {background}",
 )
 
 

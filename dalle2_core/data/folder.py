@@ -1,0 +1,165 @@
+"""A folder of images with captions as a map-style dataset (for `dream train`).
+
+Two layouts are read, and may be mixed:
+- sidecar captions: `cat.png` + `cat.txt` (same stem, same folder);
+- Hugging Face ImageFolder metadata: a `metadata.jsonl` whose rows hold `file_name` (relative to
+  the metadata file's folder) and `text`. A metadata caption wins over a sidecar file.
+
+Bad data never stops a long run: images without a caption, empty captions and broken metadata rows
+are dropped while scanning, and images that fail to decode are dropped when loaded. Each is recorded
+in `dataset.skipped`, a dict from path to reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, default_collate
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+METADATA_FILE = "metadata.jsonl"
+LAYOUTS = (
+    "images with sidecar captions (cat.png + cat.txt), or a metadata.jsonl with "
+    f"'file_name' and 'text' per line; image types {', '.join(IMAGE_EXTENSIONS)}"
+)
+# PIL raises any of these for a truncated or malformed file, depending on the format plugin.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _clean_caption(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ImageTextFolder(Dataset):
+    """(image, caption) pairs from `root`; images are RGB float tensors in [0, 1], (3, size, size).
+
+    Items are sorted by path, so the order is the same on every machine and DDP rank; shard with
+    `torch.utils.data.distributed.DistributedSampler`. An image that fails to decode yields `None`;
+    pass `collate_fn=dataset.collate` to the DataLoader to drop those from the batch. With worker
+    processes, load-time skips are recorded in the workers' copies of the dataset, not this one.
+    `verify=True` decodes every image up front instead, so `skipped` is complete before training.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        *,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        verify: bool = False,
+    ):
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset folder {self.root} does not exist or is not a folder")
+        self.image_size = image_size
+        self.extensions = tuple(e.lower() for e in extensions)
+        self.skipped: dict[str, str] = {}
+        self.items: list[tuple[Path, str]] = self._scan()
+        if verify:
+            self._verify()
+        if not self.items:
+            raise ValueError(
+                f"no captioned images in {self.root} ({len(self.skipped)} skipped: "
+                f"{dict(self.skipped_counts)}); expected {LAYOUTS}"
+            )
+
+    def _scan(self) -> list[tuple[Path, str]]:
+        files = sorted(p for p in self.root.rglob("*") if p.is_file())
+        images = [p for p in files if p.suffix.lower() in self.extensions]
+        if not images:
+            raise ValueError(f"no images found in {self.root}; expected {LAYOUTS}")
+        image_set = set(images)
+        captions: dict[Path, str] = {}
+        for meta in (p for p in files if p.name == METADATA_FILE):
+            captions.update(self._read_metadata(meta, image_set))
+        items = []
+        for image in images:
+            caption = captions.get(image)
+            if caption is None:
+                sidecar = image.with_suffix(".txt")
+                if not sidecar.is_file():
+                    self.skipped[str(image)] = "no caption"
+                    continue
+                caption = _clean_caption(sidecar.read_text(encoding="utf-8", errors="replace"))
+            if not caption:
+                self.skipped[str(image)] = "empty caption"
+                continue
+            items.append((image, caption))
+        return items
+
+    def _read_metadata(self, meta: Path, images: set[Path]) -> dict[Path, str]:
+        captions = {}
+        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{meta}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                self.skipped[where] = "invalid JSON in metadata"
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not isinstance(row.get("text"), str):
+                self.skipped[where] = "metadata row needs string 'file_name' and 'text'"
+                continue
+            path = meta.parent / row["file_name"]
+            if path not in images:
+                self.skipped[where] = f"metadata names a missing image: {row['file_name']!r}"
+                continue
+            captions[path] = _clean_caption(row["text"])
+        return captions
+
+    def _verify(self) -> None:
+        good = []
+        for path, caption in self.items:
+            try:
+                with Image.open(path) as img:
+                    img.load()
+            except _DECODE_ERRORS as err:
+                self.skipped[str(path)] = f"unreadable image: {err}"
+                continue
+            good.append((path, caption))
+        self.items = good
+
+    @property
+    def skipped_counts(self) -> Counter:
+        """How many items were skipped for each kind of reason."""
+        return Counter(reason.split(":")[0] for reason in self.skipped.values())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_image(self, path: Path) -> torch.Tensor:
+        """Decode, centre-crop to square and resize (antialiased) to a (3, size, size) tensor in [0, 1]."""
+        size = self.image_size
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+        array = np.array(img, dtype=np.uint8)  # (h, w, 3)
+        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)  # (3, h, w)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str] | None:
+        path, caption = self.items[index]
+        try:
+            return self.load_image(path), caption
+        except _DECODE_ERRORS as err:
+            self.skipped[str(path)] = f"unreadable image: {err}"
+            return None
+
+    def collate(self, batch: list[tuple[torch.Tensor, str] | None]) -> tuple[torch.Tensor, list[str]]:
+        """Stack a batch, dropping items that failed to load; the batch may come out short or empty."""
+        kept = [item for item in batch if item is not None]
+        if not kept:
+            return torch.empty(0, 3, self.image_size, self.image_size), []
+        images, captions = default_collate(kept)
+        return images, list(captions)
+
+
+__all__ = ["IMAGE_EXTENSIONS", "LAYOUTS", "METADATA_FILE", "ImageTextFolder"]
