@@ -6,6 +6,7 @@ A traceback is shown only with `--debug` (or `DREAM_DEBUG=1`).
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
@@ -18,7 +19,8 @@ class DreamError(click.ClickException):
 
 
 def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """`text` with its line breaks folded, so an error is a single line (values keep their spaces)."""
+    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
 
 
 def wants_debug(args: list[str]) -> bool:
