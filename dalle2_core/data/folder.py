@@ -141,7 +141,13 @@ class ImageTextFolder(Dataset):
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
             img = ImageOps.exif_transpose(img).convert("RGB")
-            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+            # crop first: resizing with a crop box would let the filter read pixels outside it
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+            if side != size:
+                img = img.resize((size, size), Image.Resampling.BICUBIC)  # antialiased when shrinking
         array = np.array(img, dtype=np.uint8)  # (h, w, 3)
         return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)  # (3, h, w)
 
