@@ -398,6 +398,16 @@ def _shared_clip(clip, prior, decoder):
     return clip
 
 
+def _same_config(module: nn.Module, directory: Path) -> bool:
+    try:
+        stored = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    name, config = _describe(module)
+    # through JSON, so tuples and lists compare equal
+    return stored == json.loads(json.dumps({"class": name, "config": config}))
+
+
 def save_model(
     folder: str | os.PathLike,
     *,
@@ -408,11 +418,17 @@ def save_model(
 ) -> Path:
     """Write a model folder; components not given are kept from an existing folder.
 
+    Without `clip=`, the CLIP inside the prior/decoder is written only if the folder has no CLIP
+    with the same config yet (it is frozen there); pass `clip=` to overwrite it regardless.
+
     The index is written last, so an interrupted save leaves the previous index pointing at
     complete components.
     """
     folder = Path(folder)
+    explicit_clip = exists(clip)
     clip = _shared_clip(clip, prior, decoder)
+    if exists(clip) and not explicit_clip and _same_config(clip, folder / "clip"):
+        clip = None  # the frozen CLIP inside a prior/decoder is already stored: don't rewrite it each save
     given = {"clip": clip, "prior": prior, "decoder": decoder}
     if not any(exists(m) for m in given.values()):
         raise ValueError("save_model needs at least one of clip=, prior=, decoder=")

@@ -223,3 +223,16 @@ def test_partial_save_keeps_other_components(tmp_path):
 def test_sampling_defaults_are_validated(bad, message):
     with pytest.raises(ValueError, match=message):
         SamplingDefaults.build(**bad)
+
+
+def test_clip_inside_a_prior_is_written_only_when_missing(tmp_path):
+    clip, prior, _ = tiny_modules()
+    folder = save_model(tmp_path / "m", prior=prior)  # the CLIP comes from inside the prior
+    assert json.loads((folder / "model_index.json").read_text())["components"] == ["clip", "prior"]
+    clip_file = folder / "clip" / "model.safetensors"
+    stamp = clip_file.stat().st_mtime_ns
+    save_model(folder, prior=prior)  # a later save: the frozen CLIP is already there
+    assert clip_file.stat().st_mtime_ns == stamp
+    model = load_model(folder)
+    _assert_same_state(clip, model.clip)
+    _assert_same_state(prior, model.prior)
