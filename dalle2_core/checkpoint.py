@@ -23,13 +23,14 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dalle2_core.atomic import atomic_path, fsync_dir
 from dalle2_core.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from dalle2_core.helpers import Config, config_dataclass, exists
 
@@ -101,55 +102,6 @@ class Model:
     decoder: nn.Module | None
     defaults: SamplingDefaults
     path: Path | None = None
-
-
-# --- atomic file writes ---------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    # the rename itself must reach the disk too; directories cannot be opened on some platforms
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """A temporary path beside `path`; on success it is fsynced and renamed onto `path`.
-
-    Whatever writes into the yielded path (safetensors, torch.save, PIL) either completes or leaves
-    `path` exactly as it was. With `overwrite=False` an existing `path` raises FileExistsError and
-    is never replaced, even by a concurrent writer (the final step is a hard link).
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        _fsync_file(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if `path` exists: no window for a silent overwrite
-            except FileExistsError:
-                raise
-            except OSError:  # file systems without hard links
-                if path.exists():
-                    raise FileExistsError(f"{path} already exists") from None
-                os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -268,11 +220,11 @@ def save_component(module: nn.Module, directory: str | os.PathLike) -> Path:
         old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(directory, old)
         os.rename(tmp, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     for stale in directory.parent.glob(f".{directory.name}.old-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return directory

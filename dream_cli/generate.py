@@ -123,7 +123,7 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
         raise click.BadParameter(f"{seed} + {num} images exceeds the largest seed {MAX_SEED}", param_hint="--seed")
     quiet = opts["quiet"]
 
-    with surface_warnings():
+    with surface_warnings(everything=opts["debug"]):
         model, resolved = load(opts["model_spec"], device, dtype, quiet)
         s = _settings(model, opts)
         unconditional = model.decoder.config.conditioning.unconditional
@@ -192,7 +192,7 @@ def interpolate(a: str, b: str, frames: int, **opts) -> None:
     seed = opts["seed"] if opts["seed"] is not None else secrets.randbelow(2**32)
     quiet = opts["quiet"]
 
-    with surface_warnings():
+    with surface_warnings(everything=opts["debug"]):
         model, resolved = load(opts["model_spec"], device, dtype, quiet)
         s = _settings(model, opts)
         if not quiet:

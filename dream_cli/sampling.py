@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -205,8 +204,11 @@ class Progress:
 
 
 @contextlib.contextmanager
-def surface_warnings():
-    """Show dalle2_core's warnings (e.g. a prompt cut to the CLIP context) as one line each on stderr."""
+def surface_warnings(everything: bool = False):
+    """Show dalle2_core's warnings (e.g. a prompt cut to the CLIP context) as one line each on stderr.
+
+    Other libraries' warnings are shown only with `everything` (--debug).
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -216,7 +218,7 @@ def surface_warnings():
             for w in caught:
                 message = one_line(w.message)
                 from_library = "dalle2_core" in str(w.filename) or type(w.message).__module__.startswith("dalle2_core")
-                if from_library and message not in shown:
+                if (from_library or everything) and message not in shown:
                     shown.add(message)
                     click.echo(f"Warning: {message}", err=True)
 

@@ -1,0 +1,62 @@
+"""Atomic file writes: a file is replaced completely or not at all, even if the process dies.
+
+Used for checkpoints, training state and generated images: write a temporary file in the same
+folder, fsync it, then rename it over the target (`os.replace` is atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def fsync_dir(directory: Path) -> None:
+    # the rename itself must reach the disk too; directories cannot be opened on some platforms
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """A temporary path beside `path`; on success it is fsynced and renamed onto `path`.
+
+    Whatever writes into the yielded path (safetensors, torch.save, PIL) either completes or leaves
+    `path` exactly as it was. With `overwrite=False` an existing `path` raises FileExistsError and
+    is never replaced, even by a concurrent writer (the final step is a hard link).
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if `path` exists: no window for a silent overwrite
+            except FileExistsError:
+                raise
+            except OSError:  # file systems without hard links
+                if path.exists():
+                    raise FileExistsError(f"{path} already exists") from None
+                os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+__all__ = ["atomic_path", "fsync_dir"]
