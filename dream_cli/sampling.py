@@ -244,7 +244,17 @@ def embed_image(model: Model, picture: torch.Tensor, device: torch.device, dtype
     return _adapter(model).embed_image(picture.to(device=device, dtype=dtype)).image_embed
 
 
+@contextlib.contextmanager
+def _option_conflicts():
+    """The library's ValueErrors while sampling name an option this model can't take: one line, exit 1."""
+    try:
+        yield
+    except ValueError as err:
+        raise DreamError(one_line(err)) from None
+
+
 @torch.inference_mode()
+@_option_conflicts()
 def prior_embed(model: Model, texts: list[str], s: Settings, generator: torch.Generator, progress: Progress) -> torch.Tensor:
     embeds = model.prior.sample(
         text=texts,
@@ -259,6 +269,7 @@ def prior_embed(model: Model, texts: list[str], s: Settings, generator: torch.Ge
 
 
 @torch.inference_mode()
+@_option_conflicts()
 def decode(model: Model, embeds: torch.Tensor, texts: list[str] | None, s: Settings, generator, progress: Progress) -> torch.Tensor:
     """Images (b, c, h, w) in [0, 1] from image embeddings, through every unet of the cascade."""
     decoder = model.decoder

@@ -286,3 +286,15 @@ def test_hub_repo_from_the_local_cache_with_revision_pinning(model_dir, tmp_path
     assert runs["org/tiny@v1"][1] != runs["org/tiny"][1]  # a different model behind the pinned revision
     result = dream("--model", "org/tiny@v2", "--outdir", tmp_path / "none", "hub")
     assert result.exit_code == 1 and "'org/tiny' is not in the local Hugging Face cache" in _error_line(result)
+
+
+def test_library_refusals_are_one_line(model_dir, tmp_path):
+    no_dropout = copy_model(model_dir, tmp_path / "no-dropout")
+    path = no_dropout / "prior" / "config.json"
+    config = json.loads(path.read_text())
+    config["config"]["cond_drop_prob"] = 0.0  # guidance needs a prior trained with conditional dropout
+    path.write_text(json.dumps(config))
+    result = dream("--model", no_dropout, "--prior-cond-scale", 2, "--outdir", tmp_path / "out", "-q", "x")
+    assert result.exit_code == 1
+    assert _error_line(result).startswith("Error: cond_scale=2.0 needs a prior trained with conditional dropout")
+    assert pngs(tmp_path / "out") == []
