@@ -298,3 +298,9 @@ def test_library_refusals_are_one_line(model_dir, tmp_path):
     assert result.exit_code == 1
     assert _error_line(result).startswith("Error: cond_scale=2.0 needs a prior trained with conditional dropout")
     assert pngs(tmp_path / "out") == []
+
+
+def test_dream_model_env_is_the_default(model_dir, tmp_path):
+    result = dream("--seed", 0, "--outdir", tmp_path, "-q", "env", env={"DREAM_MODEL": str(model_dir)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(read_png_text(tmp_path / "env-0-0.png")["dream"])["model"] == str(model_dir)
