@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,7 +26,6 @@ from dalle2_core.train.presets import load_presets
 from dalle2_core.train.trainers import CLIPTrainer, DecoderTrainer, DiffusionPriorTrainer
 
 STAGES = ("clip", "prior", "decoder")
-STAGE_ORDER = ("clip", "prior", "decoder-unet1", "decoder-unet2", "decoder-unet3", "decoder-unet4", "decoder-unet5")
 Reporter = Callable[..., None]
 
 
@@ -103,16 +101,6 @@ class RunDir:
     def state_path(self, stage: str) -> Path:
         return self.training / f"{stage}.pt"
 
-    def progress(self) -> dict:
-        path = self.training / "progress.json"
-        return json.loads(path.read_text()) if path.is_file() else {"done": []}
-
-    def mark_done(self, stage: str) -> None:
-        record = self.progress()
-        record["done"] = sorted(set(record["done"]) | {stage}, key=STAGE_ORDER.index)
-        with checkpoint.atomic_path(self.training / "progress.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=2))
-
     def save_state(self, stage: str, state: dict) -> None:
         with checkpoint.atomic_path(self.state_path(stage)) as tmp:
             torch.save(state, tmp)
@@ -145,7 +133,10 @@ def _batches(dataset, settings: TrainSettings, start_step: int) -> Iterator[tupl
         sampler.set_epoch(epoch)
         indices = list(sampler)
         chunks = [indices[i * local : (i + 1) * local] for i in range(skip, per_epoch)]
-        loader = DataLoader(dataset, batch_sampler=chunks, collate_fn=collate_pairs, num_workers=settings.num_workers)
+        # its own generator: creating an iterator must not draw from the global RNG that the
+        # diffusion noise comes from, or a resumed run would see different noise
+        generator = torch.Generator().manual_seed(settings.seed + epoch)
+        loader = DataLoader(dataset, batch_sampler=chunks, collate_fn=collate_pairs, num_workers=settings.num_workers, generator=generator)
         for batch in loader:
             yield step, batch
             step += 1
@@ -293,6 +284,7 @@ def _trainer_options(settings: TrainSettings) -> dict:
 def train(settings: TrainSettings, report: Reporter = lambda event, **info: None) -> Path:
     """Run `settings.stages()` in order into `settings.out`; returns the model folder."""
     from dalle2_core.clip import as_clip_adapter
+    from dalle2_core.clip.adapter import resize_center_crop
     from dalle2_core.data.folder import ImageTextFolder
     from dalle2_core.decoder import Decoder, Unet
     from dalle2_core.prior import DiffusionPrior, DiffusionPriorNetwork
@@ -313,23 +305,21 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
         with checkpoint.atomic_path(run.training / "settings.json") as tmp:
             tmp.write_text(json.dumps({**asdict(settings), "presets": presets}, indent=2, default=str))
     _barrier()
-    done = set(run.progress()["done"]) if settings.resume else set()
     indexed = _Indexed(dataset)
 
     # CLIP: trained here (the project's), or pretrained and frozen (open_clip)
     clip = _build_clip(settings, presets, run, device)
-    if "clip" in stages and "clip" not in done:
+    if "clip" in stages:
         trainer = CLIPTrainer(clip, **_trainer_options(settings)).to(device)
-        tokenize = as_clip_adapter(clip).tokenize
+        adapter = as_clip_adapter(clip)
 
         def clip_step(batch):
             _, images, captions = batch
-            return trainer(tokenize(captions).to(device), images.to(device))
+            images = resize_center_crop(images.to(device), adapter.image_size)
+            return trainer(adapter.tokenize(captions).to(device), images)
 
         save_clip = lambda: checkpoint.save_model(run.root, clip=clip)  # noqa: E731
         _train_stage("clip", trainer, clip_step, trainer.update, save_clip, None, indexed, settings, run, report)
-        if rank == 0:
-            run.mark_done("clip")
     clip = as_clip_adapter(clip).eval().requires_grad_(False)
     if rank == 0:
         checkpoint.save_model(run.root, clip=clip)
@@ -339,7 +329,7 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
         table = embed_dataset(clip, dataset, settings.batch_size, device, report)
     ema = dict(ema_beta=0.995, ema_update_after_step=100, ema_update_every=1)
 
-    if "prior" in remaining and "prior" not in done:
+    if "prior" in remaining:
         if settings.resume and (run.root / "prior" / checkpoint.CONFIG_FILE).is_file():
             prior = checkpoint.load_component(run.root / "prior", device=device, clip=clip)
         else:
@@ -356,8 +346,6 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
                 checkpoint.save_model(run.root, prior=ema_prior)
 
         _train_stage("prior", trainer, prior_step, trainer.update, save_prior, None, indexed, settings, run, report)
-        if rank == 0:
-            run.mark_done("prior")
 
     if "decoder" in remaining:
         if settings.resume and (run.root / "decoder" / checkpoint.CONFIG_FILE).is_file():
@@ -372,8 +360,6 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
             if not 1 <= n <= decoder.num_unets:
                 raise TrainingError(f"--unet {n} is out of range; this decoder has unets 1..{decoder.num_unets}")
             name = f"decoder-unet{n}"
-            if name in done:
-                continue
 
             def decoder_step(batch, n=n):
                 index, images, _ = batch
@@ -399,10 +385,7 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
 
             update = lambda n=n: trainer.update(n)  # noqa: E731
             _train_stage(name, trainer, decoder_step, update, save_decoder, sample_decoder, indexed, settings, run, report)
-            if rank == 0:
-                run.mark_done(name)
 
     _barrier()
-    skipped = Counter(reason.split(":")[0] for _, reason in set(dataset.skipped))  # each file once
-    report("done", path=str(run.root), skipped=dict(skipped))
+    report("done", path=str(run.root), skipped=dict(dataset.skipped_counts))
     return run.root
