@@ -1,5 +1,7 @@
 """dalle2_core: DALL-E 2 (unCLIP) in PyTorch — CLIP, diffusion prior, cascaded decoder."""
 
+from dalle2_core.train import DecoderTrainer, DiffusionPriorTrainer
+
 __version__ = "0.1.0"
 
 from .decoder.unet import Unet  # noqa: E402

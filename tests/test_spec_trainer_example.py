@@ -1,0 +1,83 @@
+"""The seed README's DecoderTrainer example, as written (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
+
+Only the sampling is shortened: the README's decoder samples all 1000 timesteps per unet, which on
+a CPU takes far longer than a test may; `sample_timesteps=2` respaces that schedule.
+"""
+
+import pytest
+import torch
+
+from dalle2_core import CLIP, Decoder, DecoderTrainer, Unet
+
+
+@pytest.mark.slow
+def test_readme_decoder_trainer_example():
+    torch.manual_seed(0)
+    clip = CLIP(
+        dim_text=512,
+        dim_image=512,
+        dim_latent=512,
+        num_text_tokens=49408,
+        text_enc_depth=6,
+        text_seq_len=256,
+        text_heads=8,
+        visual_enc_depth=6,
+        visual_image_size=256,
+        visual_patch_size=32,
+        visual_heads=8,
+    )
+
+    # mock data
+
+    text = torch.randint(0, 49408, (4, 256))
+    images = torch.randn(4, 3, 256, 256)
+
+    # decoder (with unet)
+
+    unet1 = Unet(dim=128, image_embed_dim=512, text_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
+
+    unet2 = Unet(
+        dim=16,
+        image_embed_dim=512,
+        text_embed_dim=512,
+        cond_dim=128,
+        channels=3,
+        dim_mults=(1, 2, 4, 8, 16),
+        cond_on_text_encodings=True,
+    )
+
+    decoder = Decoder(
+        unet=(unet1, unet2),
+        image_sizes=(128, 256),
+        clip=clip,
+        timesteps=1000,
+        sample_timesteps=2,  # not in the README: see the module docstring
+        condition_on_text_encodings=True,
+    )
+
+    decoder_trainer = DecoderTrainer(
+        decoder,
+        lr=3e-4,
+        wd=1e-2,
+        ema_beta=0.99,
+        ema_update_after_step=1000,
+        ema_update_every=10,
+    )
+
+    before = [u.to_out.weight.clone() for u in decoder.unets]
+    for unet_number in (1, 2):
+        loss = decoder_trainer(images, text=text, unet_number=unet_number)  # use the decoder_trainer forward
+        loss.backward()
+
+        decoder_trainer.update(unet_number)  # update the specific unet as well as its exponential moving average
+
+    assert all(not torch.equal(b, u.to_out.weight) for b, u in zip(before, decoder.unets))
+    assert [decoder_trainer.num_steps_taken(i) for i in (0, 1)] == [1, 1]
+
+    # after much training
+    # you can sample from the exponentially moving averaged unets as so
+
+    mock_image_embed = torch.randn(4, 512)
+    images = decoder_trainer.sample(mock_image_embed, text=text)  # (4, 3, 256, 256)
+    assert images.shape == (4, 3, 256, 256)
+    assert torch.isfinite(images).all()
