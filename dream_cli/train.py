@@ -20,8 +20,7 @@ class _RichReporter:
             TextColumn("{task.description:<14}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("{task.fields[rate]:.2f} steps/s"),
+            TextColumn("{task.fields[status]}"),
             TimeRemainingColumn(),
             console=console,
             disable=self.quiet,
@@ -35,11 +34,12 @@ class _RichReporter:
         if event == "stage":
             if self.task is not None:
                 self.progress.stop_task(self.task)
-            self.task = self.progress.add_task(info["stage"], total=info["total"], completed=info["start"], loss=float("nan"), rate=0.0)
+            self.task = self.progress.add_task(info["stage"], total=info["total"], completed=info["start"], status="")
         elif event == "step":
+            self.progress.update(self.task, completed=info["step"])
             task = self.progress.tasks[self.task]
-            rate = task.speed or 0.0
-            self.progress.update(self.task, completed=info["step"], loss=info.get("loss", float("nan")), rate=rate)
+            status = f"loss {info['loss']:.4f}  " if "loss" in info else ""
+            self.progress.update(self.task, status=f"{status}{task.speed or 0:.2f} steps/s")
         elif event == "sample" and not self.quiet:
             self.progress.console.print(f"samples: {info['path']}")
         elif event == "done":

@@ -22,8 +22,12 @@ def _data():
     return torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
 
 
-def _train(x, steps=3):
+def _train(x, steps=3, perturb=False):
     prior = Prior()
+    if perturb:  # a process that initialised differently: the trainer starts it from process 0's weights
+        with torch.no_grad():
+            for p in prior.parameters():
+                p.add_(1.0)
     trainer = DiffusionPriorTrainer(prior, lr=1e-2, use_ema=False, max_grad_norm=1.0)
     for _ in range(steps):
         trainer(x).backward()
@@ -34,9 +38,8 @@ def _train(x, steps=3):
 def _worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        state = _train(_data().chunk(world)[rank])
-        if rank == 0:
-            torch.save(state, out_file)
+        state = _train(_data().chunk(world)[rank], perturb=rank == 1)
+        torch.save(state, f"{out_file}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -44,8 +47,9 @@ def _worker(rank, world, init_file, out_file):
 def test_two_processes_match_one_process_on_the_full_batch(tmp_path):
     out = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
-    ddp = torch.load(out)
     single = _train(_data())
-    for key, value in single.items():
-        assert torch.allclose(value, ddp[key], atol=1e-6), key
+    for rank in (0, 1):
+        ddp = torch.load(f"{out}.{rank}")
+        for key, value in single.items():
+            assert torch.allclose(value, ddp[key], atol=1e-6), (rank, key)
     assert not torch.equal(single["0.weight"], Prior().net.state_dict()["0.weight"])  # it did train

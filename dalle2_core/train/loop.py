@@ -8,6 +8,7 @@ Under `torchrun` every process trains on its shard of each batch and only rank 0
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,6 +18,8 @@ from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -250,6 +253,38 @@ def embed_dataset(clip, dataset, batch_size: int, device: torch.device, report: 
     return table
 
 
+def _fingerprint(clip, dataset, settings: TrainSettings) -> str:
+    """Identifies an embedding table: the CLIP's weights or name, the examples, the image size."""
+    digest = hashlib.sha256(json.dumps([settings.clip, settings.image_size, [(str(p), c) for p, c in dataset.items]]).encode())
+    if not exists(settings.clip):  # the project's CLIP changes with training: hash its weights
+        for value in clip.state_dict().values():
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cached_embeddings(clip, dataset, settings: TrainSettings, run: RunDir, device, report: Reporter) -> dict[str, torch.Tensor]:
+    """The embedding table from `training/embeddings.safetensors` when it matches, else computed
+    by rank 0 and saved there (a pretrained CLIP on a large folder embeds each example once)."""
+    path = run.training / "embeddings.safetensors"
+    fingerprint = _fingerprint(clip, dataset, settings)
+    rank, _ = _rank_world()
+    if rank == 0 and not _matches(path, fingerprint):
+        table = embed_dataset(clip, dataset, settings.batch_size, device, report)
+        with checkpoint.atomic_path(path) as tmp:
+            save_file(table, str(tmp), metadata={"fingerprint": fingerprint})
+    _barrier()
+    if not _matches(path, fingerprint):
+        raise TrainingError(f"{path} does not match this run's CLIP and data; delete it to recompute")
+    return load_file(str(path))
+
+
+def _matches(path: Path, fingerprint: str) -> bool:
+    if not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("fingerprint") == fingerprint
+
+
 def _lookup(table: dict[str, torch.Tensor], index: torch.Tensor, device) -> dict[str, torch.Tensor]:
     return {k: v[index].to(device) for k, v in table.items()}
 
@@ -326,7 +361,7 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
 
     remaining = [s for s in stages if s != "clip"]
     if remaining:
-        table = embed_dataset(clip, dataset, settings.batch_size, device, report)
+        table = _cached_embeddings(clip, dataset, settings, run, device, report)
     ema = dict(ema_beta=0.995, ema_update_after_step=100, ema_update_every=1)
 
     if "prior" in remaining:

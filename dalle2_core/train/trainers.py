@@ -28,7 +28,7 @@ def _average_gradients_across_processes(net: nn.Module) -> None:
     A parameter that got no gradient on one process (an unused branch, e.g. the null condition when
     nothing was dropped) counts as zero there, so every process reduces the same list of tensors.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _distributed():
         return
     world = dist.get_world_size()
     for p in net.parameters():
@@ -38,6 +38,18 @@ def _average_gradients_across_processes(net: nn.Module) -> None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
         p.grad.div_(world)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def _broadcast_from_first_process(net: nn.Module) -> None:
+    """Every process starts from process 0's weights (they were initialised with different seeds)."""
+    if _distributed():
+        for tensor in net.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 class _NetsTrainer(nn.Module):
@@ -68,6 +80,8 @@ class _NetsTrainer(nn.Module):
         if grad_accum_every < 1:
             raise ValueError(f"grad_accum_every must be >= 1, got {grad_accum_every}")
         n = len(nets)
+        for net in nets:
+            _broadcast_from_first_process(net)
         lr, wd, eps, warmup_steps, cosine_decay_max_steps = (
             cast_tuple(v, n) for v in (lr, wd, eps, warmup_steps, cosine_decay_max_steps)
         )
