@@ -1,0 +1,197 @@
+"""The seed README's decoder, cascade, latent-diffusion and whole-script examples.
+
+`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped. Each example is one function whose image
+sizes (and mock batch) are parameters: `*_as_written` runs the README's numbers exactly (sampling
+timesteps reduced where the README samples), and is skipped unless the machine has the RAM those
+sizes need on CPU (measured: the decoder example peaks at 18 GB; the U-Net keeps ~110 full-resolution
+activations per sample). The `*_small` variants run the same code at smaller resolutions and batches.
+"""
+
+import pytest
+import torch
+
+from dalle2_core import CLIP, DALLE2, Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet, VQGanVAE
+
+
+def available_ram_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) / 2**20
+    except (OSError, KeyError, ValueError):
+        return 0.0
+
+
+def needs_ram(gb: int):
+    return pytest.mark.skipif(available_ram_gb() < gb, reason=f"the README's sizes need about {gb} GB of free RAM on CPU")
+
+
+def spec_clip(depth, image_size=256):
+    return CLIP(
+        dim_text=512,
+        dim_image=512,
+        dim_latent=512,
+        num_text_tokens=49408,
+        text_enc_depth=depth,
+        text_seq_len=256,
+        text_heads=8,
+        visual_enc_depth=depth,
+        visual_image_size=image_size,
+        visual_patch_size=32,
+        visual_heads=8,
+    )
+
+
+def decoder_example(image_size, batch):
+    torch.manual_seed(0)
+    clip = spec_clip(1, image_size)
+    unet = Unet(dim=128, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
+    decoder = Decoder(unet=unet, clip=clip, timesteps=100, image_cond_drop_prob=0.1, text_cond_drop_prob=0.5)
+
+    images = torch.randn(batch, 3, image_size, image_size)
+    loss = decoder(images)
+    loss.backward()
+
+    assert decoder.image_sizes == (image_size,)  # taken from the CLIP
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert decoder.unets[0].to_out.weight.grad.abs().sum() > 0
+
+
+def cascade_example(image_sizes, batch):
+    torch.manual_seed(0)
+    clip = spec_clip(6, image_sizes[0])
+    unet1 = Unet(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
+    unet2 = Unet(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8, 16))
+    decoder = Decoder(
+        clip=clip,
+        unet=(unet1, unet2),
+        image_sizes=image_sizes,
+        timesteps=1000,
+        image_cond_drop_prob=0.1,
+        text_cond_drop_prob=0.5,
+    )
+
+    images = torch.randn(batch, 3, image_sizes[1], image_sizes[1])
+    loss1 = decoder(images, unet_number=1)
+    loss1.backward()
+    loss2 = decoder(images, unet_number=2)
+    loss2.backward()
+
+    assert torch.isfinite(loss1) and torch.isfinite(loss2)
+    assert decoder.unets[1].lowres_cond and not decoder.unets[0].lowres_cond
+    assert decoder.unets[0].to_out.weight.grad.abs().sum() > 0 and decoder.unets[1].to_out.weight.grad.abs().sum() > 0
+
+
+def latent_example(image_sizes):
+    torch.manual_seed(0)
+    clip = spec_clip(1, image_sizes[0])
+    vae1 = VQGanVAE(dim=32, image_size=image_sizes[0], layers=3, layer_mults=(1, 2, 4))
+    vae2 = VQGanVAE(dim=32, image_size=image_sizes[1], layers=3, layer_mults=(1, 2, 4))
+    unet1 = Unet(dim=32, image_embed_dim=512, cond_dim=128, channels=3, sparse_attn=True, sparse_attn_window=2,
+                 dim_mults=(1, 2, 4, 8))
+    unet2 = Unet(dim=32, image_embed_dim=512, channels=3, dim_mults=(1, 2, 4, 8, 16), cond_on_image_embeds=True,
+                 cond_on_text_encodings=False)
+    unet3 = Unet(dim=32, image_embed_dim=512, channels=3, dim_mults=(1, 2, 4, 8, 16), cond_on_image_embeds=True,
+                 cond_on_text_encodings=False, attend_at_middle=False)
+    decoder = Decoder(
+        clip=clip,
+        vae=(vae1, vae2),
+        unet=(unet1, unet2, unet3),
+        image_sizes=image_sizes,
+        timesteps=2,  # README: 100; reduced so that sampling on CPU stays short
+        image_cond_drop_prob=0.1,
+        text_cond_drop_prob=0.5,
+    )
+
+    images = torch.randn(1, 3, image_sizes[2], image_sizes[2])
+    for n in (1, 2, 3):
+        with decoder.one_unet_in_gpu(n):
+            loss = decoder(images, unet_number=n)
+            loss.backward()
+        assert torch.isfinite(loss)
+    assert decoder.unets[0].channels == vae1.encoded_dim and decoder.unets[2].channels == 3
+
+    mock_image_embed = torch.randn(1, 512)
+    images = decoder.sample(mock_image_embed)
+    assert images.shape == (1, 3, image_sizes[2], image_sizes[2])
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def whole_script(clip_size, image_sizes, batch):
+    torch.manual_seed(0)
+    clip = spec_clip(6, clip_size)
+
+    text = torch.randint(0, 49408, (batch, 256))
+    images = torch.randn(batch, 3, clip_size, clip_size)
+    loss = clip(text, images, return_loss=True)
+    loss.backward()
+
+    prior_network = DiffusionPriorNetwork(dim=512, depth=6, dim_head=64, heads=8)
+    diffusion_prior = DiffusionPrior(net=prior_network, clip=clip, timesteps=4, cond_drop_prob=0.2)  # README: 100
+    loss = diffusion_prior(text, images)
+    loss.backward()
+
+    unet1 = Unet(dim=128, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
+    unet2 = Unet(dim=16, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8, 16))
+    decoder = Decoder(
+        unet=(unet1, unet2),
+        image_sizes=image_sizes,
+        clip=clip,
+        timesteps=4,  # README: 100
+        image_cond_drop_prob=0.1,
+        text_cond_drop_prob=0.5,
+        condition_on_text_encodings=False,
+    )
+    for unet_number in (1, 2):
+        loss = decoder(images, unet_number=unet_number)
+        loss.backward()
+        assert torch.isfinite(loss)
+
+    dalle2 = DALLE2(prior=diffusion_prior, decoder=decoder)
+    images = dalle2(["cute puppy chasing after a squirrel"], cond_scale=2.0)
+    assert images.shape == (1, 3, image_sizes[1], image_sizes[1])
+    assert images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.slow
+def test_readme_decoder_example_small():
+    decoder_example(64, 4)
+
+
+@pytest.mark.slow
+def test_readme_cascade_example_small():
+    cascade_example((64, 128), 2)
+
+
+@pytest.mark.slow
+def test_readme_latent_diffusion_example_small():
+    latent_example((128, 256, 320))  # the latent base unet needs >= 16 px latents for its 2x2 windows
+
+
+@pytest.mark.slow
+def test_readme_whole_script_small():
+    whole_script(64, (32, 64), 2)
+
+
+@pytest.mark.slow
+@needs_ram(24)
+def test_readme_decoder_example_as_written():
+    decoder_example(256, 4)
+
+
+@pytest.mark.slow
+@needs_ram(48)
+def test_readme_cascade_example_as_written():
+    cascade_example((256, 512), 4)
+
+
+@pytest.mark.slow
+@needs_ram(48)
+def test_readme_latent_diffusion_example_as_written():
+    latent_example((256, 512, 1024))
+
+
+@pytest.mark.slow
+@needs_ram(32)
+def test_readme_whole_script_as_written():
+    whole_script(256, (128, 256), 4)
