@@ -400,43 +400,54 @@ class Decoder(nn.Module):
             img = resize_image_to(start_image_or_video, self.image_sizes[start - 1])
 
         scales = self._per_unet_arg(cond_scale, "cond_scale")
-        steps = self._per_unet_arg(steps, "steps") if exists(steps) else self.config.per_unet(self.config.diffusion.sample_timesteps)
-        c = self.config.conditioning
+        default_steps = self.config.per_unet(self.config.diffusion.sample_timesteps)
+        steps = self._per_unet_arg(steps, "steps") if exists(steps) else default_steps
         for index in range(start, stop + 1):
-            unet = self.unets[index]
-            param = next(unet.parameters())
-            size, latent_size = self.image_sizes[index], self._stage_size(index)
-            lowres_x = lowres_level = None
-            if exists(self.lowres_conds[index]):
-                lowres_img, lowres_level = self.lowres_conds[index].for_sampling(img, target_size=size, generator=generator)
-                lowres_x = self._encode(index, lowres_img)
-            cond = self._unet_cond(index, image_embed, text_encodings, text_mask, lowres_x, lowres_level)
-            conditioned = unet.cond_on_image_embeds or unet.cond_on_text_encodings
-            # a stage without image/text condition has nothing to guide
-            model = classifier_free_guidance(self._network(index), scales[index] if conditioned else 1.0, guide_variance=True, **cond)
-            is_latent = isinstance(self.vaes[index], VQGanVAE)
-            denoise_fn = None
-            if c.clip_denoised and not is_latent:
-                denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
-            shape = (batch_size, self.vaes[index].encoded_dim, latent_size, latent_size)
-            noise = torch.randn(shape, generator=generator, device=param.device, dtype=param.dtype)
-            stage_on_step = (lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)) if exists(on_step) else None
-            opts = dict(sampler=sampler, steps=steps[index], denoise_fn=denoise_fn, generator=generator, on_step=stage_on_step)
-            if sampler == "ddim":
-                opts["eta"] = self.config.diffusion.ddim_sampling_eta
-            if exists(inpaint_image):
-                known_px = resize_image_to(inpaint_image, size)
-                mask_px = resize_image_to(inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
-                known = self._encode(index, known_px)
-                mask = resize_image_to(mask_px.float(), latent_size) > 0.5
-                x = repaint_sample(model, self.diffusions[index], noise, known, mask,
-                                   resample_times=inpaint_resample_times, **opts)
-            else:
-                x = diffusion_sample(model, self.diffusions[index], noise, **opts)
-            img = unnormalize_zero_to_one(self.vaes[index].decode(x)).clamp(0.0, 1.0)
-            if exists(inpaint_image):
-                img = torch.where(mask_px, known_px, img)  # exact known pixels, also for latent stages
+            stage_on_step = None
+            if exists(on_step):
+                stage_on_step = lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)  # noqa: E731
+            img = self._sample_stage(
+                index, img, batch_size, image_embed, text_encodings, text_mask,
+                cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
+                on_step=stage_on_step, inpaint=(inpaint_image, inpaint_mask, inpaint_resample_times),
+            )
         return img
+
+    def _sample_stage(self, index, lowres_source, batch_size, image_embed, text_encodings, text_mask, *,
+                      cond_scale, sampler, steps, generator, on_step, inpaint) -> torch.Tensor:
+        """One unet of the cascade: [0, 1] images at `image_sizes[index]` from noise (and the previous stage)."""
+        unet, vae, diffusion = self.unets[index], self.vaes[index], self.diffusions[index]
+        param = next(unet.parameters())
+        size, latent_size = self.image_sizes[index], self._stage_size(index)
+        lowres_x = lowres_level = None
+        if exists(self.lowres_conds[index]):
+            lowres_img, lowres_level = self.lowres_conds[index].for_sampling(lowres_source, target_size=size, generator=generator)
+            lowres_x = self._encode(index, lowres_img)
+        cond = self._unet_cond(index, image_embed, text_encodings, text_mask, lowres_x, lowres_level)
+        # a stage without image/text condition has nothing to guide; guiding every output channel,
+        # the variance fraction included, is what the trained (LAION) checkpoints expect
+        conditioned = unet.cond_on_image_embeds or unet.cond_on_text_encodings
+        model = classifier_free_guidance(self._network(index), cond_scale if conditioned else 1.0, guide_variance=True, **cond)
+
+        c = self.config.conditioning
+        denoise_fn = None
+        if c.clip_denoised and not isinstance(vae, VQGanVAE):  # latents have no [-1, 1] range to clamp to
+            denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
+        noise = torch.randn((batch_size, vae.encoded_dim, latent_size, latent_size),
+                            generator=generator, device=param.device, dtype=param.dtype)
+        opts = dict(sampler=sampler, steps=steps, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
+        if sampler == "ddim":
+            opts["eta"] = self.config.diffusion.ddim_sampling_eta
+
+        inpaint_image, inpaint_mask, resample_times = inpaint
+        if not exists(inpaint_image):
+            return unnormalize_zero_to_one(vae.decode(diffusion_sample(model, diffusion, noise, **opts))).clamp(0.0, 1.0)
+        known_px = resize_image_to(inpaint_image, size)
+        mask_px = resize_image_to(inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
+        mask = resize_image_to(mask_px.float(), latent_size) > 0.5
+        x = repaint_sample(model, diffusion, noise, self._encode(index, known_px), mask, resample_times=resample_times, **opts)
+        img = unnormalize_zero_to_one(vae.decode(x)).clamp(0.0, 1.0)
+        return torch.where(mask_px, known_px, img)  # the known pixels exactly, latent stages included
 
     def _per_unet_arg(self, value, name: str) -> tuple:
         values = cast_tuple(value)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
+from dalle2_core.decoder.unet_config import UnetConfig
+from dalle2_core.decoder.vqgan_vae import VQGanVAEConfig
 from dalle2_core.helpers import Config, cast_tuple, config_dataclass, exists
 
 BETA_SCHEDULES = ("cosine", "linear", "quadratic", "sigmoid", "jsd")
@@ -119,9 +121,6 @@ class DecoderConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
-        from dalle2_core.decoder.unet import UnetConfig
-        from dalle2_core.decoder.vqgan_vae import VQGanVAEConfig
-
         data = dict(data)
         unets = tuple(u if isinstance(u, Config) else UnetConfig.from_dict(u) for u in data.pop("unets", ()))
         vaes = tuple(
