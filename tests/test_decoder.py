@@ -200,6 +200,22 @@ def test_text_conditioning_is_required_when_configured():
         two_stage().sample(embed(2), text_encodings=text, steps=2)
 
 
+def test_text_conditioning_declared_by_an_upsampler_only():
+    torch.manual_seed(0)
+    decoder = Decoder(unet=(tiny_unet(), tiny_unet(dim=8, text_embed_dim=8, cond_on_text_encodings=True)),
+                      image_sizes=(16, 32), timesteps=20, image_embed_dim=EMBED_DIM, condition_on_text_encodings=True)
+    assert [u.cond_on_text_encodings for u in decoder.unets] == [False, True]  # as in DALLE2-pytorch
+    assert decoder.config.conditioning.condition_on_text_encodings
+    rebuilt = Decoder.from_config(decoder.config.to_dict())
+    assert [u.cond_on_text_encodings for u in rebuilt.unets] == [False, True]
+    rebuilt.load_state_dict(decoder.state_dict())
+    # an unflagged decoder still records that its upsampler needs text
+    torch.manual_seed(0)
+    unflagged = Decoder(unet=(tiny_unet(), tiny_unet(dim=8, text_embed_dim=8, cond_on_text_encodings=True)),
+                        image_sizes=(16, 32), timesteps=20, image_embed_dim=EMBED_DIM)
+    assert unflagged.config == decoder.config
+
+
 def test_config_round_trip_rebuilds_the_same_decoder():
     decoder = two_stage(learned_variance=(True, True), beta_schedule=("cosine", "linear"), sample_timesteps=(5, 3),
                         predict_v=(False, True), use_dynamic_thres=False)

@@ -94,9 +94,13 @@ class Decoder(nn.Module):
         learned_variance = self._learned_variance(cfg)
         use_noise = cfg.per_unet(cfg.lowres.use_noise_for_lowres_cond, False)
         use_blur = cfg.per_unet(cfg.lowres.use_blur_for_lowres_cond, True)
+        # text conditioning: as each unet declares it; the decoder flag alone conditions the base unet
+        declared = [u.cond_on_text_encodings for u in unets]
+        if cond.condition_on_text_encodings and not any(declared):
+            declared[0] = True
         adapted = []
         for i, (u, v) in enumerate(zip(unets, self.vaes)):
-            text_cond = not cond.unconditional and (u.cond_on_text_encodings or (cond.condition_on_text_encodings and i == 0))
+            text_cond = not cond.unconditional and declared[i]
             overrides = dict(
                 lowres_cond=i > 0,
                 lowres_noise_cond=i > 0 and bool(use_noise[i]),
@@ -119,7 +123,9 @@ class Decoder(nn.Module):
                     overrides[name] = default(own, known)
             adapted.append(u.with_options(**overrides))
         self.unets = nn.ModuleList(adapted)
-        self.config = DecoderConfig.build(cfg, unets=tuple(u.config for u in adapted))
+        # the stored flag says whether sampling needs text (and rebuilds the same unets)
+        on_text = any(u.cond_on_text_encodings for u in adapted)
+        self.config = cfg = DecoderConfig.build(cfg, unets=tuple(u.config for u in adapted), condition_on_text_encodings=on_text)
 
         d = cfg.diffusion
         schedules = cfg.per_unet(d.beta_schedule, None)
