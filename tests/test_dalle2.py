@@ -64,6 +64,9 @@ def test_decoder_takes_embeddings_from_its_clip(decoder):
         loss = decoder(images, text=text, unet_number=n)
         assert torch.isfinite(loss) and loss.item() > 0
     assert not any(p.requires_grad for p in decoder.clip.parameters())
+    decoder.train()
+    assert decoder.unets.training and not decoder.clip.training
+    decoder.eval()
     with pytest.raises(ValueError, match="conditioned on text"):
         decoder(images, unet_number=1)
 

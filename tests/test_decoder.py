@@ -133,6 +133,13 @@ def test_training_one_unet_leaves_the_other_bit_identical():
         assert changed > 0
 
 
+def test_train_mode_keeps_frozen_parts_in_eval_and_sample_restores_it():
+    decoder = two_stage().train()
+    assert decoder.unets.training and not decoder.vaes.training
+    decoder.sample(embed(1), steps=2)
+    assert decoder.training and decoder.unets[0].training
+
+
 def test_unet_number_is_required_and_checked():
     decoder = two_stage()
     images = torch.rand(1, 3, 32, 32)

@@ -153,6 +153,14 @@ class Decoder(nn.Module):
         # tracks where `.to()` put the decoder, so `one_unet_in_gpu` knows the accelerator
         self.register_buffer("_device_tracker", torch.zeros(()), persistent=False)
 
+    def train(self, mode: bool = True) -> Decoder:
+        """Train mode for the unets only: the CLIP and the VQ-GANs stay frozen in eval mode."""
+        super().train(mode)
+        self.vaes.eval()
+        if exists(self.clip):
+            self.clip.eval()
+        return self
+
     @staticmethod
     def _learned_variance(cfg: DecoderConfig) -> tuple[bool, ...]:
         lv = cfg.diffusion.learned_variance
@@ -408,15 +416,20 @@ class Decoder(nn.Module):
         scales = self._per_unet_arg(cond_scale, "cond_scale")
         default_steps = self.config.per_unet(self.config.diffusion.sample_timesteps)
         steps = self._per_unet_arg(steps, "steps") if exists(steps) else default_steps
-        for index in range(start, stop + 1):
-            stage_on_step = None
-            if exists(on_step):
-                stage_on_step = lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)  # noqa: E731
-            img = self._sample_stage(
-                index, img, batch_size, image_embed, text_encodings, text_mask,
-                cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
-                on_step=stage_on_step, inpaint=(inpaint_image, inpaint_mask, inpaint_resample_times),
-            )
+        was_training = self.training
+        self.eval()
+        try:
+            for index in range(start, stop + 1):
+                stage_on_step = None
+                if exists(on_step):
+                    stage_on_step = lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)  # noqa: E731
+                img = self._sample_stage(
+                    index, img, batch_size, image_embed, text_encodings, text_mask,
+                    cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
+                    on_step=stage_on_step, inpaint=(inpaint_image, inpaint_mask, inpaint_resample_times),
+                )
+        finally:
+            self.train(was_training)
         return img
 
     def _sample_stage(self, index, lowres_source, batch_size, image_embed, text_encodings, text_mask, *,
