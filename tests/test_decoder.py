@@ -193,6 +193,35 @@ def test_upsampler_lowres_augmentation_and_random_crop():
         two_stage(random_crop_sizes=(8, 16))
 
 
+def test_lowres_conditioning_degrades_then_noises():
+    decoder = two_stage(use_noise_for_lowres_cond=True, blur_prob=0.0)
+    conditioner = decoder.lowres_conds[1]
+    images = torch.rand(3, 3, 32, 32)
+    torch.manual_seed(0)
+    cond, levels = conditioner.for_training(images, target_size=32, lowres_size=16)
+    assert cond.shape == (3, 3, 32, 32) and levels.shape == (3,) and len(set(levels.tolist())) == 3
+    clean, none = two_stage(blur_prob=0.0).lowres_conds[1].for_training(images, target_size=32, lowres_size=16)
+    assert none is None
+    # without noise: nearest down to 16 px and back, i.e. each 2x2 block holds its top-left pixel
+    torch.testing.assert_close(clean, images[..., ::2, ::2].repeat_interleave(2, -1).repeat_interleave(2, -2))
+    _, fixed = conditioner.for_sampling(images[..., ::2, ::2], target_size=32)
+    assert fixed.tolist() == [200, 200, 200]  # lowres_noise_sample_level 0.2 of 1000 steps
+
+
+def test_learned_variance_fraction_can_be_constrained():
+    torch.manual_seed(0)
+    decoder = Decoder(unet=tiny_unet(), image_size=16, timesteps=20, learned_variance_constrain_frac=True)
+    unet = decoder.unets[0]
+    torch.nn.init.normal_(unet.to_out.weight, std=0.5)  # outputs well outside [-1, 1]
+    x, t, e = torch.randn(2, 3, 16, 16), torch.tensor([3, 10]), embed(2)
+    raw, out = unet(x, t, image_embed=e), decoder._network(0)(x, t, image_embed=e)
+    frac = (out[:, 3:] + 1) / 2
+    torch.testing.assert_close(frac, torch.sigmoid((raw[:, 3:] + 1) / 2))
+    assert raw[:, 3:].abs().max() > 2 and 0 < frac.min() and frac.max() < 1
+    assert torch.equal(out[:, :3], raw[:, :3])
+    assert torch.isfinite(decoder(torch.rand(2, 3, 16, 16), image_embed=e))
+
+
 def test_text_conditioning_is_required_when_configured():
     decoder = two_stage(condition_on_text_encodings=True, text_embed_dim=8)
     assert decoder.unets[0].cond_on_text_encodings and not decoder.unets[1].cond_on_text_encodings
