@@ -1,0 +1,122 @@
+"""Measure one benchmark case in this process and print one JSON line (run by `peer_compare.py`).
+
+Runs in either library's virtual environment; it imports only torch and the library under test.
+Memory is the peak above the warmed-up baseline: on CPU the resident set's high-water mark (VmHWM,
+reset through /proc/self/clear_refs after warm-up, so the optimiser state allocated by the first
+step is in the baseline), on CUDA torch's peak allocated bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+
+import torch
+
+from cases import CASES
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not found in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _count_flops(case) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        case.run()
+    return counter.get_total_flops()
+
+
+def _version(impl: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version({"ours": "dream-dalle2", "peer": "dalle2-pytorch"}[impl])
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def measure(args) -> dict:
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    extra = dict(channels_last=True) if args.channels_last else {}
+    case = CASES[args.case](args.impl, args.device, args.precision, **extra)
+    for _ in range(args.warmup):
+        case.run()
+    _sync(args.device)
+    gc.collect()
+    if args.device.startswith("cuda"):
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _status_kib("VmRSS") * 1024
+        _reset_peak_rss()
+
+    times = []
+    for _ in range(args.iters):
+        _sync(args.device)
+        start = time.perf_counter()
+        case.run()
+        _sync(args.device)
+        times.append(time.perf_counter() - start)
+
+    peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else _status_kib("VmHWM") * 1024
+    result = dict(
+        impl=args.impl,
+        library_version=_version(args.impl),
+        torch=torch.__version__,
+        case=case.name,
+        kind=case.kind,
+        batch=case.batch,
+        steps=case.steps,
+        params=case.params,
+        seconds=times,
+        # per optimiser step for training, per denoising step for sampling
+        seconds_per_step=statistics.median(times) / case.steps,
+        peak_bytes=max(0, peak - base),
+        baseline_bytes=base,
+    )
+    if args.flops:
+        result["flops_per_step"] = _count_flops(case) / case.steps
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--impl", required=True, choices=["ours", "peer"])
+    p.add_argument("--case", required=True, choices=sorted(CASES))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--flops", action="store_true", help="count model FLOPs of one run (for MFU)")
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.warmup < 1:
+        p.error(f"--iters and --warmup must be >= 1, got {args.iters} and {args.warmup}")
+    print(json.dumps(measure(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
