@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dream_cli.convert import convert
 from dream_cli.data import data
 from dream_cli.errors import run
 from dream_cli.generate import generate, interpolate
@@ -69,6 +70,7 @@ cli.add_command(generate)
 cli.add_command(interpolate)
 cli.add_command(data)
 cli.add_command(train)
+cli.add_command(convert)
 
 
 def main(argv: list[str] | None = None) -> None:

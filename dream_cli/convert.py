@@ -1,0 +1,47 @@
+"""`dream convert laion`: LAION's DALLE2-pytorch checkpoints into a model folder (parses options, calls dalle2_core)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dream_cli.errors import DreamError, one_line
+
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group()
+def convert() -> None:
+    """Import weights trained elsewhere."""
+
+
+@convert.command()
+@click.option("--prior", type=FILE, required=True, help="Prior weights (laion/DALLE2-PyTorch prior/latest.pth).")
+@click.option("--prior-config", type=FILE, required=True, help="Its prior_config.json.")
+@click.option("--decoder", type=FILE, required=True, help="64 px decoder (decoder/v1.0.2/latest.pth; config inside).")
+@click.option("--upsampler", type=FILE, help="64->256 px upsampler weights (Veldrovive/upsamplers working/latest.pth).")
+@click.option("--upsampler-config", type=FILE, help="Its decoder_config.json.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New or empty folder for the model.")
+@click.option("-q", "--quiet", is_flag=True, help="No notes on stderr (the folder path is still printed).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def laion(prior: Path, prior_config: Path, decoder: Path, upsampler: Path | None, upsampler_config: Path | None,
+          out: Path, quiet: bool, debug: bool) -> None:
+    """Convert LAION's prior, decoder and (optionally) upsampler into a model folder for `dream --model OUT`.
+
+    The .pth files are read without running code from them. The CLIP is OpenAI ViT-L/14 through
+    open_clip, fetched into its cache the first time the model is used.
+    """
+    from dalle2_core.convert import convert_laion
+
+    if (upsampler is None) != (upsampler_config is None):
+        raise click.UsageError("--upsampler and --upsampler-config go together")
+    files = dict(prior=prior, prior_config=prior_config, decoder=decoder, upsampler=upsampler, upsampler_config=upsampler_config)
+    try:
+        result = convert_laion(files, out)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # UnsafeCheckpointError is a ValueError
+        raise DreamError(one_line(err)) from None
+    if not quiet:
+        for note in result.notes:
+            click.echo(f"Note: {note}", err=True)
+    click.echo(str(result.path))
