@@ -88,6 +88,10 @@ def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _tuple_if_list(value):
+    return tuple(value) if isinstance(value, list) else value  # JSON ranges (lo, hi) as the config's tuples
+
+
 def _meta_free(module: nn.Module, what: str) -> None:
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
@@ -97,7 +101,9 @@ def _meta_free(module: nn.Module, what: str) -> None:
 # ---- prior -------------------------------------------------------------------------------------------
 
 
-def prior_weights(state: dict[str, torch.Tensor], net: DiffusionPriorNetwork, what: str = "prior network") -> dict[str, torch.Tensor]:
+def prior_weights(
+    state: dict[str, torch.Tensor], net: DiffusionPriorNetwork, what: str = "prior network"
+) -> dict[str, torch.Tensor]:
     """A 1.1.0 prior network state dict (`net.*` of the file, prefix removed) mapped and checked onto `net`."""
     rotary = net.causal_transformer.layers[0][0].rotary_emb
     mapped = prior_net_state(state, rotary.dim if exists(rotary) else 0, what)
@@ -111,7 +117,9 @@ def prior_weights(state: dict[str, torch.Tensor], net: DiffusionPriorNetwork, wh
     return mapped
 
 
-def convert_prior(prior_file: str | os.PathLike, prior_config_file: str | os.PathLike, notes: Notes | None = None) -> DiffusionPrior:
+def convert_prior(
+    prior_file: str | os.PathLike, prior_config_file: str | os.PathLike, notes: Notes | None = None
+) -> DiffusionPrior:
     """A LAION prior (`prior/latest.pth` + `prior/prior_config.json`) as a `DiffusionPrior` (no CLIP)."""
     notes = default(notes, Notes)
     prior_file = Path(prior_file)
@@ -119,7 +127,9 @@ def convert_prior(prior_file: str | os.PathLike, prior_config_file: str | os.Pat
     state = _state_dict(load_checkpoint(prior_file), prior_file, "prior")
     stray = sorted({k.split(".")[0] for k in state} - {"net", "noise_scheduler", "clip"})
     if stray:
-        raise ValueError(f"{prior_file} has keys under {', '.join(stray)}; a DiffusionPrior has net., noise_scheduler. (and clip.)")
+        raise ValueError(
+            f"{prior_file} has keys under {', '.join(stray)}; a DiffusionPrior has net., noise_scheduler. (and clip.)"
+        )
     clip_keys = sum(k.startswith("clip.") for k in state)
     if clip_keys:
         notes.add(f"prior: {clip_keys} CLIP tensors in the file left out (the CLIP comes from open_clip's cache)")
@@ -152,15 +162,16 @@ class _Stage:
 def _build_unet(stage: _Stage, notes: Notes) -> tuple[Unet, dict]:
     n = len(stage.config["unets"])
     opts = stage_options(stage.options, stage.index, n)
+    what = f"{stage.name} unet {stage.index + 1}"
     config = unet_config(stage.config["unets"][stage.index], index=stage.index, stage=opts,
-                         unconditional=stage.options["unconditional"], what=f"{stage.name} unet {stage.index + 1}", notes=notes)
+                         unconditional=stage.options["unconditional"], what=what, notes=notes)
     with torch.device("meta"):
         unet = Unet(config)
     source = split_prefix(stage.state, f"unets.{stage.index}.")
     if not source:
         found = sorted({".".join(k.split(".")[:2]) for k in stage.state if k.startswith("unets.")})
-        raise ValueError(f"{stage.name} has no weights for unet {stage.index + 1} (unets.{stage.index}.*); found {found or 'none'}")
-    mapped = unet_state(source, unet.state_dict(), what=f"{stage.name} unet {stage.index + 1}")
+        raise ValueError(f"{what}: the file has no unets.{stage.index}.* weights; found {found or 'none'}")
+    mapped = unet_state(source, unet.state_dict(), what=what)
     unet.load_state_dict(_float32(mapped), strict=True, assign=True)
     return unet, opts
 
@@ -169,7 +180,9 @@ def _stage_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
     allowed = {"unets", "noise_schedulers", "lowres_conds", "clip", "vaes"}
     stray = sorted({k.split(".")[0] for k in state} - allowed)
     if stray:
-        raise ValueError(f"{path} has keys under {', '.join(stray)}; a Decoder has unets., noise_schedulers., lowres_conds.")
+        raise ValueError(
+            f"{path} has keys under {', '.join(stray)}; a Decoder has unets., noise_schedulers., lowres_conds."
+        )
     if any(k.startswith("vaes.") for k in state):
         raise ValueError(f"{path} holds VQ-GAN weights (vaes.*); latent decoders are not supported by this importer")
     return state
@@ -189,7 +202,9 @@ def convert_decoder(
     decoder_file = Path(decoder_file)
     obj = load_checkpoint(decoder_file)
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
-        raise ValueError(f"{decoder_file} is not a LAION decoder file: expected {{'version', 'config', 'model'}} with the train config inside")
+        raise ValueError(
+            f"{decoder_file} is not a LAION decoder file: expected {{'version', 'config', 'model'}} with the train config"
+        )
     version = version_string(obj.get("version"))
     if exists(version) and not version.startswith(("0.", "1.0", "1.1.")):
         notes.add(f"decoder file written by DALLE2-pytorch {version}; converted with the 1.1.0 numerics")
@@ -207,13 +222,20 @@ def convert_decoder(
         up_opts = decoder_options(up, "upsampler config")
         up_sizes, index = image_sizes(up), len(up["unets"]) - 1
         if index < 1 or len(up_sizes) != len(up["unets"]):
-            raise ValueError(f"upsampler config has {len(up['unets'])} unet(s) for image_sizes {list(up_sizes)}; expected a cascade of 2 or more")
+            raise ValueError(
+                f"upsampler config has {len(up['unets'])} unet(s) for image_sizes {list(up_sizes)}; expected a cascade of 2+"
+            )
         if up_sizes[index - 1] != stages[0].size:
-            raise ValueError(f"the upsampler takes {up_sizes[index - 1]} px images but the decoder makes {stages[0].size} px")
-        up_state = _stage_state(_state_dict(load_checkpoint(upsampler_file), upsampler_file, "upsampler"), upsampler_file)
+            raise ValueError(
+                f"the upsampler takes {up_sizes[index - 1]} px images but the decoder makes {stages[0].size} px"
+            )
+        up_state = _state_dict(load_checkpoint(upsampler_file), upsampler_file, "upsampler")
+        up_state = _stage_state(up_state, upsampler_file)
         steps = schedule_length(split_prefix(up_state, f"noise_schedulers.{index}."))
         if exists(steps) and steps != timesteps:
-            raise ValueError(f"the upsampler's noise schedule has {steps} steps but the decoder's has {timesteps}; they must match")
+            raise ValueError(
+                f"the upsampler's noise schedule has {steps} steps but the decoder's has {timesteps}; they must match"
+            )
         if not exists(steps) and up_opts["timesteps"] != timesteps:
             notes.add(
                 f"upsampler config says timesteps={up_opts['timesteps']} and its file has no schedule tables; "
@@ -222,7 +244,6 @@ def convert_decoder(
         stages.append(_Stage(up, up_opts, index, up_state, up_sizes[index], upsampler_file.name))
 
     unets, opts = zip(*(_build_unet(stage, notes) for stage in stages))
-    n = len(stages)
     lowres = stages[-1].options  # low-res conditioning settings belong to the upsampler's config
     decoder = Decoder(
         unet=tuple(unets),
@@ -250,8 +271,8 @@ def convert_decoder(
         use_blur_for_lowres_cond=tuple(o["use_blur_for_lowres_cond"] for o in opts),
         use_noise_for_lowres_cond=tuple(o["use_noise_for_lowres_cond"] for o in opts),
         blur_prob=lowres["blur_prob"],
-        blur_sigma=tuple(lowres["blur_sigma"]) if isinstance(lowres["blur_sigma"], list) else lowres["blur_sigma"],
-        blur_kernel_size=tuple(lowres["blur_kernel_size"]) if isinstance(lowres["blur_kernel_size"], list) else lowres["blur_kernel_size"],
+        blur_sigma=_tuple_if_list(lowres["blur_sigma"]),
+        blur_kernel_size=_tuple_if_list(lowres["blur_kernel_size"]),
         lowres_noise_sample_level=lowres["lowres_noise_sample_level"],
     )
     for i, (built, kept) in enumerate(zip(unets, decoder.unets)):
@@ -290,7 +311,8 @@ def _write_pretrained_clip(folder: Path, name: str, pretrained: str) -> None:
     config = OpenClipConfig(name, pretrained).to_dict()
     _write_json(folder / "clip" / CONFIG_FILE, {"class": "OpenClipAdapter", "config": config})
     # save_model keeps the components an existing index lists; the prior and decoder join it next
-    _write_json(folder / INDEX_FILE, {"format": FORMAT, "version": FORMAT_VERSION, "components": ["clip"], "defaults": {}})
+    index = {"format": FORMAT, "version": FORMAT_VERSION, "components": ["clip"], "defaults": {}}
+    _write_json(folder / INDEX_FILE, index)
 
 
 def convert_laion(files: dict, out_dir: str | os.PathLike, *, clip: nn.Module | None = None) -> LaionConversion:
@@ -306,7 +328,9 @@ def convert_laion(files: dict, out_dir: str | os.PathLike, *, clip: nn.Module | 
         raise ValueError(f"unknown LAION file key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(FILE_KEYS)}")
     missing = [k for k in ("prior", "prior_config", "decoder") if k not in files]
     if missing:
-        raise ValueError(f"missing LAION file(s) {', '.join(missing)}; needed: prior, prior_config, decoder (+ upsampler, upsampler_config)")
+        raise ValueError(
+            f"missing LAION file(s) {', '.join(missing)}; needed: prior, prior_config, decoder (+ upsampler, upsampler_config)"
+        )
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"output folder {str(out)!r} is not empty; give a new or empty folder")

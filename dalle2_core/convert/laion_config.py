@@ -1,4 +1,4 @@
-"""LAION's train-config JSON (DALLE2-pytorch 1.0-1.1 `TrainDiffusionPriorConfig` / `TrainDecoderConfig`) as this project's configs.
+"""LAION's train-config JSON (DALLE2-pytorch 1.0-1.1 train configs) as this project's configs.
 
 Each option is either carried over, set to the value that reproduces 1.1.0's behaviour (the era's
 numerics are options of this project's modules), or refused with an error naming it. Values that

@@ -101,7 +101,10 @@ def prior_net_state(state: dict[str, torch.Tensor], rotary_dim: int, what: str =
 
 
 def unet_key(key: str) -> str:
-    """A 1.1.0 Unet key under this project's names (`downs.1.2.0.cross_attn.fn.to_q` -> `downs.1.resnet_blocks.0.cross_attn.attn.to_q`)."""
+    """A 1.1.0 Unet key under this project's names.
+
+    `downs.1.2.0.cross_attn.fn.to_q.weight` -> `downs.1.resnet_blocks.0.cross_attn.attn.to_q.weight`.
+    """
     key = re.sub(r"^downs\.(\d+)\.(\d)\.", lambda m: f"downs.{m[1]}.{DOWN_PARTS[int(m[2])]}.", key)
     key = re.sub(r"^ups\.(\d+)\.(\d)\.", lambda m: f"ups.{m[1]}.{UP_PARTS[int(m[2])]}.", key)
     # EinopsToAndFrom(Residual(Attention)) -> .fn.fn. ; EinopsToAndFrom(CrossAttention) -> cross_attn.fn. ;
