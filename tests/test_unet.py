@@ -282,3 +282,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
     assert grads[0]["downs.0.init_block.block1.project.weight"].abs().sum().item() > 0
+
+
+def test_gradient_checkpointing_turns_itself_on_for_large_training_batches(monkeypatch):
+    import dalle2_core.decoder.unet as unet_module
+
+    calls = []
+    real = unet_module.checkpoint
+    monkeypatch.setattr(unet_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    auto, never = make(), make(gradient_checkpointing=False)
+    assert auto.config.blocks.gradient_checkpointing is None
+    x, t, kw = inputs(auto)
+    auto.train()(x, t, **kw)
+    assert calls == []  # a small batch: plain forward
+    monkeypatch.setattr(unet_module, "AUTO_CHECKPOINT_PIXELS", x.shape[0] * x.shape[-1] * x.shape[-2])
+    auto(x, t, **kw)
+    assert len(calls) > 0
+    calls.clear()
+    never.train()(x, t, **kw)
+    with torch.no_grad():
+        auto(x, t, **kw)
+    assert calls == []  # off when asked, and never without gradients

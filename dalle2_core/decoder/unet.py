@@ -9,6 +9,8 @@ classifier-free guidance (Ho & Salimans 2022) contrasts against.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,7 @@ from .unet_blocks import (
     SinusoidalPosEmb,
     rearrange_tokens,
 )
-from .unet_config import UnetConfig, resolve_aliases
+from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig, resolve_aliases
 
 
 def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.device) -> torch.Tensor:
@@ -36,6 +38,11 @@ def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.d
     if drop.dtype != torch.bool or drop.shape != (batch,):
         raise ValueError(f"{name} must be a bool tensor of shape ({batch},), got {drop.dtype} {tuple(drop.shape)}")
     return drop
+
+
+def _call(checkpointed: bool, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """module(*args), recomputed in the backward pass when `checkpointed` (Chen et al. 2016)."""
+    return checkpoint(module, *args, use_reentrant=False) if checkpointed else module(*args)
 
 
 class Unet(nn.Module):
@@ -248,6 +255,7 @@ class Unet(nn.Module):
         elif exists(lowres_cond_img):
             raise ValueError("lowres_cond_img given but this Unet has lowres_cond=False")
 
+        run = partial(_call, self._checkpointing(x))
         x = self.init_conv(x)
         r = x  # the stem output is concatenated again before the head
 
@@ -257,33 +265,33 @@ class Unet(nn.Module):
         )
 
         if exists(self.init_resnet_block):
-            x = self._run(self.init_resnet_block, x, film)
+            x = run(self.init_resnet_block, x, film)
 
         hiddens = []
         for stage in self.downs:
             x = stage["pre_downsample"](x)
-            x = self._run(stage["init_block"], x, film)
+            x = run(stage["init_block"], x, film)
             for block in stage["resnet_blocks"]:
-                x = self._run(block, x, film, c_tokens)
+                x = run(block, x, film, c_tokens)
                 hiddens.append(x)
-            x = self._run(stage["attn"], x)
+            x = run(stage["attn"], x)
             hiddens.append(x)
             x = stage["post_downsample"](x)
 
-        x = self._run(self.mid_block1, x, film, mid_tokens)
-        x = self._run(self.mid_attn, x)
-        x = self._run(self.mid_block2, x, film, mid_tokens)
+        x = run(self.mid_block1, x, film, mid_tokens)
+        x = run(self.mid_attn, x)
+        x = run(self.mid_block2, x, film, mid_tokens)
 
         for stage in self.ups:
             x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
-            x = self._run(stage["init_block"], x, film, c_tokens)
+            x = run(stage["init_block"], x, film, c_tokens)
             for block in stage["resnet_blocks"]:
                 x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
-                x = self._run(block, x, film, c_tokens)
-            x = self._run(stage["attn"], x)
+                x = run(block, x, film, c_tokens)
+            x = run(stage["attn"], x)
             x = stage["upsample"](x)
 
-        x = self._run(self.final_resnet_block, torch.cat((x, r), dim=1), film)
+        x = run(self.final_resnet_block, torch.cat((x, r), dim=1), film)
         if cond.lowres_cond:
             x = torch.cat((x, lowres_cond_img), dim=1)
         return self.to_out(x)
@@ -329,11 +337,13 @@ class Unet(nn.Module):
             mid_tokens = torch.cat((c_tokens, text_tokens), dim=1)
         return film, self.norm_cond(c_tokens), self.norm_mid_cond(mid_tokens)
 
-    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        """module(*args), recomputed in the backward pass when gradient checkpointing is on."""
-        if self.config.blocks.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
+    def _checkpointing(self, x: torch.Tensor) -> bool:
+        if not (self.training and torch.is_grad_enabled()):
+            return False
+        setting = self.config.blocks.gradient_checkpointing
+        return setting if exists(setting) else x.shape[0] * x.shape[-2] * x.shape[-1] >= AUTO_CHECKPOINT_PIXELS
+
+
 
     def _text_tokens(self, text_encodings, text_mask, text_keep, dtype) -> torch.Tensor:
         """Text encodings projected to (b, max_text_len, cond_dim); padding and dropped rows take null tokens."""
