@@ -184,3 +184,30 @@ def test_model_laion_offline_without_the_files_is_a_clear_error(tmp_path, monkey
     with pytest.raises(ModelNotFoundError, match="LAION file laion/DALLE2-PyTorch/prior/latest.pth is not in the local"):
         resolve_model("laion", cache_dir=tmp_path / "hf")
     assert not (tmp_path / "cache" / "models" / "laion").exists()
+
+
+def test_decoder_options_follow_1_1_0_casts_and_refuse_what_cannot_be_reproduced():
+    from dalle2_core.convert.laion_config import Notes, decoder_options, stage_options, unet_config
+
+    unet = dict(dim=8, cond_dim=8, image_embed_dim=16, dim_mults=[1, 2], attend_at_middle=False, self_attn=[0, 1])
+    opts = decoder_options({"unets": [unet, unet], "learned_variance": True, "beta_schedule": None}, "cfg")
+    first, second = stage_options(opts, 0, 2), stage_options(opts, 1, 2)
+    # 1.1.0: a bare learned_variance=True is the first unet only; no schedule means cosine then linear
+    assert (first["learned_variance"], second["learned_variance"]) == (True, False)
+    assert (first["beta_schedule"], second["beta_schedule"]) == ("cosine", "linear")
+    assert (first["use_blur_for_lowres_cond"], second["use_blur_for_lowres_cond"]) == (False, True)
+    notes = Notes()
+    config = unet_config(unet, index=0, stage=first, unconditional=False, what="unet 1", notes=notes)
+    assert config.attention.attend_at_middle and config.attention.self_attn == (False, True)
+    assert config.conditioning.cond_on_image_embeds and config.resolved_channels_out == 6
+    assert "attend_at_middle=False ignored" in notes.lines[0]
+    upsampler = unet_config(unet, index=1, stage=second, unconditional=False, what="unet 2", notes=notes)
+    assert upsampler.conditioning.lowres_cond and not upsampler.conditioning.cond_on_image_embeds
+    with pytest.raises(ValueError, match="supports only pixel-space stages"):
+        decoder_options({"unets": [unet], "vae": [{"layers": 2}]}, "cfg")
+    with pytest.raises(ValueError, match="combine_upsample_fmaps"):
+        unet_config(dict(unet, combine_upsample_fmaps=True), index=0, stage=first, unconditional=False, what="u", notes=notes)
+    with pytest.raises(ValueError, match="image_embed_dim equal to cond_dim"):
+        unet_config(dict(unet, image_embed_dim=8), index=0, stage=first, unconditional=False, what="u", notes=notes)
+    with pytest.raises(ValueError, match=r"has option\(s\) 'use_flash'"):
+        unet_config(dict(unet, use_flash=True), index=0, stage=first, unconditional=False, what="u", notes=notes)

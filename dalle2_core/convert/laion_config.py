@@ -57,7 +57,12 @@ DECODER_DEFAULTS = dict(
 )
 # training-only options of 1.1.0's Decoder, accepted and not needed for sampling
 DECODER_IGNORED = ("clip", "random_crop_sizes", "clip_x_start", "clip_adapter_overrides", "image_size", "image_sizes", "unets")
-DECODER_REQUIRED = dict(vae=(None, [], ()), predict_x_start_for_latent_diffusion=(None, False), auto_normalize_img=(None, True))
+# options this importer supports with one value only: (accepted values, what that means)
+DECODER_REQUIRED = dict(
+    vae=((None, [], ()), "pixel-space stages (no VQ-GAN)"),
+    predict_x_start_for_latent_diffusion=((None, False), "False"),
+    auto_normalize_img=((None, True), "True (images in [0, 1])"),
+)
 
 
 @dataclass
@@ -140,9 +145,9 @@ def decoder_section(config: dict, what: str) -> dict:
 
 def decoder_options(section: dict, what: str) -> dict:
     """The decoder-level options of a 1.1.0 decoder config, 1.1.0's defaults filled in."""
-    for key, accepted in DECODER_REQUIRED.items():
+    for key, (accepted, meaning) in DECODER_REQUIRED.items():
         if key in section and section[key] not in accepted:
-            raise ValueError(f"{what} sets {key}={section[key]!r}; this importer supports only {accepted[-1]!r}")
+            raise ValueError(f"{what} sets {key}={section[key]!r}; this importer supports only {meaning}")
     return _options({k: v for k, v in section.items() if k not in DECODER_REQUIRED}, DECODER_DEFAULTS, DECODER_IGNORED, what)
 
 
