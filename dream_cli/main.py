@@ -7,6 +7,7 @@ import click
 from dream_cli.convert import convert
 from dream_cli.data import data
 from dream_cli.errors import run
+from dream_cli.eval import eval_group
 from dream_cli.generate import generate, interpolate
 from dream_cli.train import train
 
@@ -71,6 +72,7 @@ cli.add_command(interpolate)
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(convert)
+cli.add_command(eval_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,135 @@
+"""`dream eval shapes`: prompt adherence of a model on the shapes world (parses options, calls dalle2_core).
+
+Canonical prompts of the seen and the held-out split are generated from text (prior, then decoder)
+and read back with the shapes-world evaluator (spec/shapes-world.md). Printed: per-attribute
+accuracy and the all-five adherence rate per split; `--json` prints the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from dream_cli.errors import DreamError
+from dream_cli.generate import MAX_SEED, NumberList
+from dream_cli.output import png_text, save_png, slugify
+from dream_cli.sampling import (
+    DEVICES,
+    PRECISIONS,
+    Progress,
+    SettingError,
+    Settings,
+    check_outdir,
+    decode,
+    load,
+    pick_device,
+    pick_dtype,
+    prior_embed,
+    surface_warnings,
+)
+
+SPLITS = ("seen", "held")
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Measure how well a model follows its prompts."""
+
+
+def _settings(model, opts: dict) -> Settings:
+    try:
+        return Settings.resolve(model, **{k: opts[k] for k in Settings.OPTIONS})
+    except SettingError as err:
+        raise click.BadParameter(str(err), param_hint=err.param_hint) from None
+
+
+def _table(report: dict) -> str:
+    from dalle2_core.shapes import ATTRIBUTES
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    header = ["split", "n", *ATTRIBUTES, "all five"]
+    rows = [
+        [split, str(report[split]["n"]), *(pct(report[split]["accuracy"][a]) for a in ATTRIBUTES), pct(report[split]["adherence"])]
+        for split in SPLITS
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(header), *map(fmt, rows)])
+
+
+@eval_group.command("shapes")
+@click.option("--model", "model_spec", envvar="DREAM_MODEL", default="shapes", show_default=True,
+              help="Model folder, Hugging Face repo org/name[@revision] or 'shapes' (bundled). [env DREAM_MODEL]")
+@click.option("--num", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Prompts per split (seen and held-out); distinct up to the split's size (1470 / 210).")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+              help="Chooses the prompts and the noise; the same seed gives the same figures.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), help="Sampler. [model default]")
+@click.option("--steps", type=NumberList(int, minimum=1), help="Decoder sampling steps: one value or one per unet. [model default]")
+@click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]")
+@click.option("--cond-scale", type=NumberList(float), help="Decoder guidance: one value or one per unet. [model default]")
+@click.option("--prior-cond-scale", type=NumberList(float, single=True), help="Prior guidance. [model default]")
+@click.option("--prior-samples", type=click.IntRange(min=1), help="Prior candidates per image. [model default]")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True)
+@click.option("--save-images", type=click.Path(path_type=Path), default=None,
+              help="Also write every generated image here (PNG, prompt and read-back in the metadata).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (per-image rows included).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_json: bool, **opts) -> None:
+    """Generate canonical shapes-world prompts and score the images against them."""
+    from dalle2_core.shapes import eval_prompts, score
+
+    device, dtype = pick_device(opts["device"]), pick_dtype(opts["precision"], opts["device"])
+    outdir = check_outdir(save_images) if save_images is not None else None
+    quiet = opts["quiet"]
+    with surface_warnings(everything=opts["debug"]):
+        model, resolved = load(opts["model_spec"], device, dtype, quiet)
+        if model.prior is None or model.decoder.config.conditioning.unconditional:
+            raise DreamError(f"model {resolved.spec!r} cannot generate from text (it needs a prior and a conditioned decoder)")
+        s = _settings(model, opts)
+        prompts, compositions = [], []
+        for split in SPLITS:
+            p, c = eval_prompts(split, num, seed=seed)
+            prompts += p
+            compositions += c
+        batches = -(-len(prompts) // batch_size)
+        images = []
+        start_time = time.perf_counter()
+        with Progress(quiet, s, decoder_runs=batches, prior_runs=batches) as progress:
+            for start in range(0, len(prompts), batch_size):
+                texts = prompts[start : start + batch_size]
+                generator = torch.Generator(device=device).manual_seed(seed + start)
+                embeds = prior_embed(model, texts, s, generator, progress)
+                images.append(decode(model, embeds, texts, s, generator, progress).float().cpu())
+        seconds = time.perf_counter() - start_time
+    images = torch.cat(images)  # (2 * num, c, h, w)
+    report = score(images, compositions).to_dict()
+    for row, prompt in zip(report["per_image"], prompts):
+        row["prompt"] = prompt
+    if outdir is not None:
+        for i, (image, row) in enumerate(zip(images, report["per_image"])):
+            info = {"split": row["split"], "read": row["read"], "adheres": row["adheres"], "index": i}
+            row["path"] = str(save_png(image, outdir, f"{row['split']}-{i:04d}-{slugify(row['prompt'])}", png_text(row["prompt"], info)))
+
+    settings = {k: getattr(s, k) for k in Settings.OPTIONS}
+    header = {"model": resolved.spec, "model_path": str(resolved.path.resolve()), "seed": seed, "num": num,
+              "settings": settings, "precision": opts["precision"], "device": str(device),
+              "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(prompts), 4)}
+    if as_json:
+        click.echo(json.dumps({**header, **report}))
+        return
+    join = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
+    click.echo(
+        f"model {resolved.spec}  sampler {s.sampler}  steps {join(s.steps)}  prior steps {s.prior_steps}  "
+        f"cond scale {join(s.cond_scale)}  prior cond scale {s.prior_cond_scale:g}  prior samples {s.prior_samples}  "
+        f"seed {seed}  ({seconds:.0f} s, {seconds / len(prompts):.2f} s/image)"
+    )
+    click.echo("accuracy per attribute and all-five adherence, % of images")
+    click.echo(_table(report))

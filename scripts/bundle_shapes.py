@@ -1,0 +1,68 @@
+"""Turn a `dream train` run folder into the shipped model folder: float16 weights plus sampling defaults.
+
+    python scripts/bundle_shapes.py RUN_DIR OUT_DIR --sampler ddim --steps 25,15 --prior-steps 25 ...
+
+float16 halves the package size (the CLIP's 49,408-token embedding table dominates it); loading
+builds the modules in float32 (or the requested precision) and casts the stored weights into them.
+The training state (`training/`, `samples/`) is left behind. OUT_DIR is replaced as a whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dalle2_core.checkpoint import SamplingDefaults, load_model, save_model
+
+
+def _numbers(kind):
+    def parse(text: str):
+        values = tuple(kind(v) for v in text.split(","))
+        return values[0] if len(values) == 1 else values
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a dream train run folder")
+    parser.add_argument("out", type=Path, help="the model folder to write (replaced)")
+    parser.add_argument("--sampler", default="ddim")
+    parser.add_argument("--steps", type=_numbers(int), default=None, help="decoder steps, one or one per unet")
+    parser.add_argument("--prior-steps", type=int, default=None)
+    parser.add_argument("--cond-scale", type=_numbers(float), default=1.0, help="decoder guidance, one or one per unet")
+    parser.add_argument("--prior-cond-scale", type=float, default=1.0)
+    parser.add_argument("--prior-samples", type=int, default=2)
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    args = parser.parse_args(argv)
+
+    defaults = SamplingDefaults(
+        sampler=args.sampler,
+        steps=args.steps,
+        prior_steps=args.prior_steps,
+        cond_scale=args.cond_scale,
+        prior_cond_scale=args.prior_cond_scale,
+        prior_samples=args.prior_samples,
+    )
+    model = load_model(args.run, dtype=getattr(torch, args.dtype))
+    if model.clip is None or model.prior is None or model.decoder is None:
+        raise SystemExit(f"{args.run} lacks a stage (clip, prior, decoder): train every stage first")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the target and swapped in, so a failed bundle never leaves half a model behind
+    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.tmp-", dir=args.out.parent))
+    try:
+        save_model(tmp, clip=model.clip, prior=model.prior, decoder=model.decoder, defaults=defaults)
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        tmp.rename(args.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
