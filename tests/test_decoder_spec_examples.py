@@ -1,11 +1,15 @@
 """The seed README's decoder, cascade, latent-diffusion and whole-script examples.
 
 `dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped. Each example is one function whose image
-sizes (and mock batch) are parameters: `*_as_written` runs the README's numbers exactly (sampling
-timesteps reduced where the README samples), and is skipped unless the machine has the RAM those
-sizes need on CPU (measured: the decoder example peaks at 18 GB; the U-Net keeps ~110 full-resolution
-activations per sample). The `*_small` variants run the same code at smaller resolutions and batches.
+sizes (and mock batch) are parameters. The `*_small` variants run the same code at smaller
+resolutions and batches on every test run. `*_as_written` runs the README's numbers exactly
+(sampling timesteps reduced where the README samples); measured on the 2-core CPU machine with
+gradient checkpointing on (automatic at these sizes): decoder 300 s / 7.5 GB peak, cascade 155 s /
+7.5 GB, latent diffusion at 1024 px 266 s / 7.8 GB, whole script 174 s / 7.4 GB. Together that is
+longer than the suite may take, so they run when DREAM_FULL_EXAMPLES=1 (and enough RAM is free).
 """
+
+import os
 
 import pytest
 import torch
@@ -23,6 +27,8 @@ def available_ram_gb() -> float:
 
 
 def needs_ram(gb: int):
+    if os.environ.get("DREAM_FULL_EXAMPLES", "") in ("", "0"):
+        return pytest.mark.skip(reason="the README's full sizes take 3-5 minutes each on 2 CPU cores; set DREAM_FULL_EXAMPLES=1")
     return pytest.mark.skipif(available_ram_gb() < gb, reason=f"the README's sizes need about {gb} GB of free RAM on CPU")
 
 
@@ -174,24 +180,24 @@ def test_readme_whole_script_small():
 
 
 @pytest.mark.slow
-@needs_ram(24)
+@needs_ram(10)
 def test_readme_decoder_example_as_written():
     decoder_example(256, 4)
 
 
 @pytest.mark.slow
-@needs_ram(48)
+@needs_ram(10)
 def test_readme_cascade_example_as_written():
     cascade_example((256, 512), 4)
 
 
 @pytest.mark.slow
-@needs_ram(48)
+@needs_ram(10)
 def test_readme_latent_diffusion_example_as_written():
     latent_example((256, 512, 1024))
 
 
 @pytest.mark.slow
-@needs_ram(32)
+@needs_ram(10)
 def test_readme_whole_script_as_written():
     whole_script(256, (128, 256), 4)

@@ -1,8 +1,12 @@
-"""The seed README's DecoderTrainer example, as written (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
+"""The seed README's DecoderTrainer example (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
 
-Only the sampling is shortened: the README's decoder samples all 1000 timesteps per unet, which on
-a CPU takes far longer than a test may; `sample_timesteps=2` respaces that schedule.
+The sampling is shortened: the README's decoder samples all 1000 timesteps per unet, which on a
+CPU takes far longer than a test may; `sample_timesteps=2` respaces that schedule. The README's
+image sizes (128, 256) with 4 images take about 3 minutes on 2 cores, so that variant runs when
+DREAM_FULL_EXAMPLES=1; every run does the same code at (32, 64) px with 2 images.
 """
+
+import os
 
 import pytest
 import torch
@@ -10,8 +14,7 @@ import torch
 from dalle2_core import CLIP, Decoder, DecoderTrainer, Unet
 
 
-@pytest.mark.slow
-def test_readme_decoder_trainer_example():
+def decoder_trainer_example(image_sizes, batch):
     torch.manual_seed(0)
     clip = CLIP(
         dim_text=512,
@@ -29,8 +32,8 @@ def test_readme_decoder_trainer_example():
 
     # mock data
 
-    text = torch.randint(0, 49408, (4, 256))
-    images = torch.randn(4, 3, 256, 256)
+    text = torch.randint(0, 49408, (batch, 256))
+    images = torch.randn(batch, 3, image_sizes[1], image_sizes[1])
 
     # decoder (with unet)
 
@@ -48,7 +51,7 @@ def test_readme_decoder_trainer_example():
 
     decoder = Decoder(
         unet=(unet1, unet2),
-        image_sizes=(128, 256),
+        image_sizes=image_sizes,
         clip=clip,
         timesteps=1000,
         sample_timesteps=2,  # not in the README: see the module docstring
@@ -77,7 +80,21 @@ def test_readme_decoder_trainer_example():
     # after much training
     # you can sample from the exponentially moving averaged unets as so
 
-    mock_image_embed = torch.randn(4, 512)
+    mock_image_embed = torch.randn(batch, 512)
     images = decoder_trainer.sample(mock_image_embed, text=text)  # (4, 3, 256, 256)
-    assert images.shape == (4, 3, 256, 256)
+    assert images.shape == (batch, 3, image_sizes[1], image_sizes[1])
     assert torch.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_readme_decoder_trainer_example_small():
+    decoder_trainer_example((32, 64), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("DREAM_FULL_EXAMPLES", "") in ("", "0"),
+    reason="the README's full sizes take about 3 minutes on 2 CPU cores; set DREAM_FULL_EXAMPLES=1",
+)
+def test_readme_decoder_trainer_example_as_written():
+    decoder_trainer_example((128, 256), 4)
