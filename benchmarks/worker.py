@@ -60,6 +60,8 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     extra = dict(channels_last=True) if args.channels_last else {}
+    if "sample" in args.case:
+        extra["steps"] = args.sample_steps
     case = CASES[args.case](args.impl, args.device, args.precision, **extra)
     for _ in range(args.warmup):
         case.run()
@@ -110,11 +112,12 @@ def main(argv=None) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sample-steps", type=int, default=8, help="denoising steps of one sampling run")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--flops", action="store_true", help="count model FLOPs of one run (for MFU)")
     args = p.parse_args(argv)
-    if args.iters < 1 or args.warmup < 1:
-        p.error(f"--iters and --warmup must be >= 1, got {args.iters} and {args.warmup}")
+    if min(args.iters, args.warmup, args.sample_steps) < 1:
+        p.error(f"--iters, --warmup and --sample-steps must be >= 1, got {args.iters}, {args.warmup}, {args.sample_steps}")
     print(json.dumps(measure(args)), flush=True)
 
 

@@ -64,7 +64,11 @@ def test_prior_on_precomputed_clip_embeddings():
     assert torch.isfinite(loss) and loss.item() > 0
     # without text encodings the transformer sees only [text embed, time, noised image, query]
     lengths = []
-    prior_network.causal_transformer.register_forward_hook(lambda m, args, out: lengths.append(args[0].shape[1]))
+    # sampling encodes the text once as a cached prefix: count its positions too
+    prior_network.causal_transformer.register_forward_hook(
+        lambda m, args, kwargs, out: lengths.append(args[0].shape[1] + getattr(kwargs.get("prefix"), "length", 0)),
+        with_kwargs=True,
+    )
     diffusion_prior.sample(text_embed=clip_text_embeds[:1], steps=1)
     assert set(lengths) == {4}
 

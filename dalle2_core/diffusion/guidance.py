@@ -10,13 +10,25 @@ import torch
 from .gaussian import DenoiseFn
 
 
-def classifier_free_guidance(net: Callable[..., torch.Tensor], cond_scale: float, guide_variance: bool = False, **cond):
+def classifier_free_guidance(
+    net: Callable[..., torch.Tensor],
+    cond_scale: float,
+    guide_variance: bool = False,
+    *,
+    encode: Callable[..., dict] | None = None,
+    **cond,
+):
     """A model function (x, t) -> uncond + (cond - uncond) · cond_scale, both branches in one forward.
 
     `net(x, t, cond_drop_mask=..., **cond)` takes a boolean mask (b,), True = the learned null
     condition. With learned variance (output has twice x's channels) only the prediction half is
     guided and the variance comes from the conditional branch, as in GLIDE; `guide_variance=True`
     mixes every channel (what the DALLE2-pytorch 1.1.0 LAION decoder did).
+
+    `encode(cond_drop_mask=..., **cond) -> dict` (optional) turns the conditions into the keywords
+    `net` is called with, once on the first call rather than at every step, so conditioning that
+    depends on neither x_t nor t (text tokens, say) is computed once per sampling run; the model
+    function is then tied to the batch size of its first call.
     """
     try:
         scale = float(cond_scale)
@@ -25,20 +37,32 @@ def classifier_free_guidance(net: Callable[..., torch.Tensor], cond_scale: float
     if not math.isfinite(scale):
         raise ValueError(f"cond_scale must be a finite number, got {cond_scale!r}")
 
+    guided_batch = 1 if scale == 1.0 else 2
+    branch_cond = cond if scale == 1.0 else {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    encoded: dict = {}
+
+    def net_kwargs(b: int, device: torch.device) -> dict:
+        """Conditions for the (guided_batch · b) forward: conditional half first, then the null half."""
+        if encoded and encoded["batch"] != b:
+            raise ValueError(f"this model function encoded its conditions for batch {encoded['batch']}, got batch {b}")
+        if encoded:
+            return encoded["kwargs"]
+        drop = torch.arange(guided_batch * b, device=device) >= b  # (guided_batch · b,)
+        if encode is None:
+            return dict(cond_drop_mask=drop, **branch_cond)
+        encoded.update(batch=b, kwargs=encode(cond_drop_mask=drop, **branch_cond))
+        return encoded["kwargs"]
+
     if scale == 1.0:
 
         def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            keep = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return net(x, t, cond_drop_mask=keep, **cond)
+            return net(x, t, **net_kwargs(x.shape[0], x.device))
 
         return conditional
 
-    doubled = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        drop = torch.arange(2 * b, device=x.device) >= b  # (2b,): conditional half, then null half
-        out = net(torch.cat([x, x]), torch.cat([t, t]), cond_drop_mask=drop, **doubled)  # (2b, c, ...)
+        out = net(torch.cat([x, x]), torch.cat([t, t]), **net_kwargs(b, x.device))  # (2b, c, ...)
         cond_out, uncond_out = out[:b], out[b:]
         mixed = uncond_out + (cond_out - uncond_out) * scale
         learned_variance = x.ndim > 1 and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]

@@ -5,7 +5,7 @@ from dalle2_core.nn.embedding import MLP, SinusoidalPosEmb
 from dalle2_core.nn.feedforward import FeedForward, SwiGLU
 from dalle2_core.nn.norm import ChanLayerNorm, LayerNorm
 from dalle2_core.nn.rotary import RotaryEmbedding
-from dalle2_core.nn.transformer import CausalTransformer, CausalTransformerConfig
+from dalle2_core.nn.transformer import CausalTransformer, CausalTransformerConfig, PrefixCache
 
 __all__ = [
     "MLP",
@@ -15,6 +15,7 @@ __all__ = [
     "ChanLayerNorm",
     "FeedForward",
     "LayerNorm",
+    "PrefixCache",
     "RelPosBias",
     "RotaryEmbedding",
     "SinusoidalPosEmb",

@@ -76,39 +76,64 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(dim, dim_head * 2, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, dim, bias=False), LayerNorm(dim))
 
+    def key_values(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotated keys and values (b, n, dim_head) `forward` computes for x at positions offset.."""
+        return self._key_values(self.norm(x), offset)
+
+    def _key_values(self, x_normed: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.to_kv(x_normed).chunk(2, dim=-1)  # (b, n, d) each
+        if exists(self.rotary_emb):
+            k = self.rotary_emb(k, offset=offset)
+        return k, v
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x (b, n, dim); mask (b, n) bool, True = may be attended to; attn_bias (h, n, n + 1)."""
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
+        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_kv: bool = False,
+    ):
+        """x (b, n, dim); mask (b, n) bool, True = may be attended to; attn_bias (h, n, p + n + 1).
+
+        `past_kv` are the keys and values (b, p, dim_head) of p earlier positions (a cached prefix,
+        see `CausalTransformer.encode_prefix`); x then holds positions p .. p + n - 1. With
+        `return_kv` the result is (out, (k, v)) with x's own rotated keys and values.
+        """
         b, n, _ = x.shape
+        p = 0 if past_kv is None else past_kv[0].shape[1]
+        if p and exists(mask):
+            raise ValueError("a key mask cannot be combined with a cached prefix (past_kv)")
         x = self.norm(x)
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
-        k, v = self.to_kv(x).chunk(2, dim=-1)  # (b, n, d) each
-
         if exists(self.rotary_emb):
-            q, k = self.rotary_emb(q), self.rotary_emb(k)
+            q = self.rotary_emb(q, offset=p)
+        k, v = own_kv = self._key_values(x, p)
 
         null_k, null_v = (t.to(x.dtype).expand(b, 1, -1) for t in self.null_kv.unbind(dim=0))
-        k = torch.cat((null_k, k), dim=1)  # (b, n + 1, d)
-        v = torch.cat((null_v, v), dim=1)
+        if p:
+            k, v = torch.cat((null_k, past_kv[0], k), dim=1), torch.cat((null_v, past_kv[1], v), dim=1)
+        else:
+            k, v = torch.cat((null_k, k), dim=1), torch.cat((null_v, v), dim=1)  # (b, p + n + 1, d)
         # the single key/value head is shared by every query head
         k, v = (rearrange(t, "b j d -> b 1 j d").expand(-1, self.heads, -1, -1) for t in (k, v))
 
-        allowed = None  # (b | 1, 1, n, n + 1) bool, True = attend
+        allowed = None  # (b | 1, 1, n, p + n + 1) bool, True = attend
         if self.causal:
-            # key j holds position j - 1 (key 0 is the null key), so query i sees keys 0..i + 1
-            allowed = torch.ones(n, n + 1, dtype=torch.bool, device=x.device).tril(1)[None, None]
+            # key j holds position j - 1 (key 0 is the null key), so query i (position p + i) sees keys 0..p + i + 1
+            allowed = torch.ones(n, p + n + 1, dtype=torch.bool, device=x.device).tril(p + 1)[None, None]
         if exists(mask):
             key_mask = F.pad(mask, (1, 0), value=True)[:, None, None, :]  # (b, 1, 1, n + 1)
             allowed = key_mask if allowed is None else allowed & key_mask
 
         attn_mask = allowed
         if exists(attn_bias):
-            attn_mask = (attn_bias * self.bias_scale).to(q.dtype)[None]  # (1, h, n, n + 1)
+            attn_mask = (attn_bias * self.bias_scale).to(q.dtype)[None]  # (1, h, n, p + n + 1)
             if exists(allowed):
                 attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
 
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return (out, own_kv) if return_kv else out

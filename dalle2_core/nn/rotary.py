@@ -20,17 +20,18 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary dim must be even and >= 2, got {dim}")
         self.dim, self.theta = dim, theta
 
-    def angles(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        """(seq_len, dim) angles, each frequency repeated for the two features of its pair."""
+    def angles(self, seq_len: int, device: torch.device, offset: int = 0) -> torch.Tensor:
+        """(seq_len, dim) angles of positions offset.., each frequency repeated for the two features of its pair."""
         inv_freq = self.theta ** (-torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim)
-        angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+        positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)
         return angles.repeat_interleave(2, dim=-1)  # (n, dim)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Rotate `t` (..., n, d) along its sequence dim -2; features past `dim` pass through."""
+    def forward(self, t: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate `t` (..., n, d), positions offset..offset+n-1 along dim -2; features past `dim` pass through."""
         if t.shape[-1] < self.dim:
             raise ValueError(f"rotary dim {self.dim} exceeds the feature size {t.shape[-1]}")
-        angles = self.angles(t.shape[-2], t.device)
+        angles = self.angles(t.shape[-2], t.device, offset)
         rot, rest = t[..., : self.dim].float(), t[..., self.dim :]
         pairs = rot.unflatten(-1, (-1, 2))  # (..., n, dim / 2, 2)
         rotated_half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (..., n, dim)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -47,6 +49,16 @@ class CausalTransformerConfig(Config):
             raise ValueError(f"pb_relax_alpha must be > 0 or None, got {self.pb_relax_alpha}")
 
 
+class PrefixCache(NamedTuple):
+    """Rotated keys and values (b, p, dim_head) of a sequence's first p positions, one pair per layer."""
+
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @property
+    def length(self) -> int:
+        return self.kv[0][0].shape[1]
+
+
 class CausalTransformer(nn.Module):
     """Stack of causal multi-query attention + SwiGLU blocks sharing one rotary embedding and T5 bias."""
 
@@ -77,12 +89,53 @@ class CausalTransformer(nn.Module):
         self.norm = LayerNorm(dim, stable=True) if c.norm_out else nn.Identity()
         self.project_out = nn.Linear(dim, dim, bias=False) if c.final_proj else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (b, n, dim) → (b, n, dim); mask (b, n) bool, True = may be attended to."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        prefix: PrefixCache | None = None,
+        prefix_len: int = 0,
+    ) -> torch.Tensor:
+        """x (b, n, dim) → (b, n, dim); mask (b, n) bool, True = may be attended to.
+
+        With `prefix` (from `encode_prefix`) x holds the positions after it: the output equals the
+        last n positions of running the whole sequence, without recomputing the prefix.
+        `prefix_len` p > 0 does that split here (the first p positions of x become the prefix) and
+        returns only the outputs after it (b, n - p, dim): the prefix positions then skip the last
+        layer's attention output and feed-forward, and the numbers equal a cached-prefix run's.
+        """
+        if prefix_len:
+            if exists(prefix) or exists(mask):
+                raise ValueError("prefix_len cannot be combined with prefix or mask")
+            if not 0 < prefix_len < x.shape[1]:
+                raise ValueError(f"prefix_len must be in 1..{x.shape[1] - 1} for {x.shape[1]} positions, got {prefix_len}")
+            prefix, x = self.encode_prefix(x[:, :prefix_len]), x[:, prefix_len:]
+        p = prefix.length if exists(prefix) else 0
         n = x.shape[1]
         x = self.init_norm(x)
-        attn_bias = self.rel_pos_bias(n, n + 1, device=x.device)  # (h, n, n + 1), keys include the null
-        for attn, ff in self.layers:
-            x = attn(x, mask=mask, attn_bias=attn_bias) + x
+        # (h, n, p + n + 1): rows of the queries after the prefix; keys include the null
+        attn_bias = self.rel_pos_bias(p + n, p + n + 1, device=x.device)[:, p:]
+        for i, (attn, ff) in enumerate(self.layers):
+            x = attn(x, mask=mask, attn_bias=attn_bias, past_kv=prefix.kv[i] if exists(prefix) else None) + x
             x = ff(x) + x
         return self.project_out(self.norm(x))
+
+    def encode_prefix(self, x: torch.Tensor) -> PrefixCache:
+        """Keys and values of the first positions (b, p, dim) of a sequence, for `forward(rest, prefix=...)`.
+
+        Causal attention never lets these positions see later ones, so their keys and values are the
+        same whatever follows: a sampling loop whose leading tokens (the prior's text) stay fixed
+        computes them once instead of at every step.
+        """
+        n = x.shape[1]
+        x = self.init_norm(x)
+        attn_bias = self.rel_pos_bias(n, n + 1, device=x.device)
+        kv = []
+        for attn, ff in self.layers[:-1]:
+            out, layer_kv = attn(x, attn_bias=attn_bias, return_kv=True)
+            kv.append(layer_kv)
+            x = out + x
+            x = ff(x) + x
+        # later positions read only the last layer's keys and values, never its outputs
+        kv.append(self.layers[-1][0].key_values(x))
+        return PrefixCache(tuple(kv))

@@ -242,7 +242,9 @@ class DiffusionPrior(nn.Module):
         was_training = self.net.training
         self.net.eval()
         try:
-            model = classifier_free_guidance(self.net, cond_scale, **cond)
+            # the text leads the causal sequence: its keys/values are encoded once, not at every step
+            encode = lambda **c: dict(text_prefix=self.net.encode_text(**c))  # noqa: E731
+            model = classifier_free_guidance(self.net, cond_scale, encode=encode, **cond)
             steps = default(steps, self.config.sample_timesteps)
             x = sample(model, self.diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn, generator=generator)
         finally:

@@ -1,0 +1,156 @@
+"""The fast paths (issue 10) compute what the plain paths compute: cached text prefix, encode-once guidance."""
+
+import pytest
+import torch
+
+from dalle2_core.diffusion import classifier_free_guidance
+from dalle2_core.nn import CausalTransformer, CausalTransformerConfig
+from dalle2_core.prior import DiffusionPrior, DiffusionPriorNetwork
+
+DIM = 16
+
+
+def tiny_net(**kwargs):
+    torch.manual_seed(0)
+    opts = dict(dim=DIM, depth=2, dim_head=8, heads=2, max_text_len=6, num_timesteps=10)
+    return DiffusionPriorNetwork(**{**opts, **kwargs}).eval()
+
+
+def inputs(b=5, n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.randn(b, n, DIM, generator=g)
+    enc[:, 3:] = 0  # padding
+    return (
+        torch.randn(b, DIM, generator=g),
+        torch.randint(0, 10, (b,), generator=g),
+        torch.randn(b, DIM, generator=g),
+        enc,
+    )
+
+
+@pytest.mark.parametrize("drop", [None, [False] * 5, [True] * 5, [False, True, False, True, True], [True, False, False, False, False]])
+@pytest.mark.parametrize("options", [{}, dict(pb_relax_alpha=128, normformer=True, norm_in=True, num_text_embeds=2)])
+def test_cached_text_prefix_gives_the_same_numbers_as_the_full_sequence(drop, options):
+    net = tiny_net(**options)
+    x, t, text_embed, enc = inputs()
+    drop = None if drop is None else torch.tensor(drop)
+    with torch.no_grad():
+        full = net(x, t, text_embed=text_embed, text_encodings=enc, cond_drop_mask=drop)
+        cached = net(x, t, text_prefix=net.encode_text(text_embed, enc, None, drop))
+        no_encodings = net(x, t, text_embed=text_embed, cond_drop_mask=drop)
+        cached_no_encodings = net(x, t, text_prefix=net.encode_text(text_embed, cond_drop_mask=drop))
+    if drop is None or not drop.any():
+        # bit for bit: the full path splits the text off the same way
+        assert torch.equal(full, cached) and torch.equal(no_encodings, cached_no_encodings)
+    else:
+        # dropped rows are encoded once for all (a smaller batch): equal up to rounding
+        assert torch.allclose(full, cached, atol=1e-5) and torch.allclose(no_encodings, cached_no_encodings, atol=1e-5)
+    assert full.abs().mean().item() > 0.1
+
+
+def test_dropped_rows_share_one_encoding_and_keep_their_values():
+    net = tiny_net()
+    _, _, text_embed, enc = inputs()
+    drop = torch.tensor([False, True, False, True, True])
+    with torch.no_grad():
+        prefix = net.encode_text(text_embed, enc, None, drop)
+        # every dropped row is the all-null text, whatever text it was given
+        other = net.encode_text(text_embed.flip(0), enc.flip(0), None, drop)
+    k, v = prefix.kv[-1]
+    assert prefix.length == 6 + 1  # max_text_len positions + one text embed token
+    assert torch.equal(k[1], k[3]) and torch.equal(v[1], v[4])
+    assert torch.equal(k[drop], other.kv[-1][0][drop])
+    assert (k[0] - k[2]).abs().max().item() > 1e-3
+
+
+def test_transformer_prefix_split_matches_the_whole_sequence():
+    torch.manual_seed(0)
+    tr = CausalTransformer(DIM, CausalTransformerConfig(depth=3, dim_head=8, heads=2)).eval()
+    x = torch.randn(2, 9, DIM)
+    with torch.no_grad():
+        whole = tr(x)
+        split = tr(x, prefix_len=6)
+        cached = tr(x[:, 6:], prefix=tr.encode_prefix(x[:, :6]))
+    assert split.shape == (2, 3, DIM)
+    assert torch.allclose(whole[:, 6:], split, atol=1e-5)
+    assert torch.equal(split, cached)
+    for bad in (9, 12):
+        with pytest.raises(ValueError, match=f"prefix_len must be in 1..8 for 9 positions, got {bad}"):
+            tr(x, prefix_len=bad)
+    with pytest.raises(ValueError, match="prefix_len cannot be combined with prefix or mask"):
+        tr(x, prefix_len=3, mask=torch.ones(2, 9, dtype=torch.bool))
+
+
+def test_training_gradients_flow_through_the_split_text():
+    net = tiny_net().train()
+    x, t, text_embed, enc = inputs()
+    text_embed.requires_grad_(True)
+    net(x, t, text_embed=text_embed, text_encodings=enc).square().mean().backward()
+    assert text_embed.grad.abs().sum().item() > 0
+    # every weight but the nulls of conditions this call keeps (text embed, image) gets a gradient
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == ["null_text_embeds", "null_image_embed"]
+
+
+def test_prefix_and_text_arguments_are_exclusive_and_batch_checked():
+    net = tiny_net()
+    x, t, text_embed, enc = inputs()
+    prefix = net.encode_text(text_embed, enc)
+    with pytest.raises(ValueError, match="either text_prefix or the text arguments"):
+        net(x, t, text_embed=text_embed, text_prefix=prefix)
+    with pytest.raises(ValueError, match="encoded for batch 5, image_embed has 2"):
+        net(x[:2], t[:2], text_prefix=prefix)
+    with pytest.raises(ValueError, match=r"text_embed must be \(5, 16\), got None"):
+        net(x, t)
+
+
+class CountingNet:
+    """cond branch: x + embed, null branch: x; `encode` counts how often conditions are prepared."""
+
+    def __init__(self):
+        self.encodes, self.calls = 0, 0
+
+    def encode(self, cond_drop_mask, embed):
+        self.encodes += 1
+        return dict(prepared=torch.where(cond_drop_mask[:, None], torch.zeros_like(embed), embed))
+
+    def __call__(self, x, t, prepared):
+        self.calls += 1
+        return x + prepared
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_guidance_encodes_the_conditions_once_per_run(scale):
+    net, embed = CountingNet(), torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+    model = classifier_free_guidance(net, scale, encode=net.encode, embed=embed)
+    x, t = torch.ones(2, 2), torch.tensor([3, 4])
+    outs = [model(x * i, t) for i in range(4)]
+    assert net.encodes == 1 and net.calls == 4
+    assert torch.allclose(outs[2], 2 * x + embed * scale)  # uncond x + (cond - uncond) * scale
+    with pytest.raises(ValueError, match="encoded its conditions for batch 2, got batch 1"):
+        model(x[:1], t[:1])
+
+
+def test_prior_sampling_encodes_the_text_once_and_matches_uncached_guidance():
+    torch.manual_seed(0)
+    net = DiffusionPriorNetwork(dim=DIM, depth=2, dim_head=8, heads=2, max_text_len=6)
+    prior = DiffusionPrior(net, image_embed_dim=DIM, timesteps=10, cond_drop_prob=0.2)
+    calls = []
+    encode_text = net.encode_text
+    net.encode_text = lambda *a, **k: calls.append(1) or encode_text(*a, **k)
+    _, _, text_embed, enc = inputs(b=3)
+    noise = torch.randn(3, DIM, generator=torch.Generator().manual_seed(2))
+    out = prior.p_sample_loop(noise, text_embed=text_embed, text_encodings=enc, cond_scale=3.0, sampler="ddim")
+    assert calls == [1]
+
+    def by_hand(x, t):  # both branches through the plain forward, at every step
+        cond = net(x, t, text_embed=text_embed, text_encodings=enc)
+        uncond = net(x, t, text_embed=text_embed, text_encodings=enc, cond_drop_mask=torch.ones(3, dtype=torch.bool))
+        return uncond + (cond - uncond) * 3.0
+
+    from dalle2_core.diffusion import sample
+
+    with torch.no_grad():
+        expected = sample(by_hand, prior.diffusion, noise, sampler="ddim")
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert out.abs().mean().item() > 0.1
