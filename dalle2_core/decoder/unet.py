@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..helpers import default, exists
+from ..nn.embedding import SinusoidalPosEmb
 from .unet_attention import LinearAttention, SpatialSelfAttention, WindowGridAttention
 from .unet_blocks import (
     ConvNextBlock,
@@ -25,7 +26,6 @@ from .unet_blocks import (
     NearestUpsample,
     PixelShuffleUpsample,
     ResnetBlock,
-    SinusoidalPosEmb,
     rearrange_tokens,
 )
 from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig, resolve_aliases

@@ -6,7 +6,6 @@ the LAION decoder weights map onto them one to one.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from einops import repeat
@@ -15,24 +14,6 @@ from torch import nn
 
 from ..helpers import default, exists
 from .unet_attention import SpatialCrossAttention
-
-
-class SinusoidalPosEmb(nn.Module):
-    """Transformer sinusoidal embedding of a (b,) float timestep (Vaswani et al. 2017, Sec. 3.5)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        if dim < 4 or dim % 2:
-            raise ValueError(f"sinusoidal embedding needs an even dim >= 4, got {dim}")
-        self.dim = dim
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half_dim = self.dim // 2
-        freqs = torch.exp(
-            torch.arange(half_dim, device=t.device, dtype=t.dtype) * -(math.log(10000) / (half_dim - 1))
-        )
-        emb = t[:, None] * freqs[None, :]  # (b, half_dim)
-        return torch.cat((emb.sin(), emb.cos()), dim=-1)
 
 
 class Block(nn.Module):
@@ -212,6 +193,5 @@ __all__ = [
     "NearestUpsample",
     "PixelShuffleUpsample",
     "ResnetBlock",
-    "SinusoidalPosEmb",
     "rearrange_tokens",
 ]
