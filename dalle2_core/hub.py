@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
@@ -145,14 +144,9 @@ def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
     converted = dream_cache_dir() / "models" / "laion"
     if (converted / INDEX_FILE).is_file():
         return ResolvedModel(path=converted, spec="laion", source="preset")
-    try:
-        convert_laion = importlib.import_module("dalle2_core.convert.laion").convert_laion
-    except (ImportError, AttributeError):
-        raise ModelNotFoundError(
-            "the 'laion' model needs the LAION importer (dalle2_core.convert.laion), which is not "
-            f"available in this build yet; {OFFLINE_HINT}, or pass a model folder / Hub repo to --model"
-        ) from None
     from huggingface_hub import hf_hub_download
+
+    from dalle2_core.convert.laion import convert_laion
 
     files = {}
     for key, (repo_id, filename) in LAION_FILES.items():

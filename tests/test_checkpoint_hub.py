@@ -42,16 +42,3 @@ def test_local_folders_and_unknown_names(tmp_path, monkeypatch):
         resolve_model("no_such")
     with pytest.raises(ModelNotFoundError, match=r"model '  ' is empty"):
         resolve_model("  ")
-
-
-def test_laion_without_the_importer_says_so(monkeypatch, tmp_path):
-    import importlib
-
-    try:
-        importlib.import_module("dalle2_core.convert.laion")
-        pytest.skip("this build has the LAION importer")
-    except ImportError:
-        pass
-    monkeypatch.setenv("DREAM_CACHE", str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match=r"LAION importer \(dalle2_core.convert.laion\), which is not available"):
-        resolve_model("laion")
