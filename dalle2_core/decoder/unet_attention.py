@@ -26,9 +26,9 @@ class ChanLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)  # (b, h, w, c)
-        x = F.layer_norm(x, x.shape[-1:], self.weight, None, self.eps)
-        return x.permute(0, 3, 1, 2)  # (b, c, h, w)
+        out = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, None, self.eps)  # (b, h, w, c)
+        # back in x's memory layout: a channels-last map would make the next conv copy its weights
+        return torch.empty_like(x).copy_(out.permute(0, 3, 1, 2))  # (b, c, h, w)
 
 
 def _null_kv(null_kv: torch.Tensor, b: int, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,9 +103,10 @@ class SpatialCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        seq = rearrange(x, "b c h w -> b (h w) c")
-        seq = self.attn(seq, context) + seq
-        return rearrange(seq, "b (h w) c -> b c h w", h=h, w=w)
+        out = self.attn(rearrange(x, "b c h w -> b (h w) c"), context)
+        # the residual is added in x's memory layout: a channels-last result would make every later
+        # conv copy its weights to match (and keep those copies alive for the backward pass)
+        return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -117,9 +118,8 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        seq = rearrange(x, "b c h w -> b (h w) c")
-        seq = self.attn(seq) + seq
-        return rearrange(seq, "b (h w) c -> b c h w", h=h, w=w)
+        out = self.attn(rearrange(x, "b c h w -> b (h w) c"))
+        return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)  # in x's layout, as above
 
 
 class LinearAttention(nn.Module):
