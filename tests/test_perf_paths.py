@@ -154,3 +154,66 @@ def test_prior_sampling_encodes_the_text_once_and_matches_uncached_guidance():
         expected = sample(by_hand, prior.diffusion, noise, sampler="ddim")
     assert torch.allclose(out, expected, atol=1e-5)
     assert out.abs().mean().item() > 0.1
+
+
+def _saved_bytes(fn):
+    """Bytes of the non-parameter tensors autograd keeps for the backward pass of fn()."""
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+def test_unet_block_recomputes_norm_and_film_with_the_same_gradients():
+    from dalle2_core.decoder.unet_blocks import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 16, groups=4)
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    scale, shift = torch.randn(2, 16, 1, 1, requires_grad=True), torch.randn(2, 16, 1, 1, requires_grad=True)
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+
+    def grads(fn):
+        out, saved = _saved_bytes(fn)
+        out.square().sum().backward()
+        got = [t.grad.clone() for t in (x, scale, shift, *block.parameters())]
+        for t in (x, scale, shift, *block.parameters()):
+            t.grad = None
+        return out.detach(), got, sum(v for k, v in saved.items() if k not in params)
+
+    fast_out, fast, fast_bytes = grads(lambda: block(x, (scale, shift)))
+    plain_out, plain, plain_bytes = grads(lambda: block._norm_act(block.project(x), (scale, shift)))
+    assert torch.equal(fast_out, plain_out)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain))
+    map_bytes = 2 * 16 * 16 * 16 * 4
+    assert fast_bytes <= plain_bytes - 2 * map_bytes  # norm and FiLM outputs are no longer kept
+    with torch.no_grad():
+        assert torch.equal(block(x, (scale, shift)), plain_out)
+
+
+def test_unet_attention_keeps_the_input_memory_layout():
+    from dalle2_core.decoder.unet_attention import ChanLayerNorm, LinearAttention, SpatialCrossAttention, SpatialSelfAttention
+
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 16, 8, 8), torch.randn(2, 3, 8)
+    layers = [
+        (ChanLayerNorm(16), ()),
+        (LinearAttention(16, heads=2, dim_head=8), ()),
+        (SpatialSelfAttention(16, heads=2, dim_head=8), ()),
+        (SpatialCrossAttention(16, context_dim=8, heads=2, dim_head=8), (context,)),
+    ]
+    for layer, extra in layers:
+        with torch.no_grad():
+            out = layer(x, *extra)
+            out_cl = layer(x.contiguous(memory_format=torch.channels_last), *extra)
+        assert out.is_contiguous(), type(layer).__name__
+        assert out_cl.is_contiguous(memory_format=torch.channels_last), type(layer).__name__
+        assert torch.allclose(out, out_cl, atol=1e-5) and out.abs().mean().item() > 0.1
+    # the channel norm is a LayerNorm over c at every pixel
+    ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (16,)).permute(0, 3, 1, 2)
+    assert torch.allclose(ChanLayerNorm(16)(x), ref, atol=1e-6)

@@ -154,7 +154,7 @@ class LinearAttention(nn.Module):
         context = torch.einsum("b n d, b n e -> b d e", k, v)
         out = torch.einsum("b n d, b d e -> b n e", q, context)
         out = rearrange(out, "(b g) (x y) d -> b (g d) x y", g=self.heads, x=h, y=w)
-        return self.to_out(self.nonlin(out)) + fmap
+        return fmap + self.to_out(self.nonlin(out))  # fmap first: the sum keeps its memory layout
 
 
 class WindowGridAttention(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from einops import repeat
 from einops.layers.torch import Rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..helpers import default, exists
 from .unet_attention import SpatialCrossAttention
@@ -28,7 +29,15 @@ class Block(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = self.norm(self.project(x))
+        x = self.project(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # norm, FiLM and SiLU are cheap to recompute in the backward pass; running them here
+            # would keep three more maps of this size alive until then (same numbers either way)
+            return checkpoint(self._norm_act, x, scale_shift, use_reentrant=False)
+        return self._norm_act(x, scale_shift)
+
+    def _norm_act(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        x = self.norm(x)
         if exists(scale_shift):
             scale, shift = scale_shift
             x = x * (scale + 1) + shift
