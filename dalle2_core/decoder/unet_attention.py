@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..helpers import l2norm
 
@@ -103,7 +104,13 @@ class SpatialCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        out = self.attn(rearrange(x, "b c h w -> b (h w) c"), context)
+        seq = rearrange(x, "b c h w -> b (h w) c")
+        if torch.is_grad_enabled() and x.requires_grad:
+            # recomputed in the backward pass (selective recomputation): otherwise the queries, the
+            # attention output and two norms' inputs, up to 4x the map's width each, stay alive
+            out = checkpoint(self.attn, seq, context, use_reentrant=False)
+        else:
+            out = self.attn(seq, context)
         # the residual is added in x's memory layout: a channels-last result would make every later
         # conv copy its weights to match (and keep those copies alive for the backward pass)
         return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
