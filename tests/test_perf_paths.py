@@ -217,3 +217,30 @@ def test_unet_attention_keeps_the_input_memory_layout():
     # the channel norm is a LayerNorm over c at every pixel
     ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (16,)).permute(0, 3, 1, 2)
     assert torch.allclose(ChanLayerNorm(16)(x), ref, atol=1e-6)
+
+
+def test_cross_attention_recomputed_in_backward_gives_the_same_gradients():
+    from einops import rearrange
+
+    from dalle2_core.decoder.unet_attention import SpatialCrossAttention
+
+    torch.manual_seed(0)
+    layer = SpatialCrossAttention(16, context_dim=8, heads=2, dim_head=8)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    context = torch.randn(2, 3, 8, requires_grad=True)
+
+    def plain():
+        seq = rearrange(x, "b c h w -> b (h w) c")
+        return x + rearrange(layer.attn(seq, context), "b (h w) c -> b c h w", h=8)
+
+    results = []
+    for fn in (lambda: layer(x, context), plain):
+        out, saved = _saved_bytes(fn)
+        out.square().sum().backward()
+        results.append((out.detach(), [t.grad.clone() for t in (x, context, *layer.parameters())], sum(saved.values())))
+        for t in (x, context, *layer.parameters()):
+            t.grad = None
+    (fast_out, fast, fast_bytes), (plain_out, plain_grads, plain_bytes) = results
+    assert torch.equal(fast_out, plain_out)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain_grads))
+    assert fast_bytes < plain_bytes / 2
