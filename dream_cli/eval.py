@@ -16,7 +16,7 @@ import torch
 
 from dream_cli.errors import DreamError
 from dream_cli.generate import MAX_SEED, NumberList
-from dream_cli.output import png_text, save_png, slugify
+from dream_cli.output import save_png, slugify
 from dream_cli.sampling import (
     DEVICES,
     PRECISIONS,
@@ -115,8 +115,9 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
         row["prompt"] = prompt
     if outdir is not None:
         for i, (image, row) in enumerate(zip(images, report["per_image"])):
-            info = {"split": row["split"], "read": row["read"], "adheres": row["adheres"], "index": i}
-            row["path"] = str(save_png(image, outdir, f"{row['split']}-{i:04d}-{slugify(row['prompt'])}", png_text(row["prompt"], info)))
+            info = {"prompt": row["prompt"], "split": row["split"], "read": row["read"], "adheres": row["adheres"]}
+            stem = f"{row['split']}-{i:04d}-{slugify(row['prompt'])}"
+            row["path"] = str(save_png(image, outdir, stem, {"dream": json.dumps(info)}))
 
     settings = {k: getattr(s, k) for k in Settings.OPTIONS}
     header = {"model": resolved.spec, "model_path": str(resolved.path.resolve()), "seed": seed, "num": num,
