@@ -82,7 +82,24 @@ class ResBlock(nn.Module):
         return x + self.net(x)
 
 
-class ResnetEncDec(nn.Module):
+class _ConvEncDec(nn.Module):
+    """A convolutional encoder/decoder pair held as two `nn.Sequential`s (set by the subclass)."""
+
+    encoder: nn.Sequential
+    decoder: nn.Sequential
+
+    @property
+    def last_dec_layer(self) -> nn.Parameter:
+        return self.decoder[-1].weight
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+
+class ResnetEncDec(_ConvEncDec):
     """Strided-conv encoder and transposed-conv decoder with residual blocks and attention (VQGAN)."""
 
     def __init__(
@@ -126,16 +143,6 @@ class ResnetEncDec(nn.Module):
             decoders = [*res, *up, *decoders]
         self.encoder = nn.Sequential(*encoders)
         self.decoder = nn.Sequential(*decoders)
-
-    @property
-    def last_dec_layer(self) -> nn.Parameter:
-        return self.decoder[-1].weight
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
 
 
 # ViT
@@ -229,7 +236,7 @@ class ConvNextBlock(nn.Module):
         return x + (y * self.gamma).permute(0, 3, 1, 2)
 
 
-class ConvNextEncDec(nn.Module):
+class ConvNextEncDec(_ConvEncDec):
     """ConvNeXt stages with LayerNorm + 2x2 strided conv between them (Liu et al. 2022), mirrored to decode."""
 
     def __init__(
@@ -255,16 +262,6 @@ class ConvNextEncDec(nn.Module):
             decoders = [*(ConvNextBlock(dim_out, ff_mult) for _ in range(n)), *up, *decoders]
         self.encoder = nn.Sequential(*encoders)
         self.decoder = nn.Sequential(*decoders)
-
-    @property
-    def last_dec_layer(self) -> nn.Parameter:
-        return self.decoder[-1].weight
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
 
 
 __all__ = ["ConvNextEncDec", "ResnetEncDec", "ViTEncDec", "sincos_pos_emb_2d"]
