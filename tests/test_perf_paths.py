@@ -244,3 +244,28 @@ def test_cross_attention_recomputed_in_backward_gives_the_same_gradients():
     assert torch.equal(fast_out, plain_out)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain_grads))
     assert fast_bytes < plain_bytes / 2
+
+
+def test_swiglu_recomputed_in_backward_gives_the_same_gradients_with_less_memory():
+    from dalle2_core.nn import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(16, mult=4)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+
+    def plain():
+        h = ff[1](ff[0](x))
+        a, gate = h.chunk(2, dim=-1)
+        return ff[5](a * torch.nn.functional.silu(gate))
+
+    results = []
+    for fn in (lambda: ff(x), plain):
+        out, saved = _saved_bytes(fn)
+        out.square().sum().backward()
+        results.append((out.detach(), [t.grad.clone() for t in (x, *ff.parameters())], sum(saved.values())))
+        for t in (x, *ff.parameters()):
+            t.grad = None
+    (fast_out, fast, fast_bytes), (plain_out, plain_grads, plain_bytes) = results
+    assert torch.equal(fast_out, plain_out)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain_grads))
+    assert fast_bytes <= plain_bytes - 2 * 5 * 64 * 4  # SiLU(gate) (b, n, inner) is not kept

@@ -115,25 +115,31 @@ class Attention(nn.Module):
             k, v = torch.cat((null_k, past_kv[0], k), dim=1), torch.cat((null_v, past_kv[1], v), dim=1)
         else:
             k, v = torch.cat((null_k, k), dim=1), torch.cat((null_v, v), dim=1)  # (b, p + n + 1, d)
-        # the single key/value head is shared by every query head
-        k, v = (rearrange(t, "b j d -> b 1 j d").expand(-1, self.heads, -1, -1) for t in (k, v))
+        # one key/value head serves every query head: fold the heads into the query positions,
+        # (b, 1, h·n, d) against (b, 1, p + n + 1, d), instead of copying k and v once per head
+        h, j = self.heads, k.shape[1]
+        q = rearrange(q, "b h n d -> b 1 (h n) d")
+        k, v = k[:, None], v[:, None]
 
-        allowed = None  # (b | 1, 1, n, p + n + 1) bool, True = attend
-        if self.causal:
-            # key j holds position j - 1 (key 0 is the null key), so query i (position p + i) sees keys 0..p + i + 1
-            allowed = torch.ones(n, p + n + 1, dtype=torch.bool, device=x.device).tril(p + 1)[None, None]
-        if exists(mask):
-            key_mask = F.pad(mask, (1, 0), value=True)[:, None, None, :]  # (b, 1, 1, n + 1)
-            allowed = key_mask if allowed is None else allowed & key_mask
-
-        attn_mask = allowed
+        # key j holds position j - 1 (key 0 is the null key), so query i (position p + i) sees keys 0..p + i + 1
+        causal = torch.ones(n, j, dtype=torch.bool, device=x.device).tril(p + 1) if self.causal else None
+        attn_mask = None  # (b | 1, 1, h·n | 1, j): additive float or bool (True = attend)
         if exists(attn_bias):
-            attn_mask = (attn_bias * self.bias_scale).to(q.dtype)[None]  # (1, h, n, p + n + 1)
-            if exists(allowed):
-                attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+            bias = (attn_bias * self.bias_scale).to(q.dtype)  # (h, n, j)
+            if exists(causal):
+                bias = bias.masked_fill(~causal, float("-inf"))
+            attn_mask = bias.reshape(1, 1, h * n, j)
+        elif exists(causal):
+            attn_mask = causal.repeat(h, 1)[None, None]  # (1, 1, h·n, j)
+        if exists(mask):
+            key_mask = F.pad(mask, (1, 0), value=True)[:, None, None, :]  # (b, 1, 1, j)
+            if attn_mask is None or attn_mask.dtype == torch.bool:
+                attn_mask = key_mask if attn_mask is None else attn_mask & key_mask
+            else:
+                attn_mask = attn_mask.masked_fill(~key_mask, float("-inf"))
 
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        out = self.to_out(rearrange(out, "b 1 (h n) d -> b n (h d)", h=h))
         return (out, own_kv) if return_kv else out

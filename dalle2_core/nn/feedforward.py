@@ -5,16 +5,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dalle2_core.nn.norm import LayerNorm
+
+
+def _swiglu(x: torch.Tensor) -> torch.Tensor:
+    x, gate = x.chunk(2, dim=-1)
+    return x * F.silu(gate)
 
 
 class SwiGLU(nn.Module):
     """x * SiLU(gate), the two halves of the last dim (Shazeer 2020, eq. 6)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = x.chunk(2, dim=-1)
-        return x * F.silu(gate)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # SiLU(gate) is recomputed in the backward pass instead of kept (same numbers):
+            # the widest activation of the prior's transformer
+            return checkpoint(_swiglu, x, use_reentrant=False)
+        return _swiglu(x)
 
 
 class FeedForward(nn.Sequential):
