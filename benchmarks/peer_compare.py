@@ -112,13 +112,16 @@ def summarise(results: dict, args) -> list[dict]:
     rows = []
     for case, res in results.items():
         ours_t, peer_t = _median(res["ours"], "seconds_per_step"), _median(res["peer"], "seconds_per_step")
+        # the ratio of each round's adjacent pair, then the median: load drifts between rounds
+        per_round = [o["seconds_per_step"] / p["seconds_per_step"] for o, p in zip(res["ours"], res["peer"])
+                     if "error" not in o and "error" not in p]
         mem = res["memory"]
         ours_m = mem.get("ours", {}).get("peak_bytes") if "error" not in mem.get("ours", {"error": 1}) else None
         peer_m = mem.get("peer", {}).get("peak_bytes") if "error" not in mem.get("peer", {"error": 1}) else None
         any_ok = next((r for r in res["ours"] + res["peer"] if "error" not in r), {})
         params = {impl: next((r["params"] for r in res[impl] if "error" not in r), None) for impl in ("ours", "peer")}
         row = dict(case=case, kind=any_ok.get("kind"), batch=any_ok.get("batch"), params=params,
-                   ours_s=ours_t, peer_s=peer_t, time_ratio=_ratio(ours_t, peer_t),
+                   ours_s=ours_t, peer_s=peer_t, time_ratio=statistics.median(per_round) if per_round else None,
                    ours_mem=ours_m, peer_mem=peer_m, mem_ratio=_ratio(ours_m, peer_m),
                    errors=[r["error"] for r in res["ours"] + res["peer"] + list(mem.values()) if "error" in r])
         flops = _median(res["ours"], "flops_per_step") if args.device.startswith("cuda") else None
@@ -146,7 +149,8 @@ def markdown(rows: list[dict], results: dict, args, info: dict) -> str:
         f"- Machine: {info['machine']['cpu']}, {info['machine']['cores']} logical cores, {info['machine']['platform']}; "
         f"load average at start {_load(info['machine']['load'])}, at end {_load(info['load_end'])}",
         f"- Threads: torch.set_num_threads({args.threads}); rounds: {args.rounds} (A/B order alternates), "
-        f"{args.iters} timed run(s) after {args.warmup} warm-up per process; the table shows medians over rounds; "
+        f"{args.iters} timed run(s) after {args.warmup} warm-up per process; s/step are medians over rounds, the time "
+        "ratio is the median of each round's ours/peer ratio; "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}",
         f"- ours: dream-dalle2 {versions.get('ours', '?')}; peer: dalle2-pytorch {versions.get('peer', '?')}",
         "- Training: one AdamW step (forward, backward, update) on precomputed CLIP embeddings. Sampling: time per "
