@@ -25,5 +25,6 @@ if [ "$peer_torch" != "$torch_version" ]; then
   echo "warning: torch differs between the environments (ours $torch_version, peer $peer_torch)" >&2
 fi
 
-export BENCH_COMMAND="bash benchmarks/run.sh${*:+ $*}"
+BENCH_COMMAND="bash benchmarks/run.sh$(printf ' %q' "$@")"
+export BENCH_COMMAND
 exec "$OURS_PYTHON" "$here/peer_compare.py" --ours-python "$OURS_PYTHON" --peer-python "$PEER_VENV/bin/python" "$@"
