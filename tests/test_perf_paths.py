@@ -269,3 +269,41 @@ def test_swiglu_recomputed_in_backward_gives_the_same_gradients_with_less_memory
     assert torch.equal(fast_out, plain_out)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain_grads))
     assert fast_bytes <= plain_bytes - 2 * 5 * 64 * 4  # SiLU(gate) (b, n, inner) is not kept
+
+
+def _compiled_matches_eager(net, *args, **kwargs):
+    """Forward and parameter gradients of `net` vs `torch.compile(net, fullgraph=True)` (no graph break)."""
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    results = []
+    for module in (net, compiled):
+        net.zero_grad(set_to_none=True)
+        out = module(*args, **kwargs)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]))
+    (eager, eager_grads), (comp, comp_grads) = results
+    assert len(eager_grads) == len(comp_grads) > 0
+    torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(comp_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    return eager
+
+
+def test_unet_compiles_as_one_graph_with_the_same_numbers():
+    from dalle2_core.decoder import Unet
+
+    torch.manual_seed(0)
+    unet = Unet(dim=8, image_embed_dim=16, text_embed_dim=16, cond_dim=16, dim_mults=(1, 2), cond_on_text_encodings=True,
+                self_attn=(False, True), attn_heads=2, attn_dim_head=8).train()
+    torch.nn.init.normal_(unet.to_out.weight, std=0.1)  # the head starts at zero: make the output depend on the net
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 700])
+    cond = dict(image_embed=torch.randn(2, 16, generator=g), text_encodings=torch.randn(2, 5, 16, generator=g),
+                cond_drop_mask=torch.tensor([False, True]))
+    out = _compiled_matches_eager(unet, x, t, **cond)
+    assert out.abs().mean() > 1e-3
+
+
+def test_prior_network_compiles_as_one_graph_with_the_same_numbers():
+    net = tiny_net().train()
+    x, t, text_embed, enc = inputs()
+    _compiled_matches_eager(net, x, t, text_embed=text_embed, text_encodings=enc, cond_drop_mask=torch.tensor([False, True, False, False, True]))

@@ -133,3 +133,46 @@ def test_dream_train_cli_writes_a_model_and_says_where(data_dir, tiny_config, tm
     assert result.exit_code == 0, result.output
     assert f"model: {out}" in result.output
     assert checkpoint.read_index(out)[0] == ["clip"]
+
+
+@pytest.mark.parametrize("decay, last_lr", [("constant", 2e-3), ("cosine", 0.0)])
+def test_lr_decay_cosine_reaches_zero_at_the_last_step(data_dir, tiny_config, tmp_path, decay, last_lr):
+    out = train(_settings(data_dir, tmp_path / "run", tiny_config, stage="clip", steps=3, lr=2e-3, lr_decay=decay))
+    state = torch.load(out / "training" / "clip.pt", weights_only=True)
+    assert state["step"] == 3
+    assert state["trainer"]["schedulers"][0]["_last_lr"] == pytest.approx([last_lr, last_lr])
+
+
+def test_compiled_training_gives_the_eager_weights(data_dir, tiny_config, tmp_path, monkeypatch):
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def record(self, **kw):
+        compiled.append((type(self).__name__, kw["backend"]))
+        return original(self, **kw)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", record)
+    eager = train(_settings(data_dir, tmp_path / "eager", tiny_config))
+    assert compiled == []
+    # the "eager" backend runs dynamo's graph capture without code generation: what is tested here is
+    # the wiring (which networks, weights and checkpoints unchanged), not inductor's kernels
+    traced = train(_settings(data_dir, tmp_path / "compiled", tiny_config, compile="eager"))
+    assert compiled == [("CLIP", "eager"), ("DiffusionPriorNetwork", "eager"), ("Unet", "eager")]
+    for component in ("clip", "prior", "decoder"):
+        a = load_file(eager / component / "model.safetensors")
+        b = load_file(traced / component / "model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=f"{component}: {key}")
+
+
+def test_dream_train_passes_lr_decay_and_compile(data_dir, tmp_path, monkeypatch):
+    import dalle2_core.train.loop as loop
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda settings, report: seen.append(settings))
+    args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--quiet"]
+    for extra, expected in [([], ("constant", None)), (["--lr-decay", "cosine", "--compile"], ("cosine", "inductor"))]:
+        result = CliRunner().invoke(cli, args + extra, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].lr_decay, seen[-1].compile) == expected

@@ -45,6 +45,7 @@ class TrainSettings:
     steps: int = 1000
     batch_size: int = 32
     lr: float | None = None
+    lr_decay: str = "constant"  # "cosine": to zero at `steps` (per stage)
     image_size: int = 64
     save_every: int = 500
     sample_every: int = 0
@@ -54,6 +55,7 @@ class TrainSettings:
     seed: int = 0
     config: Path | None = None
     num_workers: int = 0
+    compile: str | None = None  # a torch.compile backend ("inductor") for the network each stage trains
     device: str = "cpu"
     sample_steps: int = 25
     extra: dict = field(default_factory=dict)
@@ -312,8 +314,19 @@ def _build_clip(settings: TrainSettings, presets: dict, run: RunDir, device):
     return CLIP(**presets["clip"]).to(device)
 
 
+def _maybe_compile(net: torch.nn.Module, settings: TrainSettings) -> None:
+    """Compile `net`'s forward in place (`nn.Module.compile`: weight names and checkpoints unchanged).
+
+    Called after the trainer is built, so its EMA copy stays eager (it is only read for saving)."""
+    if exists(settings.compile):
+        net.compile(backend=settings.compile)
+
+
 def _trainer_options(settings: TrainSettings) -> dict:
-    return dict(lr=settings.lr or 3e-4, precision=settings.precision)
+    if settings.lr_decay not in ("constant", "cosine"):
+        raise TrainingError(f"lr decay {settings.lr_decay!r} is unknown; accepted: constant, cosine")
+    decay_steps = settings.steps if settings.lr_decay == "cosine" else None
+    return dict(lr=settings.lr or 3e-4, precision=settings.precision, cosine_decay_max_steps=decay_steps)
 
 
 def train(settings: TrainSettings, report: Reporter = lambda event, **info: None) -> Path:
@@ -346,6 +359,7 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
     clip = _build_clip(settings, presets, run, device)
     if "clip" in stages:
         trainer = CLIPTrainer(clip, **_trainer_options(settings)).to(device)
+        _maybe_compile(clip, settings)
         adapter = as_clip_adapter(clip)
 
         def clip_step(batch):
@@ -371,6 +385,7 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
             net = DiffusionPriorNetwork(**presets["prior_network"])
             prior = DiffusionPrior(net, clip=clip, **presets["prior"]).to(device)
         trainer = DiffusionPriorTrainer(prior, **_trainer_options(settings), **ema).to(device)
+        _maybe_compile(prior.net, settings)
 
         def prior_step(batch):
             index, _, _ = batch
@@ -395,6 +410,7 @@ def train(settings: TrainSettings, report: Reporter = lambda event, **info: None
             if not 1 <= n <= decoder.num_unets:
                 raise TrainingError(f"--unet {n} is out of range; this decoder has unets 1..{decoder.num_unets}")
             name = f"decoder-unet{n}"
+            _maybe_compile(decoder.unets[n - 1], settings)
 
             def decoder_step(batch, n=n):
                 index, images, _ = batch
