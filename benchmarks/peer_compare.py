@@ -54,6 +54,8 @@ def run_worker(python: str, impl: str, case: str, args, *, measure_memory: bool)
            "--iters", str(1 if measure_memory else args.iters), "--sample-steps", str(args.sample_steps)]
     if args.channels_last:
         cmd.append("--channels-last")
+    if args.compile:
+        cmd.append("--compile")
     if args.device.startswith("cuda") and not measure_memory:
         cmd.append("--flops")
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
@@ -142,7 +144,7 @@ def markdown(rows: list[dict], results: dict, args, info: dict) -> str:
                 if "error" not in r:
                     versions[impl] = f"{r['library_version']} (torch {r['torch']})"
     lines = [
-        f"# dalle2_core vs DALLE2-pytorch 1.15.6 — {args.device}, {args.precision}",
+        f"# dalle2_core vs DALLE2-pytorch 1.15.6 — {_setting(args, ', ')}",
         "",
         f"- Command: `{info['command']}`",
         f"- Date: {info['date']}; dalle2_core commit {info['commit']}",
@@ -186,6 +188,15 @@ def markdown(rows: list[dict], results: dict, args, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setting(args, sep: str) -> str:
+    """The device and every option that changes what both libraries run: "cpu, bf16, compiled"."""
+    parts = [args.device.split(":")[0]]
+    parts += [args.precision] if args.precision != "fp32" or sep != "-" else []
+    parts += ["compiled"] if args.compile else []
+    parts += ["channels-last"] if args.channels_last else []
+    return sep.join(parts)
+
+
 def _load(load) -> str:
     return "unknown" if not load else "/".join(f"{x:.1f}" for x in load)
 
@@ -203,6 +214,7 @@ def main(argv=None) -> None:
     p.add_argument("--sample-steps", type=int, default=8, help="denoising steps per sampling run (time is per step)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks in both libraries (warm-up compiles)")
     p.add_argument("--channels-last", action="store_true", help="models and images in channels_last, both libraries")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
@@ -213,7 +225,7 @@ def main(argv=None) -> None:
         p.error("--rounds, --iters, --warmup and --sample-steps must be >= 1")
     if args.device.startswith("cuda") and args.peak_tflops is None:
         args.peak_tflops = _gpu_peak(args.ours_python)
-    out = args.out or HERE / "results" / f"{args.device.split(':')[0]}-latest.md"
+    out = args.out or HERE / "results" / f"{_setting(args, '-')}-latest.md"
 
     info = dict(command=os.environ.get("BENCH_COMMAND") or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                 date=datetime.datetime.now().isoformat(timespec="minutes"), commit=git_commit(), machine=machine())
