@@ -37,6 +37,17 @@ def cast_tuple(val, length: int | None = None) -> tuple:
     return out
 
 
+def randn(shape, *, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """`torch.randn`, where `generator` may also be one generator per sample: each then draws its own
+    equal share of the rows, so a sample's noise is the same whether it is drawn alone or in a batch."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    rows, n = shape[0], len(generator)
+    if n == 0 or rows % n:
+        raise ValueError(f"{n} generators cannot split {rows} rows evenly; pass one generator or one per sample")
+    return torch.cat([torch.randn((rows // n, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
 def l2norm(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return F.normalize(t, dim=dim)
 

@@ -88,12 +88,13 @@ def _settings(model, opts: dict) -> Settings:
         raise click.BadParameter(str(err), param_hint=err.param_hint) from None
 
 
-def _command_line(prompt: str, resolved, s: Settings, seed: int, num: int, batch: int, extra: list[str]) -> str:
+def _command_line(prompt: str, resolved, s: Settings, seed: int, extra: list[str]) -> str:
+    """The command that regenerates one image (its own seed, alone)."""
     # a local folder by absolute path, a Hub repo pinned to the commit that was used
     spec = {"local": str(resolved.path.resolve()), "hub": f"{resolved.spec.split('@')[0]}@{resolved.revision}"}.get(
         resolved.source, resolved.spec
     )
-    args = ["dream", "--model", spec, "--seed", str(seed), "-n", str(num), "--batch-size", str(batch)]
+    args = ["dream", "--model", spec, "--seed", str(seed), "-n", "1"]
     args += ["--sampler", s.sampler, "--cond-scale", ",".join(f"{v:g}" for v in s.cond_scale)]
     args += ["--steps", ",".join(map(str, s.steps))]
     if s.prior_steps is not None:
@@ -105,8 +106,8 @@ def _command_line(prompt: str, resolved, s: Settings, seed: int, num: int, batch
 @click.command("generate", hidden=True)
 @click.argument("prompt", nargs=-1)
 @click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="Number of images.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Images per forward pass; a batch uses the seed of its first image (1 keeps every image reproducible alone).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per forward pass; every image keeps its own seed, so it is reproducible alone.")
 @click.option("--grid/--no-grid", default=False, show_default=True, help="Also write all images as one grid.")
 @click.option("--image", type=click.Path(path_type=Path), help="Variations of this image: its CLIP embedding replaces the prior.")
 @sampling_options
@@ -141,7 +142,8 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
         with Progress(quiet, s, decoder_runs=batches, prior_runs=0 if unconditional or picture is not None else batches) as progress:
             for start in range(0, num, batch_size):
                 b = min(batch_size, num - start)
-                generator = torch.Generator(device=device).manual_seed(seed + start)
+                # one generator per image: image i's noise comes from seed + i whatever the batching
+                generator = [torch.Generator(device=device).manual_seed(seed + start + j) for j in range(b)]
                 if unconditional:
                     embeds = torch.zeros(b, 0, device=device)  # only its batch size is used
                 elif image_embed is None:
@@ -156,11 +158,8 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
                         "seed": seed + i, "base_seed": seed, "index": i, "num": num, "batch_size": batch_size,
                         "image": str(image.resolve()) if image is not None else None,
                         "size": [img.shape[-1], img.shape[-2]],
+                        "command": _command_line(text, resolved, s, seed + i, extra),
                     }
-                    if batch_size == 1:  # this image alone: its own seed, one image
-                        info["command"] = _command_line(text, resolved, s, seed + i, 1, 1, extra)
-                    else:  # its batch shares a generator: regenerate the whole run, take image `index`
-                        info["command"] = _command_line(text, resolved, s, seed, num, batch_size, extra)
                     path = save_png(img, outdir, f"{slug}-{seed}-{i}", png_text(text, info))
                     click.echo(str(path))
                     saved.append(path)

@@ -255,7 +255,7 @@ def _option_conflicts():
 
 @torch.inference_mode()
 @_option_conflicts()
-def prior_embed(model: Model, texts: list[str], s: Settings, generator: torch.Generator, progress: Progress) -> torch.Tensor:
+def prior_embed(model: Model, texts: list[str], s: Settings, generator, progress: Progress) -> torch.Tensor:
     embeds = model.prior.sample(
         text=texts,
         num_samples_per_batch=s.prior_samples,

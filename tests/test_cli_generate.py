@@ -51,7 +51,7 @@ def test_generate_writes_named_pngs_with_metadata(model_dir, tmp_path):
     assert info["prompt"] == "a red cube" and info["seed"] == 6 and info["base_seed"] == 5 and info["index"] == 1
     assert info["steps"] == [3, 2] and info["cond_scale"] == [2.0, 1.0] and info["sampler"] == "ddim"
     assert info["prior_steps"] == 3 and info["prior_samples"] == 2 and info["size"] == [32, 32]
-    assert info["command"].startswith(f"dream --model {model_dir} --seed 6 -n 1 --batch-size 1 --sampler ddim")
+    assert info["command"].startswith(f"dream --model {model_dir} --seed 6 -n 1 --sampler ddim")
 
 
 def test_same_seed_same_pixels_and_image_i_uses_seed_plus_i(model_dir, tmp_path):
@@ -62,7 +62,8 @@ def test_same_seed_same_pixels_and_image_i_uses_seed_plus_i(model_dir, tmp_path)
     first, second = pixels(a / "a-blue-ball-11-0.png"), pixels(a / "a-blue-ball-11-1.png")
     assert first == pixels(b / "a-blue-ball-11-0.png") and second == pixels(b / "a-blue-ball-11-1.png")
     assert first != second  # different seeds, different images
-    assert pixels(c / "a-blue-ball-12-0.png") == second  # image 1 of seed 11 is image 0 of seed 12
+    # image 1 of seed 11 (drawn in one batch with image 0) is image 0 of seed 12, drawn alone
+    assert pixels(c / "a-blue-ball-12-0.png") == second
     # the regenerate command in the metadata reproduces the image
     command = json.loads(read_png_text(a / "a-blue-ball-11-1.png")["dream"])["command"]
     args = shlex.split(command)

@@ -181,6 +181,21 @@ def test_cascade_shapes_with_start_and_stop():
     assert steps_seen == [(1, 0, 4), (1, 1, 4), (1, 2, 4), (1, 3, 4), (2, 0, 2), (2, 1, 2)]
 
 
+def test_one_generator_per_image_gives_each_image_its_own_noise():
+    # lowres noise augmentation on, ddpm: every random draw of the cascade goes through the generators
+    decoder = two_stage(use_noise_for_lowres_cond=True).eval()
+    e = embed(3, seed=4)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = decoder.sample(e, sampler="ddpm", steps=3, generator=gens([5, 6, 7]))
+    alone = torch.cat([decoder.sample(e[i : i + 1], sampler="ddpm", steps=3, generator=gens([5 + i])) for i in range(3)])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)
+    swapped = decoder.sample(e, sampler="ddpm", steps=3, generator=gens([7, 6, 5]))
+    torch.testing.assert_close(swapped[1], batch[1], atol=1e-5, rtol=0)
+    assert (swapped[0] - batch[0]).abs().max() > 0.05  # another seed, another image
+    with pytest.raises(ValueError, match="2 generators cannot split 3 rows"):
+        decoder.sample(e, steps=2, generator=gens([0, 1]))
+
+
 def test_upsampler_lowres_augmentation_and_random_crop():
     decoder = two_stage(use_noise_for_lowres_cond=True, random_crop_sizes=(None, 16), blur_prob=1.0)
     assert decoder.unets[1].lowres_noise_cond and not decoder.unets[0].lowres_noise_cond

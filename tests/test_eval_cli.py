@@ -57,6 +57,12 @@ def test_same_seed_same_figures_and_options_override_defaults(model_dir):
     assert a["seen"] == b["seen"] and a["held"] == b["held"]
 
 
+def test_figures_do_not_depend_on_the_batch_size(model_dir):
+    args = ("--num", 3, "--steps", 2, "--prior-steps", 2, "--sampler", "ddpm", "--seed", 4)
+    a, b = eval_json(model_dir, *args, "--batch-size", 6), eval_json(model_dir, *args, "--batch-size", 1)
+    assert [r["read"] for r in a["per_image"]] == [r["read"] for r in b["per_image"]]
+
+
 def _perfect_decode(model, embeds, texts, s, generator, progress):
     """What an ideal model would draw: the composition each prompt names, at 32 px like the tiny model."""
     images = [render(parse_caption(t), size=32) for t in texts]

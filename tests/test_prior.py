@@ -44,6 +44,15 @@ def test_learns_the_toy_mapping(toy, sampler, steps):
     assert cos(out, image.roll(1, dims=0)).mean().item() < 0.5
 
 
+def test_one_generator_per_text_matches_sampling_each_text_alone(toy):
+    prior, text, _ = toy
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = prior.sample(text_embed=text[:4], num_samples_per_batch=3, sampler="ddpm", steps=8, generator=gens(range(4)))
+    alone = [prior.sample(text_embed=text[i : i + 1], num_samples_per_batch=3, sampler="ddpm", steps=8, generator=gens([i]))
+             for i in range(4)]
+    torch.testing.assert_close(batch, torch.cat(alone), atol=1e-5, rtol=0)
+
+
 def test_null_condition_is_trained_and_guidance_mixes_both_branches(toy):
     prior, text, image = toy
     noise = torch.randn(N, DIM, generator=torch.Generator().manual_seed(1))

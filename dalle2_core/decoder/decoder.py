@@ -10,7 +10,7 @@ networks, conditioning and stages together.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from dalle2_core.helpers import (
     default,
     exists,
     normalize_neg_one_to_one,
+    randn,
     unnormalize_zero_to_one,
 )
 
@@ -381,14 +382,15 @@ class Decoder(nn.Module):
         inpaint_image: torch.Tensor | None = None,
         inpaint_mask: torch.Tensor | None = None,
         inpaint_resample_times: int = 5,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         on_step=None,
     ) -> torch.Tensor:
         """Run the cascade from `start_at_unet_number` to `stop_at_unet_number`; images in [0, 1].
 
         `cond_scale`, `steps` (respaced sampling steps, default `sample_timesteps`) may be given
         per unet. Inpainting (RePaint) keeps `inpaint_image` where `inpaint_mask` (b, h, w) is True.
-        `on_step(unet_number, i, total, x)` is called after every denoising step.
+        `on_step(unet_number, i, total, x)` is called after every denoising step. `generator` may be a
+        list with one generator per image: each image's noise is then the same as when sampled alone.
         """
         n = self.num_unets
         start = self._unet_index(start_at_unet_number)
@@ -452,7 +454,7 @@ class Decoder(nn.Module):
         denoise_fn = None
         if c.clip_denoised and not isinstance(vae, VQGanVAE):  # latents have no [-1, 1] range to clamp to
             denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
-        noise = torch.randn((batch_size, vae.encoded_dim, latent_size, latent_size),
+        noise = randn((batch_size, vae.encoded_dim, latent_size, latent_size),
                             generator=generator, device=param.device, dtype=param.dtype)
         opts = dict(sampler=sampler, steps=steps, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
         if sampler == "ddim":

@@ -10,14 +10,11 @@ from __future__ import annotations
 import torch
 
 from dalle2_core.diffusion import GaussianDiffusion, ddim_step, p_sample_step
+from dalle2_core.diffusion.samplers import randn_like
 from dalle2_core.diffusion.gaussian import DenoiseFn, ModelFn
 from dalle2_core.helpers import exists
 
 INPAINT_SAMPLERS = ("ddpm", "ddim")
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 @torch.no_grad()
@@ -62,12 +59,12 @@ def repaint_sample(
         for r in range(resample_times):
             unknown_prev = reverse_step(x, t)  # x_{t-1} for the region to fill
             if index > 0:
-                known_prev = diffusion.q_sample(known, diffusion.timesteps(index - 1, x), _randn_like(known, generator))
+                known_prev = diffusion.q_sample(known, diffusion.timesteps(index - 1, x), randn_like(known, generator))
             else:
                 known_prev = known
             x = torch.where(mask, known_prev, unknown_prev)
             if index > 0 and r < resample_times - 1:
-                x = diffusion.q_sample_step(x, t, _randn_like(x, generator))  # jump back to level t
+                x = diffusion.q_sample_step(x, t, randn_like(x, generator))  # jump back to level t
         if exists(on_step):
             replaced = on_step(i, total, x)
             x = x if replaced is None else replaced

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from dalle2_core.diffusion import GaussianDiffusion
-from dalle2_core.helpers import exists, normalize_neg_one_to_one, unnormalize_zero_to_one
+from dalle2_core.helpers import exists, normalize_neg_one_to_one, randn, unnormalize_zero_to_one
 
 # the augmentation noise lives on its own linear 1000-step schedule, independent of the unet's
 LOWRES_NOISE_TIMESTEPS = 1000
@@ -93,7 +93,7 @@ class LowresConditioner:
         b = image.shape[0]
         if noise_level is None:
             noise_level = torch.randint(0, LOWRES_NOISE_TIMESTEPS, (b,), device=image.device, generator=generator)
-        noise = torch.randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
+        noise = randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
         noised = self.noise_diffusion.q_sample(normalize_neg_one_to_one(image), noise_level, noise=noise)
         return LowresCond(unnormalize_zero_to_one(noised), noise_level)
 

@@ -13,14 +13,15 @@ from typing import Callable
 
 import torch
 
-from ..helpers import exists
+from ..helpers import exists, randn
 from .gaussian import DenoiseFn, GaussianDiffusion, ModelFn
 
 OnStep = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Noise shaped like `x` from one generator or one per sample (see `helpers.randn`)."""
+    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _after_step(on_step: OnStep | None, i: int, total: int, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ def p_sample_step(
     out = diffusion.p_mean_variance(model, x, t, denoise_fn=denoise_fn)
     # no noise at t = 0: the chain ends at the mean
     nonzero = (t != 0).to(x.dtype).reshape(-1, *((1,) * (x.ndim - 1)))  # (b, 1, ..., 1)
-    return out.mean + nonzero * torch.exp(0.5 * out.log_variance) * _randn_like(x, generator), out.pred_xstart
+    return out.mean + nonzero * torch.exp(0.5 * out.log_variance) * randn_like(x, generator), out.pred_xstart
 
 
 def ddim_step(
@@ -68,7 +69,7 @@ def ddim_step(
     sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
     # rounding can push 1 - a_prev - sigma² a hair below zero at eta = 1
     direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * pred.pred_eps
-    return x_prev + direction + sigma * _randn_like(x, generator), pred.pred_xstart
+    return x_prev + direction + sigma * randn_like(x, generator), pred.pred_xstart
 
 
 @torch.no_grad()

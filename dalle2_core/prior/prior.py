@@ -11,7 +11,7 @@ from torch import nn
 from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter
 from dalle2_core.diffusion import BETA_SCHEDULES, GaussianDiffusion, classifier_free_guidance, sample
 from dalle2_core.diffusion.losses import SIMPLE_LOSSES
-from dalle2_core.helpers import Config, config_dataclass, default, exists, l2norm
+from dalle2_core.helpers import Config, config_dataclass, default, exists, l2norm, randn
 from dalle2_core.prior.network import DiffusionPriorNetwork, DiffusionPriorNetworkConfig
 
 
@@ -270,7 +270,7 @@ class DiffusionPrior(nn.Module):
         r = num_samples_per_batch
         repeat = lambda v: v.repeat_interleave(r, dim=0) if exists(v) else None  # noqa: E731  (b * r, ...)
         b, d = text_embed.shape[0], self.config.image_embed_dim
-        noise = torch.randn((b * r, d), generator=generator, device=text_embed.device, dtype=text_embed.dtype)
+        noise = randn((b * r, d), generator=generator, device=text_embed.device, dtype=text_embed.dtype)
         x = self.p_sample_loop(
             noise,
             text_embed=repeat(text_embed),
@@ -296,7 +296,11 @@ class DiffusionPrior(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Image embeddings (b, d) for text: `num_samples_per_batch` candidates each, the most text-like kept."""
+        """Image embeddings (b, d) for text: `num_samples_per_batch` candidates each, the most text-like kept.
+
+        `generator` may be a list with one generator per text (its candidates' noise then does not
+        depend on the rest of the batch).
+        """
         cond = self._text_cond(text, text_embed, text_encodings, text_mask)
         candidates = self.sample_embeds(
             **cond,
