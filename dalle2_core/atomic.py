@@ -23,6 +23,23 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    # /proc gives it without changing it; elsewhere the set-and-restore is the only way to read it
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_permissions(path: Path) -> Path:
+    """Give a file or folder from `tempfile` (created 0600 / 0700) the mode a plain `open` or
+    `mkdir` would have given it, so what we write is as readable as any other file of the user."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    return path
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -42,6 +59,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     tmp = Path(tmp_name)
     try:
         yield tmp
+        default_permissions(tmp)  # after the write: some writers (safetensors) replace the file
         _fsync_file(tmp)
         if overwrite:
             os.replace(tmp, path)
@@ -59,4 +77,4 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path", "fsync_dir"]
+__all__ = ["atomic_path", "default_permissions", "fsync_dir"]

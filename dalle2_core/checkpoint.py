@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dalle2_core.atomic import atomic_path, fsync_dir
+from dalle2_core.atomic import atomic_path, default_permissions, fsync_dir
 from dalle2_core.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from dalle2_core.helpers import Config, config_dataclass, exists
 
@@ -210,7 +210,7 @@ def save_component(module: nn.Module, directory: str | os.PathLike) -> Path:
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent)))
     try:
         _write_component(module, tmp)
     except BaseException:

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dalle2_core.atomic import default_permissions
 from dalle2_core.checkpoint import INDEX_FILE, ModelLoadError
 from dalle2_core.helpers import exists
 
@@ -164,7 +165,7 @@ def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
         except Exception as err:
             raise _hub_error(err, f"LAION file {repo_id}/{filename}", None) from None
     converted.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".laion.tmp-", dir=converted.parent))
+    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=".laion.tmp-", dir=converted.parent)))
     try:
         convert_laion(files, tmp)
         os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dalle2_core.atomic import default_permissions
 from dalle2_core.checkpoint import SamplingDefaults, load_model, save_model
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"{args.run} lacks a stage (clip, prior, decoder): train every stage first")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target and swapped in, so a failed bundle never leaves half a model behind
-    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.tmp-", dir=args.out.parent))
+    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=f".{args.out.name}.tmp-", dir=args.out.parent)))
     try:
         save_model(tmp, clip=model.clip, prior=model.prior, decoder=model.decoder, defaults=defaults)
         if args.out.exists():

@@ -190,6 +190,19 @@ def test_atomic_path(tmp_path):
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["state.pt"]
 
 
+def test_written_files_get_the_usual_permissions_not_tempfiles_private_ones(tmp_path):
+    old = os.umask(0o022)
+    try:
+        folder = save_tiny_model(tmp_path / "m")
+        with atomic_path(tmp_path / "image.png") as tmp:
+            tmp.write_bytes(b"png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "image.png").stat().st_mode & 0o777 == 0o644
+    for path in [folder, *folder.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+
+
 def test_swap_cut_between_renames_is_recovered(tmp_path):
     folder = save_tiny_model(tmp_path / "m")
     # a save that renamed the old prior aside and died before moving the new one in
