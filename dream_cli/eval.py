@@ -27,6 +27,7 @@ from dream_cli.sampling import (
     decode,
     load,
     pick_device,
+    per_image_generators,
     pick_dtype,
     prior_embed,
     surface_warnings,
@@ -68,7 +69,8 @@ def _table(report: dict) -> str:
               help="Prompts per split (seen and held-out); distinct up to the split's size (1470 / 210).")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Chooses the prompts and the noise; the same seed gives the same figures.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass (the figures do not depend on it).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per forward pass (the figures do not depend on it).")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), help="Sampler. [model default]")
 @click.option("--steps", type=NumberList(int, minimum=1), help="Decoder sampling steps: one value or one per unet. [model default]")
 @click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]")
@@ -105,8 +107,7 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
         with Progress(quiet, s, decoder_runs=batches, prior_runs=batches) as progress:
             for start in range(0, len(prompts), batch_size):
                 texts = prompts[start : start + batch_size]
-                # image i's noise comes from seed + i, so the figures do not depend on --batch-size
-                generator = [torch.Generator(device=device).manual_seed(seed + start + j) for j in range(len(texts))]
+                generator = per_image_generators(seed + start, len(texts), device)  # figures independent of --batch-size
                 embeds = prior_embed(model, texts, s, generator, progress)
                 images.append(decode(model, embeds, texts, s, generator, progress).float().cpu())
         seconds = time.perf_counter() - start_time

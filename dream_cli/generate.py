@@ -23,6 +23,7 @@ from dream_cli.sampling import (
     load,
     load_image,
     pick_device,
+    per_image_generators,
     pick_dtype,
     prior_embed,
     surface_warnings,
@@ -142,8 +143,7 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
         with Progress(quiet, s, decoder_runs=batches, prior_runs=0 if unconditional or picture is not None else batches) as progress:
             for start in range(0, num, batch_size):
                 b = min(batch_size, num - start)
-                # one generator per image: image i's noise comes from seed + i whatever the batching
-                generator = [torch.Generator(device=device).manual_seed(seed + start + j) for j in range(b)]
+                generator = per_image_generators(seed + start, b, device)  # image i: seed + i, whatever the batching
                 if unconditional:
                     embeds = torch.zeros(b, 0, device=device)  # only its batch size is used
                 elif image_embed is None:

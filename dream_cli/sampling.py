@@ -253,6 +253,12 @@ def _option_conflicts():
         raise DreamError(one_line(err)) from None
 
 
+def per_image_generators(first_seed: int, count: int, device) -> list[torch.Generator]:
+    """One generator per image, seeded first_seed, first_seed + 1, ...: an image's noise does not
+    depend on the batch it is drawn in."""
+    return [torch.Generator(device=device).manual_seed(first_seed + j) for j in range(count)]
+
+
 @torch.inference_mode()
 @_option_conflicts()
 def prior_embed(model: Model, texts: list[str], s: Settings, generator, progress: Progress) -> torch.Tensor:

@@ -455,7 +455,7 @@ class Decoder(nn.Module):
         if c.clip_denoised and not isinstance(vae, VQGanVAE):  # latents have no [-1, 1] range to clamp to
             denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
         noise = randn((batch_size, vae.encoded_dim, latent_size, latent_size),
-                            generator=generator, device=param.device, dtype=param.dtype)
+                      generator=generator, device=param.device, dtype=param.dtype)
         opts = dict(sampler=sampler, steps=steps, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
         if sampler == "ddim":
             opts["eta"] = self.config.diffusion.ddim_sampling_eta

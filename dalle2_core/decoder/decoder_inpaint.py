@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from dalle2_core.diffusion import GaussianDiffusion, ddim_step, p_sample_step
-from dalle2_core.diffusion.samplers import randn_like
 from dalle2_core.diffusion.gaussian import DenoiseFn, ModelFn
+from dalle2_core.diffusion.samplers import randn_like
 from dalle2_core.helpers import exists
 
 INPAINT_SAMPLERS = ("ddpm", "ddim")
