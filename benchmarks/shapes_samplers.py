@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from dalle2_core.diffusion import SAMPLERS
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from shapes_latency import dream_command  # noqa: E402
@@ -69,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for setting in args.settings:
         sampler, _, steps = setting.partition(":")
-        if sampler not in ("ddpm", "ddim", "dpmpp") or not steps.isdigit() or int(steps) < 1:
-            p.error(f"setting {setting!r} is not understood; accepted: SAMPLER:STEPS with ddpm, ddim or dpmpp")
+        if sampler not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            p.error(f"setting {setting!r} is not understood; accepted: SAMPLER:STEPS with {', '.join(SAMPLERS)}")
         rows.append(evaluate(args.model, args.num, args.seed, sampler, int(steps)))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     text = table(rows, args)

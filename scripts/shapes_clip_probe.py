@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms.functional import to_tensor
 
 from dalle2_core.checkpoint import load_component
 from dalle2_core.clip import as_clip_adapter
@@ -36,7 +37,7 @@ def probe(clip, num: int, seed: int) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(seed)
     hits: dict[str, dict[str, list[bool]]] = {a: {"small": [], "large": []} for a in CHOICES}
     for composition in sample_compositions(num, "seen", rng):
-        image = torch.from_numpy(np.array(render(composition, rng))).permute(2, 0, 1).float()[None] / 255  # (1, 3, h, w)
+        image = to_tensor(render(composition, rng))[None]  # (1, 3, h, w) in [0, 1]
         image_embed = clip.embed_image(image).image_embed  # (1, d)
         for attribute in CHOICES:
             candidates = _variants(composition, attribute)
