@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import torch
 
+from dalle2_core.diffusion import SAMPLERS
 from dream_cli.errors import DreamError
 from dream_cli.generate import MAX_SEED, NumberList
 from dream_cli.output import save_png, slugify
@@ -71,7 +72,7 @@ def _table(report: dict) -> str:
               help="Chooses the prompts and the noise; the same seed gives the same figures.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per forward pass (the figures do not depend on it).")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), help="Sampler. [model default]")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Sampler. [model default]")
 @click.option("--steps", type=NumberList(int, minimum=1), help="Decoder sampling steps: one value or one per unet. [model default]")
 @click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]")
 @click.option("--cond-scale", type=NumberList(float), help="Decoder guidance: one value or one per unet. [model default]")

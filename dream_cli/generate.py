@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import torch
 
+from dalle2_core.diffusion import SAMPLERS
 from dream_cli.errors import DreamError
 from dream_cli.output import make_grid, png_text, save_png, slugify
 from dream_cli.sampling import (
@@ -68,7 +69,7 @@ def sampling_options(f):
         click.option("--prior-samples", type=click.IntRange(min=1), help="Prior candidates per image; the most text-like is kept. [model default: 2]"),
         click.option("--steps", type=NumberList(int, minimum=1), help="Decoder sampling steps: one value or one per unet. [model default]"),
         click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]"),
-        click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), help="Sampler. [model default]"),
+        click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Sampler. [model default]"),
         click.option("--outdir", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Where images are written."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True),

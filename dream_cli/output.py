@@ -14,7 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from dalle2_core.checkpoint import atomic_path
 
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM++ 2M"}  # as A1111 readers expect them
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM++ 2M", "dpmpp_sde": "DPM++ 2M SDE"}  # as A1111 readers expect them
 
 
 def slugify(text: str, max_len: int = 48) -> str:

@@ -226,7 +226,7 @@ def test_partial_save_keeps_other_components(tmp_path):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"sampler": "euler"}, "sampler 'euler' is unknown; accepted: ddpm, ddim, dpmpp"),
+        ({"sampler": "euler"}, "sampler 'euler' is unknown; accepted: ddpm, ddim, dpmpp, dpmpp_sde"),
         ({"cond_scale": (3.0, float("nan"))}, "cond_scale .* guidance scales must be finite numbers >= 0"),
         ({"prior_cond_scale": -1.0}, "prior_cond_scale -1.0 is invalid"),
         ({"steps": 0}, "steps 0 is invalid: steps must be integers >= 1"),

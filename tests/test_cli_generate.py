@@ -160,7 +160,7 @@ def _error_line(result):
         (["--steps", "0", "x"], 2, "'--steps': '0': expected an integer >= 1"),
         (["--steps", "11", "x"], 2, "11 exceeds the decoder's 10 training timesteps; accepted: 1..10"),
         (["--prior-steps", "0", "x"], 2, "'--prior-steps': 0 is not in the range x>=1"),
-        (["--sampler", "euler", "x"], 2, "'euler' is not one of 'ddpm', 'ddim', 'dpmpp'"),
+        (["--sampler", "euler", "x"], 2, "'euler' is not one of 'ddpm', 'ddim', 'dpmpp', 'dpmpp_sde'"),
         (["--precision", "fp16", "--device", "cpu", "x"], 2, "fp16 is not supported on cpu; accepted on cpu: fp32, bf16"),
         (["--seed", "-1", "x"], 2, "'--seed': -1 is not in the range"),
     ],

@@ -53,7 +53,7 @@ def test_overfits_one_image_and_samples_it(overfit):
     decoder, losses = overfit
     assert losses[0] > 0.3 and sum(losses[-10:]) / 10 < 1e-3
     target = target_image()
-    for sampler, steps in (("ddim", 20), ("ddpm", None), ("dpmpp", 10)):
+    for sampler, steps in (("ddim", 20), ("ddpm", None), ("dpmpp", 10), ("dpmpp_sde", 10)):
         out = decoder.sample(embed(2), sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
         assert out.shape == (2, 3, 16, 16)
         assert 0.0 <= out.min() and out.max() <= 1.0

@@ -7,7 +7,7 @@ import torch
 from dalle2_core.diffusion import GaussianDiffusion, sample, space_timesteps
 from dalle2_core.diffusion.guidance import static_clamp
 
-SAMPLERS = ["ddpm", "ddim", "dpmpp"]
+SAMPLERS = ["ddpm", "ddim", "dpmpp", "dpmpp_sde"]
 
 
 def oracle(base: GaussianDiffusion, x0: torch.Tensor, learned_variance=False):
@@ -57,14 +57,15 @@ def gaussian_data_eps_model(base, mean, std):
     return model
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_samples_follow_the_data_distribution(sampler):
-    """1000 exact ancestral (or eta = 1) steps sample N(mean, std²) itself."""
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", None), ("ddim", None), ("dpmpp_sde", None), ("dpmpp_sde", 25)])
+def test_samples_follow_the_data_distribution(sampler, steps):
+    """Exact stochastic steps (ancestral, eta = 1, the SDE solver) sample N(mean, std²) itself; the
+    second-order SDE solver does so in 25 steps too (DDPM at 25 steps: std 0.25 for 0.3)."""
     base = GaussianDiffusion.from_schedule("cosine", 1000)
     mean, std = 0.5, 0.3
     noise = torch.randn(4000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     out = sample(gaussian_data_eps_model(base, mean, std), base, noise, sampler=sampler, eta=float(sampler == "ddim"),
-                 generator=torch.Generator().manual_seed(4))
+                 steps=steps, generator=torch.Generator().manual_seed(4))
     assert out.mean().item() == pytest.approx(mean, abs=0.02)
     assert out.std().item() == pytest.approx(std, rel=0.05)
 
@@ -111,6 +112,23 @@ def test_ddim_with_eta1_is_ddpm():
     ddpm = sample(model, base, noise, sampler="ddpm", steps=30, generator=torch.Generator().manual_seed(9))
     ddim = sample(model, base, noise, sampler="ddim", steps=30, eta=1.0, generator=torch.Generator().manual_seed(9))
     assert torch.allclose(ddpm, ddim, atol=1e-10)
+
+
+def test_sde_solver_is_ddpm_at_first_order_and_uses_its_generator():
+    """Over 3 steps every SDE-DPM-Solver++ step is first order (no history yet, then the final two),
+    and a first-order step is the DDPM ancestral step: same noise, same samples. With more steps the
+    second-order steps make it differ."""
+    base = GaussianDiffusion.from_schedule("linear", 1000)
+    model = gaussian_data_eps_model(base, 0.2, 0.5)
+    noise = torch.randn(6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def run(sampler, steps, seed=9):
+        return sample(model, base, noise, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.allclose(run("ddpm", 3), run("dpmpp_sde", 3), atol=1e-12)
+    assert (run("ddpm", 10) - run("dpmpp_sde", 10)).abs().max().item() > 1e-3
+    assert torch.equal(run("dpmpp_sde", 10), run("dpmpp_sde", 10))
+    assert (run("dpmpp_sde", 10) - run("dpmpp_sde", 10, seed=10)).abs().max().item() > 1e-2
 
 
 def test_generator_makes_ddpm_reproducible():
@@ -168,7 +186,7 @@ def test_static_clamp_as_denoise_fn():
 def test_bad_sampler_arguments():
     base = GaussianDiffusion.from_schedule("cosine", 100)
     model, noise = lambda x, t: torch.zeros_like(x), torch.zeros(1, 2)
-    with pytest.raises(ValueError, match="accepted: ddpm, ddim, dpmpp"):
+    with pytest.raises(ValueError, match="accepted: ddpm, ddim, dpmpp, dpmpp_sde"):
         sample(model, base, noise, sampler="euler")
     for steps in (0, 101):
         with pytest.raises(ValueError, match="between 1 and the 100 training timesteps"):

@@ -34,7 +34,7 @@ def cos(a, b):
     return (l2norm(a) * l2norm(b)).sum(-1)
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 20), ("dpmpp", 10)])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 20), ("dpmpp", 10), ("dpmpp_sde", 10)])
 def test_learns_the_toy_mapping(toy, sampler, steps):
     prior, text, image = toy
     out = prior.sample(text_embed=text, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))

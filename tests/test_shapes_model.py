@@ -9,6 +9,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from dalle2_core.checkpoint import load_model, read_index
+from dalle2_core.diffusion import SAMPLERS
 from dalle2_core.hub import bundled_path, resolve_model
 from dalle2_core.shapes import eval_prompts, score
 from dream_cli.main import cli
@@ -32,7 +33,7 @@ def test_bundle_is_small_float16_and_has_measured_defaults():
     components, defaults = read_index(BUNDLE)
     assert components == ["clip", "prior", "decoder"]
     assert len(defaults.steps) == 2 and max(defaults.steps) <= 50 and defaults.prior_steps <= 50
-    assert defaults.sampler in ("ddpm", "ddim", "dpmpp")
+    assert defaults.sampler in SAMPLERS
     decoder = json.loads((BUNDLE / "decoder" / "config.json").read_text())["config"]
     assert decoder["image_sizes"] == [32, 64] and decoder["conditioning"]["condition_on_text_encodings"]
     # both unets read the text encodings (the upsampler too: it keeps small shapes apart)

@@ -4,7 +4,16 @@ from .gaussian import OBJECTIVES, GaussianDiffusion, ModelPrediction, PMeanVaria
 from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .respace import respaced_diffusion, space_timesteps
-from .samplers import SAMPLERS, ddim_step, p_sample_step, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from .samplers import (
+    SAMPLERS,
+    ddim_step,
+    p_sample_step,
+    sample,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+)
 from .schedules import BETA_SCHEDULES, beta_schedule
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "space_timesteps",
     "static_clamp",
 ]

@@ -98,15 +98,7 @@ def _log_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
     return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
 
 
-@torch.no_grad()
-def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None):
-    """DPM-Solver++(2M) (Lu et al. 2022 Alg. 2): multistep data prediction in log-SNR; deterministic.
-
-    The first step is first order (no history yet), and so is the step into the cleanest level
-    (DPM-Solver's `lower_order_final`): evenly spaced timesteps make that step's log-SNR jump several
-    times the previous one, and extrapolating across it costs far more than it gains. The last step
-    jumps straight to the predicted x_0. `generator` is accepted for the shared signature and unused.
-    """
+def _dpmpp_2m(model, diffusion, x, *, sde, denoise_fn, generator, on_step):
     total = diffusion.num_timesteps
     previous_xstart, previous_h = None, None
     for i, index in enumerate(reversed(range(total))):
@@ -126,16 +118,45 @@ def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_
                 r = previous_h / h
                 denoised = (1 + 1 / (2 * r)) * pred_xstart - (1 / (2 * r)) * previous_xstart
             sigma_ratio = ((1 - alpha_bar_next) / (1 - alpha_bar)).sqrt()
-            x = sigma_ratio * x - alpha_bar_next.sqrt() * torch.expm1(-h) * denoised
+            if sde:
+                # the SDE solver's step is the ODE's over 2h, plus the noise the step removes
+                kept = -torch.expm1(-2 * h)  # 1 - e^{-2h}
+                x = (sigma_ratio * torch.exp(-h) * x + alpha_bar_next.sqrt() * kept * denoised
+                     + (1 - alpha_bar_next).sqrt() * kept.sqrt() * randn_like(x, generator))
+            else:
+                x = sigma_ratio * x - alpha_bar_next.sqrt() * torch.expm1(-h) * denoised
             previous_xstart, previous_h = pred_xstart, h
         x = _after_step(on_step, i, total, x)
     return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None):
+    """DPM-Solver++(2M) (Lu et al. 2022 Alg. 2): multistep data prediction in log-SNR; deterministic.
+
+    The first step is first order (no history yet), and so is the step into the cleanest level
+    (DPM-Solver's `lower_order_final`): evenly spaced timesteps make that step's log-SNR jump several
+    times the previous one, and extrapolating across it costs far more than it gains. The last step
+    jumps straight to the predicted x_0. `generator` is accepted for the shared signature and unused.
+    """
+    return _dpmpp_2m(model, diffusion, x, sde=False, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model, diffusion, x, *, denoise_fn=None, generator=None, on_step=None):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022 §5, the "sde-dpmsolver++" of their code): the same multistep
+    data prediction for the reverse SDE, so each step adds fresh noise as DDPM does, which corrects
+    the model's errors instead of carrying them along the ODE's path. Its first-order step is the DDPM
+    ancestral step; ends as `sample_dpmpp_2m` does.
+    """
+    return _dpmpp_2m(model, diffusion, x, sde=True, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp": sample_dpmpp_2m,
+    "dpmpp_sde": sample_dpmpp_2m_sde,
 }
 
 
@@ -165,4 +186,4 @@ def sample(
     return run(model, diffusion, noise, denoise_fn=denoise_fn, generator=generator, on_step=on_step, **opts)
 
 
-__all__ = ["SAMPLERS", "ddim_step", "p_sample_step", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]
+__all__ = ["SAMPLERS", "ddim_step", "p_sample_step", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_dpmpp_2m_sde"]
