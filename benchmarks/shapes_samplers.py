@@ -1,11 +1,11 @@
-"""Quality at fewer steps: `dream eval shapes` with DPM-Solver++ at 25 steps per stage against DDPM at 250.
+"""Quality at fewer steps: `dream eval shapes` with DPM-Solver++ (ODE and SDE) at 25 steps per stage against DDPM at 250.
 
 Every setting scores the same prompts with the same seed (prior, base unet and upsampler all use the
 named sampler and step count; guidance comes from the model's defaults). Prints a markdown table of
 all-five adherence per split and the difference to the first setting, in points, and writes it to
 `benchmarks/results/shapes-samplers.md`.
 
-    python benchmarks/shapes_samplers.py                          # dpmpp:25 vs ddpm:250, 200 prompts per split
+    python benchmarks/shapes_samplers.py                          # dpmpp(_sde):25 vs ddpm:250, 200 prompts per split
     python benchmarks/shapes_samplers.py --num 100 --settings ddpm:250 dpmpp:25 ddim:25
 """
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="shapes")
     p.add_argument("--num", type=int, default=200, help="prompts per split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", nargs="+", default=["ddpm:250", "dpmpp:25"], metavar="SAMPLER:STEPS",
+    p.add_argument("--settings", nargs="+", default=["ddpm:250", "dpmpp:25", "dpmpp_sde:25"], metavar="SAMPLER:STEPS",
                    help="the first is the reference the others are compared with")
     p.add_argument("--out", type=Path, default=HERE / "results" / "shapes-samplers.md")
     args = p.parse_args(argv)

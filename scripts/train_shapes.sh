@@ -11,7 +11,8 @@
 # OMP_NUM_THREADS=1 if something else keeps a core busy: two OpenMP threads then spin-wait on each other).
 #
 # Wall time on 2 CPU cores (OMP_NUM_THREADS=2), per stage: data 9 s, CLIP 722 s, prior 314 s,
-# base unet 5,260 s (1.52 steps/s), upsampler 1,380 s (2.18 steps/s): about 2 h 10 min in all.
+# base unet 5,260 s (1.52 steps/s) + 3,076 s for its second cycle (1.30 steps/s, the CPU shared
+# with evaluations), upsampler 1,380 s (2.18 steps/s): about 3 h in all.
 #
 # Why this recipe (each found with `dream eval shapes` and scripts/shapes_clip_probe.py):
 # - the decoder can only draw what the CLIP image embedding encodes. With batch 64 the CLIP learnt
@@ -19,6 +20,9 @@
 #   batch 256 (more negatives per step) with cosine decay reads 92 % / 96 %.
 # - small shapes are a few pixels at 32 px: the base unet gets width 32 (not 16) and 8,000 steps, and
 #   the upsampler also reads the text and learns to undo blur (it is trained on blurred low-res input).
+# - the base unet then gets a second cosine cycle of 4,000 steps, resumed from the first (its rate
+#   restarts at a quarter of 1e-3): small shapes drawn right by the base unet alone 64 % -> 73 % seen,
+#   52 % -> 66 % held-out (128 small-object prompts each); all five 73.0 / 69.5 % -> 80.0 / 72.0 %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +32,7 @@ NUM=${NUM:-16000}                     # training images (the seen split has 1,47
 CLIP_STEPS=${CLIP_STEPS:-2000}
 PRIOR_STEPS=${PRIOR_STEPS:-3000}
 UNET1_STEPS=${UNET1_STEPS:-8000}
+UNET1_MORE_STEPS=${UNET1_MORE_STEPS:-4000}  # the base unet's second cosine cycle
 UNET2_STEPS=${UNET2_STEPS:-3000}
 EVAL_NUM=${EVAL_NUM:-200}             # prompts per split for the final score
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -51,6 +56,8 @@ stamp "prior"
 train --stage prior --resume --steps "$PRIOR_STEPS" --batch-size 64 --lr 1e-3
 stamp "decoder unet 1 (32 px)"
 train --stage decoder --unet 1 --resume --steps "$UNET1_STEPS" --batch-size 32 --lr 1e-3 --lr-decay cosine
+stamp "decoder unet 1, second cosine cycle"
+train --stage decoder --unet 1 --resume --steps "$((UNET1_STEPS + UNET1_MORE_STEPS))" --batch-size 32 --lr 1e-3 --lr-decay cosine
 stamp "decoder unet 2 (32 -> 64 px, text-conditioned, trained on 32 px crops of blurred low-res input)"
 train --stage decoder --unet 2 --resume --steps "$UNET2_STEPS" --batch-size 32 --lr 1e-3 --lr-decay cosine
 stamp "training done"
@@ -58,7 +65,7 @@ stamp "training done"
 # float16 weights (loading casts back to the requested precision) and the sampling defaults chosen
 # with `dream eval shapes` sweeps over sampler, steps and guidance scales
 python scripts/bundle_shapes.py "$RUN" "$OUT" \
-    --sampler dpmpp --steps 25,15 --prior-steps 25 --cond-scale 5,1 --prior-cond-scale 1 --prior-samples 2
+    --sampler dpmpp_sde --steps 25,15 --prior-steps 25 --cond-scale 5,1 --prior-cond-scale 1 --prior-samples 2
 stamp "bundled into $OUT ($(du -sh "$OUT" | cut -f1))"
 
 dream eval shapes --model "$OUT" --num "$EVAL_NUM" --seed 0
