@@ -65,7 +65,7 @@ stamp "training done"
 # float16 weights (loading casts back to the requested precision) and the sampling defaults chosen
 # with `dream eval shapes` sweeps over sampler, steps and guidance scales
 python scripts/bundle_shapes.py "$RUN" "$OUT" \
-    --sampler dpmpp_sde --steps 25,15 --prior-steps 25 --cond-scale 5,1 --prior-cond-scale 1 --prior-samples 2
+    --sampler dpmpp_sde --steps 25,25 --prior-steps 25 --cond-scale 5,1 --prior-cond-scale 1 --prior-samples 2
 stamp "bundled into $OUT ($(du -sh "$OUT" | cut -f1))"
 
 dream eval shapes --model "$OUT" --num "$EVAL_NUM" --seed 0
