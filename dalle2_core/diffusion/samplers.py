@@ -186,4 +186,7 @@ def sample(
     return run(model, diffusion, noise, denoise_fn=denoise_fn, generator=generator, on_step=on_step, **opts)
 
 
-__all__ = ["SAMPLERS", "ddim_step", "p_sample_step", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_dpmpp_2m_sde"]
+__all__ = [
+    "SAMPLERS", "ddim_step", "p_sample_step", "sample", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+]
