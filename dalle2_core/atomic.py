@@ -40,6 +40,14 @@ def default_permissions(path: Path) -> Path:
     return path
 
 
+def temp_dir_beside(target: str | os.PathLike) -> Path:
+    """An empty folder `.{name}.tmp-*` next to `target` (its parent created if needed), with the mode
+    `mkdir` would give it: write a whole folder there, then rename it over `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return default_permissions(Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -77,4 +85,4 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path", "default_permissions", "fsync_dir"]
+__all__ = ["atomic_path", "default_permissions", "fsync_dir", "temp_dir_beside"]

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dalle2_core.atomic import atomic_path, default_permissions, fsync_dir
+from dalle2_core.atomic import atomic_path, fsync_dir, temp_dir_beside
 from dalle2_core.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from dalle2_core.helpers import Config, config_dataclass, exists
 
@@ -209,8 +208,7 @@ def save_component(module: nn.Module, directory: str | os.PathLike) -> Path:
     cut between its two renames).
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent)))
+    tmp = temp_dir_beside(directory)
     try:
         _write_component(module, tmp)
     except BaseException:

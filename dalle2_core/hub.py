@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dalle2_core.atomic import default_permissions
+from dalle2_core.atomic import temp_dir_beside
 from dalle2_core.checkpoint import INDEX_FILE, ModelLoadError
 from dalle2_core.helpers import exists
 
@@ -164,8 +163,7 @@ def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
             )
         except Exception as err:
             raise _hub_error(err, f"LAION file {repo_id}/{filename}", None) from None
-    converted.parent.mkdir(parents=True, exist_ok=True)
-    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=".laion.tmp-", dir=converted.parent)))
+    tmp = temp_dir_beside(converted)
     try:
         convert_laion(files, tmp)
         os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from dalle2_core.atomic import default_permissions
+from dalle2_core.atomic import temp_dir_beside
 from dalle2_core.checkpoint import SamplingDefaults, load_model, save_model
 
 
@@ -52,9 +51,8 @@ def main(argv: list[str] | None = None) -> Path:
     model = load_model(args.run, dtype=getattr(torch, args.dtype))
     if model.clip is None or model.prior is None or model.decoder is None:
         raise SystemExit(f"{args.run} lacks a stage (clip, prior, decoder): train every stage first")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target and swapped in, so a failed bundle never leaves half a model behind
-    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=f".{args.out.name}.tmp-", dir=args.out.parent)))
+    tmp = temp_dir_beside(args.out)
     try:
         save_model(tmp, clip=model.clip, prior=model.prior, decoder=model.decoder, defaults=defaults)
         if args.out.exists():
