@@ -12,7 +12,7 @@
 #
 # Wall time on 2 CPU cores (OMP_NUM_THREADS=2), per stage: data 9 s, CLIP 722 s, prior 314 s,
 # base unet 5,260 s (1.52 steps/s) + 3,076 s for its second cycle (1.30 steps/s, the CPU shared
-# with evaluations) + about 2,700 s for each of cycles three and four (1.49 / 1.33 steps/s), upsampler
+# with evaluations) + 2,680 s and 3,010 s for its third and fourth (1.49 / 1.33 steps/s), upsampler
 # 1,380 s (2.18 steps/s): about 4 h 30 min in all.
 #
 # Why this recipe (each found with `dream eval shapes` and scripts/shapes_clip_probe.py):
