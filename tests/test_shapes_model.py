@@ -62,7 +62,7 @@ def test_follows_its_prompts_with_the_default_settings(model):
     assert 0 <= images.min() and images.max() <= 1
     seen = score(images, compositions).seen
     # shape is the attribute this model still misses on small objects (README); the others hold
-    # (15 of these 16 with the shipped weights; `dream eval shapes --num 200`: 91.0 %). Colour: small
+    # (15 of these 16 with the shipped weights; `dream eval shapes --num 200`: 94.0 %). Colour: small
     # green objects on warm backgrounds can come out teal and read as blue (eval: 99.5 % right)
     assert seen.n == 16 and seen.adherence >= 0.6, seen
     assert min(seen.accuracy[a] for a in ("size", "position", "background")) >= 0.95, seen
