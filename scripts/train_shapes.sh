@@ -12,8 +12,9 @@
 #
 # Wall time on 2 CPU cores (OMP_NUM_THREADS=2), per stage: data 9 s, CLIP 722 s, prior 314 s,
 # base unet 5,260 s (1.52 steps/s) + 3,076 s for its second cycle (1.30 steps/s, the CPU shared
-# with evaluations) + 2,680 s, 3,010 s and 2,866 s for its third, fourth and fifth (1.49 / 1.33 / 1.55
-# steps/s), upsampler 1,380 s (2.18 steps/s): about 5 h 20 min in all.
+# with evaluations) + 2,680 s, 3,010 s, 2,866 s and 3,174 s for its third to sixth (1.49 / 1.33 / 1.55 / 1.57
+# steps/s; the sixth shared the CPU with tests for a while), upsampler 1,380 s (2.18 steps/s):
+# about 6 h 15 min in all.
 #
 # Why this recipe (each found with `dream eval shapes` and scripts/shapes_clip_probe.py):
 # - the decoder can only draw what the CLIP image embedding encodes. With batch 64 the CLIP learnt
@@ -27,6 +28,7 @@
 #   A third and a fourth 4,000-step cycle (to 20,000 steps): small shapes 73 -> 83 % seen, 66 -> 76 %
 #   held-out after the third; all five (eval --num 200) 83.5 / 74.5 % -> 90.5 / 82.5 % -> 91.0 / 90.5 %.
 #   A fifth (to 24,000): shape 91.5 -> 94.0 % seen, 92.0 -> 93.0 % held-out; all five 94.0 / 90.5 %.
+#   A sixth (to 28,000): shape 95.5 % seen, 93.0 % held-out; all five 95.5 / 91.5 %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,7 @@ NUM=${NUM:-16000}                     # training images (the seen split has 1,47
 CLIP_STEPS=${CLIP_STEPS:-2000}
 PRIOR_STEPS=${PRIOR_STEPS:-3000}
 UNET1_STEPS=${UNET1_STEPS:-8000}
-UNET1_MORE=${UNET1_MORE:-"4000 4000 4000"}  # steps of each further cosine cycle of the base unet
+UNET1_MORE=${UNET1_MORE:-"4000 4000 4000 4000"}  # steps of each further cosine cycle of the base unet
 UNET2_STEPS=${UNET2_STEPS:-3000}
 EVAL_NUM=${EVAL_NUM:-200}             # prompts per split for the final score
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
