@@ -12,9 +12,9 @@
 #
 # Wall time on 2 CPU cores (OMP_NUM_THREADS=2), per stage: data 9 s, CLIP 722 s, prior 314 s,
 # base unet 5,260 s (1.52 steps/s) + 3,076 s for its second cycle (1.30 steps/s, the CPU shared
-# with evaluations) + 2,680 s, 3,010 s, 2,866 s and 3,174 s for its third to sixth (1.49 / 1.33 / 1.55 / 1.57
-# steps/s; the sixth shared the CPU with tests for a while), upsampler 1,380 s (2.18 steps/s):
-# about 6 h 15 min in all.
+# with evaluations) + 2,680 s, 3,010 s, 2,866 s and 3,174 s for its third to sixth cycles
+# (1.49 / 1.33 / 1.55 / 1.57 steps/s; the sixth shared the CPU with an evaluation and a test run),
+# upsampler 1,380 s (2.18 steps/s): about 6 h 15 min in all.
 #
 # Why this recipe (each found with `dream eval shapes` and scripts/shapes_clip_probe.py):
 # - the decoder can only draw what the CLIP image embedding encodes. With batch 64 the CLIP learnt
