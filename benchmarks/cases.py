@@ -8,8 +8,8 @@ signature differs (the prior's sampling loop) the case says so in one line. Ever
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -164,7 +164,8 @@ def markdown(rows: list[dict], results: dict, args, info: dict) -> str:
     if args.shared_machine_note:
         lines.append(f"- Note: {args.shared_machine_note}")
     cuda = args.device.startswith("cuda")
-    head = "| case | kind | batch | params ours / peer | ours s/step | peer s/step | time ratio | ours peak MiB | peer peak MiB | memory ratio | targets |"
+    head = ("| case | kind | batch | params ours / peer | ours s/step | peer s/step | time ratio "
+            "| ours peak MiB | peer peak MiB | memory ratio | targets |")
     if cuda:
         head = head[:-1] + " ours img/s | ours TFLOP/s | ours MFU |"
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]

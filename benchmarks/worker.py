@@ -15,7 +15,6 @@ import statistics
 import time
 
 import torch
-
 from cases import CASES
 
 

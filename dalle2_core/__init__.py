@@ -4,9 +4,9 @@ from dalle2_core.clip import CLIP, OpenAIClipAdapter, OpenClipAdapter, XClipAdap
 from dalle2_core.dalle2 import DALLE2
 from dalle2_core.decoder.decoder import Decoder
 from dalle2_core.decoder.unet import Unet
-from dalle2_core.decoder.vqgan_vae import NullVQGanVAE, VQGanVAE
 from dalle2_core.prior import DiffusionPrior, DiffusionPriorNetwork
 from dalle2_core.train import DecoderTrainer, DiffusionPriorTrainer
+from dalle2_core.vqgan.vae import NullVQGanVAE, VQGanVAE
 
 __version__ = "0.1.0"
 

@@ -30,8 +30,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dalle2_core.atomic import atomic_path, fsync_dir, temp_dir_beside
+from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
-from dalle2_core.helpers import Config, config_dataclass, exists
+from dalle2_core.helpers import exists
 
 FORMAT = "dream-model"
 FORMAT_VERSION = 1
@@ -52,7 +53,7 @@ _CLASSES = {
     "DiffusionPrior": ("dalle2_core.prior",),
     "Unet": ("dalle2_core.decoder",),
     "Decoder": ("dalle2_core.decoder", "dalle2_core.decoder.decoder"),
-    "VQGanVAE": ("dalle2_core.decoder", "dalle2_core.decoder.vqgan_vae"),
+    "VQGanVAE": ("dalle2_core.vqgan",),
 }
 # pretrained CLIPs whose weights come from open_clip's own cache: the config names them, no weights
 _EXTERNAL_WEIGHTS = frozenset({"OpenClipAdapter", "OpenAIClipAdapter"})

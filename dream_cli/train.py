@@ -51,21 +51,29 @@ class _RichReporter:
 
 
 @click.command("train")
-@click.option("--data", "data", type=click.Path(path_type=Path), required=True, help="Folder of images with captions (.txt sidecars or metadata.jsonl).")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Run folder; becomes a model folder for `dream --model`.")
+@click.option("--data", "data", type=click.Path(path_type=Path), required=True,
+              help="Folder of images with captions (.txt sidecars or metadata.jsonl).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Run folder; becomes a model folder for `dream --model`.")
 @click.option("--stage", type=click.Choice(["all", "clip", "prior", "decoder"]), default="all", show_default=True)
 @click.option("--unet", type=click.IntRange(min=1), default=None, help="Train only this decoder unet (1 = base).")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimizer steps per stage (per unet).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch size (split across processes).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1e-2), default=None, help="Learning rate (default 3e-4).")
-@click.option("--lr-decay", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True, help="cosine: decay the learning rate to 0 at --steps.")
-@click.option("--image-size", type=click.IntRange(min=16, max=1024), default=64, show_default=True, help="Output image size; sets the cascade and model sizes.")
+@click.option("--lr-decay", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="cosine: decay the learning rate to 0 at --steps.")
+@click.option("--image-size", type=click.IntRange(min=16, max=1024), default=64, show_default=True,
+              help="Output image size; sets the cascade and model sizes.")
 @click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--sample-every", type=click.IntRange(min=0), default=0, show_default=True, help="Write a decoder sample grid every N steps (0: never).")
+@click.option("--sample-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Write a decoder sample grid every N steps (0: never).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--clip", "clip", default=None, metavar="open_clip:ARCH/PRETRAINED", help="Use a pretrained, frozen open_clip model instead of training a CLIP.")
-@click.option("--config", "config", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None, help="JSON overriding model sizes (sections clip, prior_network, prior, unets, decoder).")
-@click.option("--compile", "compile", flag_value="inductor", default=None, help="torch.compile the network being trained (first step compiles: minutes on a CPU).")
+@click.option("--clip", "clip", default=None, metavar="open_clip:ARCH/PRETRAINED",
+              help="Use a pretrained, frozen open_clip model instead of training a CLIP.")
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="JSON overriding model sizes (sections clip, prior_network, prior, unets, decoder).")
+@click.option("--compile", "compile", flag_value="inductor", default=None,
+              help="torch.compile the network being trained (first step compiles: minutes on a CPU).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
@@ -76,8 +84,7 @@ def train(quiet: bool, debug: bool, device: str, **options) -> None:
     """Train a model on a folder of captioned images."""
     import torch
 
-    from dalle2_core.train.loop import TrainingError, TrainSettings, init_distributed
-    from dalle2_core.train.loop import train as run_training
+    from dalle2_core.train.loop import TrainingError, TrainSettings, init_distributed, train as run_training
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from checkpoint_tiny import DEFAULTS, save_tiny_model, tiny_modules
 from safetensors import safe_open
 
-from checkpoint_tiny import DEFAULTS, save_tiny_model, tiny_modules
 from dalle2_core import checkpoint
 from dalle2_core.checkpoint import (
     ModelLoadError,

@@ -1,8 +1,8 @@
 """Model resolution: what `--model` accepts and how each kind of name is told apart."""
 
 import pytest
-
 from checkpoint_tiny import save_tiny_model
+
 from dalle2_core.hub import ModelNotFoundError, default_model_spec, parse_hub_id, resolve_model
 
 

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 import torch
+from checkpoint_tiny import copy_model, save_tiny_model
 from click.testing import CliRunner
 from PIL import Image
 
-from checkpoint_tiny import copy_model, save_tiny_model
 from dream_cli import generate as generate_module
 from dream_cli.main import cli
 from dream_cli.output import read_png_text

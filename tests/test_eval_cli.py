@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from checkpoint_tiny import save_tiny_model
 from click.testing import CliRunner
 from PIL import Image
 
-from checkpoint_tiny import save_tiny_model
 from dalle2_core.checkpoint import load_model, save_model
 from dalle2_core.shapes import ATTRIBUTES, eval_prompts, parse_caption, read_attributes, render
 from dream_cli import eval as eval_module

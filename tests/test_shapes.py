@@ -30,7 +30,6 @@ from dalle2_core.shapes import (
 from dalle2_core.shapes.world import WHERE, object_mask
 from dream_cli.main import cli
 
-
 # --- splits -----------------------------------------------------------------------------------------
 
 

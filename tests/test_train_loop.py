@@ -85,7 +85,7 @@ def test_a_crashed_run_resumes_to_the_same_weights(data_dir, tiny_config, tmp_pa
 def test_unreadable_images_are_skipped_and_counted(data_dir, tiny_config, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    for i, path in enumerate(sorted(data_dir.glob("*.png"))[:8]):
+    for path in sorted(data_dir.glob("*.png"))[:8]:
         Image.open(path).save(data / path.name)
         (data / path.with_suffix(".txt").name).write_text(path.with_suffix(".txt").read_text())
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

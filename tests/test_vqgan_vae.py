@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dalle2_core import NullVQGanVAE, VQGanVAE
-from dalle2_core.decoder.vqgan_vae import VQGanVAEConfig
+from dalle2_core.vqgan.vae import VQGanVAEConfig
 
 TINY = dict(
     dim=16, image_size=32, layers=2, vq_codebook_size=16, vq_codebook_dim=8, resnet_groups=8,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import field
 
-from ..helpers import Config, config_dataclass
+from ..config import Config, config_dataclass
 from .tokenizer import CLIP_VOCAB_SIZE
 
 # OpenAI CLIP's pixel statistics; images reach the visual tower as (x - mean) / std

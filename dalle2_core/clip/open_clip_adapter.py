@@ -15,7 +15,8 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from ..helpers import Config, cast_tuple, config_dataclass, exists, l2norm
+from ..config import Config, config_dataclass
+from ..helpers import cast_tuple, exists, l2norm
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
 from .tokenizer import tokenize
 

@@ -17,10 +17,8 @@ from torch import nn
 
 from dalle2_core.clip.xclip_adapter import as_clip_adapter
 from dalle2_core.decoder.decoder_config import DecoderConfig
-from dalle2_core.decoder.decoder_inpaint import repaint_sample
 from dalle2_core.decoder.decoder_lowres import LowresConditioner, crop, random_crop_params, resize_image_to
 from dalle2_core.decoder.unet import Unet
-from dalle2_core.decoder.vqgan_vae import NullVQGanVAE, VQGanVAE
 from dalle2_core.diffusion import (
     GaussianDiffusion,
     classifier_free_guidance,
@@ -28,6 +26,7 @@ from dalle2_core.diffusion import (
     sample as diffusion_sample,
     static_clamp,
 )
+from dalle2_core.diffusion.repaint import repaint_sample
 from dalle2_core.helpers import (
     cast_tuple,
     default,
@@ -36,6 +35,7 @@ from dalle2_core.helpers import (
     randn,
     unnormalize_zero_to_one,
 )
+from dalle2_core.vqgan.vae import NullVQGanVAE, VQGanVAE
 
 # DALLE2-pytorch keyword spellings accepted by the constructor
 ALIASES = {

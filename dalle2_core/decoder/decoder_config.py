@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
+from dalle2_core.config import Config, config_dataclass
 from dalle2_core.decoder.unet_config import UnetConfig
-from dalle2_core.decoder.vqgan_vae import VQGanVAEConfig
-from dalle2_core.helpers import Config, cast_tuple, config_dataclass, exists
+from dalle2_core.helpers import cast_tuple, exists
+from dalle2_core.vqgan.vae import VQGanVAEConfig
 
 BETA_SCHEDULES = ("cosine", "linear", "quadratic", "sigmoid", "jsd")
 LOSS_TYPES = ("l1", "l2", "huber")

@@ -6,7 +6,6 @@ the LAION decoder weights map onto them one to one.
 
 from __future__ import annotations
 
-
 import torch
 from einops import repeat
 from einops.layers.torch import Rearrange

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import field
 
-from ..helpers import Config, cast_tuple, config_dataclass, default, exists
+from ..config import Config, config_dataclass
+from ..helpers import cast_tuple, default, exists
 
 BLOCK_TYPES = ("resnet", "convnext")
 AUTO_CHECKPOINT_PIXELS = 4 * 256 * 256  # batch x height x width

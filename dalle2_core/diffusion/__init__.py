@@ -3,6 +3,7 @@
 from .gaussian import OBJECTIVES, GaussianDiffusion, ModelPrediction, PMeanVariance
 from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .repaint import INPAINT_SAMPLERS, repaint_sample
 from .respace import respaced_diffusion, space_timesteps
 from .samplers import (
     SAMPLERS,
@@ -20,6 +21,7 @@ __all__ = [
     "BETA_SCHEDULES",
     "OBJECTIVES",
     "SAMPLERS",
+    "INPAINT_SAMPLERS",
     "GaussianDiffusion",
     "ModelPrediction",
     "PMeanVariance",
@@ -32,6 +34,7 @@ __all__ = [
     "mean_flat",
     "normal_kl",
     "p_sample_step",
+    "repaint_sample",
     "respaced_diffusion",
     "sample",
     "sample_ddim",

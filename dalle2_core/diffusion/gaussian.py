@@ -8,7 +8,8 @@ with `t` the timesteps of the *training* schedule; a respaced diffusion maps its
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

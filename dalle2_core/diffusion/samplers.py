@@ -9,7 +9,7 @@ and returns x_0. `model(x_t, t)` is a model function (see `guidance.classifier_f
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dalle2_core.helpers import Config, config_dataclass, exists
+from dalle2_core.config import Config, config_dataclass
+from dalle2_core.helpers import exists
 from dalle2_core.nn.attention import Attention, RelPosBias
 from dalle2_core.nn.feedforward import FeedForward
 from dalle2_core.nn.norm import LayerNorm

@@ -6,7 +6,8 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from dalle2_core.helpers import Config, config_dataclass, exists
+from dalle2_core.config import Config, config_dataclass
+from dalle2_core.helpers import exists
 from dalle2_core.nn import MLP, CausalTransformer, CausalTransformerConfig, PrefixCache, SinusoidalPosEmb
 
 

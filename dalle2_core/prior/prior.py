@@ -9,9 +9,10 @@ from einops import rearrange
 from torch import nn
 
 from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter
+from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import BETA_SCHEDULES, GaussianDiffusion, classifier_free_guidance, sample
 from dalle2_core.diffusion.losses import SIMPLE_LOSSES
-from dalle2_core.helpers import Config, config_dataclass, default, exists, l2norm, randn
+from dalle2_core.helpers import default, exists, l2norm, randn
 from dalle2_core.prior.network import DiffusionPriorNetwork, DiffusionPriorNetworkConfig
 
 

@@ -9,8 +9,8 @@ larger than `MAX_WORK_SIZE` are box-downsampled first, which also averages away 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -12,9 +12,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist

@@ -20,7 +20,8 @@ def make_optimizer(
     """AdamW; biases and norm gains (tensors with < 2 dims) are excluded from weight decay."""
     if not (0 < lr <= 1e-2):
         raise ValueError(f"learning rate {lr} is out of range; accepted: (0, 1e-2] (1e-4 to 5e-4 is typical)")
-    params = [p for p in (params_or_module.parameters() if isinstance(params_or_module, nn.Module) else params_or_module) if p.requires_grad]
+    source = params_or_module.parameters() if isinstance(params_or_module, nn.Module) else params_or_module
+    params = [p for p in source if p.requires_grad]
     if group_wd_params and wd > 0:
         groups = [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},

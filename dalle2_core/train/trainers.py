@@ -9,7 +9,7 @@ wrapper (`Decoder` / `DiffusionPrior`) computes the loss.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from dalle2_core.diffusion import GaussianDiffusion, ddim_step, p_sample_step
-from dalle2_core.diffusion.gaussian import DenoiseFn, ModelFn
-from dalle2_core.diffusion.samplers import randn_like
-from dalle2_core.helpers import exists
+from ..helpers import exists
+from .gaussian import DenoiseFn, GaussianDiffusion, ModelFn
+from .samplers import ddim_step, p_sample_step, randn_like
 
 INPAINT_SAMPLERS = ("ddpm", "ddim")
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from dalle2_core.helpers import Config, config_dataclass, exists
+from dalle2_core.config import Config, config_dataclass
+from dalle2_core.helpers import exists
 from dalle2_core.vqgan.encoders import ConvNextEncDec, ResnetEncDec, ViTEncDec
 from dalle2_core.vqgan.losses import (
     Discriminator,

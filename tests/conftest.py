@@ -1,0 +1,18 @@
+"""Test-session set-up: one compute thread per process.
+
+The tests use tiny tensors, where OpenMP worker threads only add synchronisation; on a machine that
+is busy with other work, threads that spin while they wait made the suite several times slower.
+`DREAM_TEST_THREADS` overrides the count. Set before torch is imported, so subprocesses started by
+the tests (torchrun, the CLI) inherit it.
+"""
+
+import os
+
+THREADS = os.environ.get("DREAM_TEST_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = THREADS
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MKL_NUM_THREADS", THREADS)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(THREADS))
