@@ -159,7 +159,7 @@ def prior_sample(impl, device, precision, *, batch: int = 8, steps: int = 4, **_
     def run():
         with torch.no_grad(), _autocast(device, precision):
             if impl == "ours":
-                return prior.p_sample_loop(noise, text_embed=text_embed, text_encodings=x["text_encodings"], cond_scale=3.0)
+                return prior.denoise(noise, text_embed=text_embed, text_encodings=x["text_encodings"], cond_scale=3.0)
             # 1.15.6 draws its own noise and takes the condition as a dict
             cond = dict(text_embed=text_embed, text_encodings=x["text_encodings"])
             return prior.p_sample_loop((batch, 512), text_cond=cond, cond_scale=3.0)

@@ -22,7 +22,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -40,6 +40,7 @@ INDEX_FILE = "model_index.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 COMPONENTS = ("clip", "prior", "decoder")
+DEFAULT_FAMILY = "unclip"  # the architecture family a folder without a "family" entry belongs to
 SAMPLERS = tuple(DIFFUSION_SAMPLERS)
 
 # class name -> module that defines it; imported only when a checkpoint names the class, so loading
@@ -66,8 +67,9 @@ class ModelLoadError(Exception):
 
 
 @config_dataclass
-class SamplingDefaults(Config):
-    """Sampling settings a model folder recommends; `None` means the module's own default."""
+class SamplingSettings(Config):
+    """Sampling settings: in a model index the recommended ones (`None`: the module's own default),
+    from a pipeline's `resolve` the concrete ones a run used."""
 
     cond_scale: float | tuple[float, ...] = 1.0  # decoder guidance, one value or one per unet
     prior_cond_scale: float = 1.0
@@ -93,6 +95,14 @@ def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
+class ModelIndex(NamedTuple):
+    """What `model_index.json` says: the components present, the sampling defaults, the architecture family."""
+
+    components: list[str]
+    defaults: SamplingSettings
+    family: str = DEFAULT_FAMILY
+
+
 @dataclass
 class Model:
     """A loaded model folder: the shared CLIP, the prior, the decoder and the sampling defaults."""
@@ -100,8 +110,9 @@ class Model:
     clip: nn.Module | None
     prior: nn.Module | None
     decoder: nn.Module | None
-    defaults: SamplingDefaults
+    defaults: SamplingSettings
     path: Path | None = None
+    family: str = DEFAULT_FAMILY
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -365,9 +376,13 @@ def save_model(
     clip: nn.Module | None = None,
     prior: nn.Module | None = None,
     decoder: nn.Module | None = None,
-    defaults: SamplingDefaults | dict | None = None,
+    defaults: SamplingSettings | dict | None = None,
+    family: str | None = None,
 ) -> Path:
     """Write a model folder; components not given are kept from an existing folder.
+
+    `family` names the pipeline that samples the folder (`dalle2_core.pipeline.PIPELINES`); None keeps
+    the folder's own, else the default family.
 
     Without `clip=`, the CLIP inside the prior/decoder is written only if the folder has no CLIP
     with the same config yet (it is frozen there); pass `clip=` to overwrite it regardless.
@@ -383,7 +398,7 @@ def save_model(
     given = {"clip": clip, "prior": prior, "decoder": decoder}
     if not any(exists(m) for m in given.values()):
         raise ValueError("save_model needs at least one of clip=, prior=, decoder=")
-    defaults = SamplingDefaults.build(defaults) if exists(defaults) else None
+    defaults = SamplingSettings.build(defaults) if exists(defaults) else None
     folder.mkdir(parents=True, exist_ok=True)
 
     index = {}
@@ -397,18 +412,19 @@ def save_model(
     components = [c for c in COMPONENTS if exists(given[c]) or c in kept]
     if not exists(defaults):
         try:
-            defaults = SamplingDefaults.from_dict(index.get("defaults") or {})
+            defaults = SamplingSettings.from_dict(index.get("defaults") or {})
         except (TypeError, ValueError):
-            defaults = SamplingDefaults()
+            defaults = SamplingSettings()
+    family = family or index.get("family") or DEFAULT_FAMILY
     _write_json(
         folder / INDEX_FILE,
-        {"format": FORMAT, "version": FORMAT_VERSION, "components": components, "defaults": defaults.to_dict()},
+        {"format": FORMAT, "version": FORMAT_VERSION, "family": family, "components": components, "defaults": defaults.to_dict()},
     )
     return folder
 
 
-def read_index(folder: str | os.PathLike) -> tuple[list[str], SamplingDefaults]:
-    """The components and sampling defaults of a model folder, validated."""
+def read_index(folder: str | os.PathLike) -> ModelIndex:
+    """The components, sampling defaults and family of a model folder, validated."""
     folder = Path(folder)
     expected = f"a model folder with {INDEX_FILE} and component folders ({', '.join(COMPONENTS)})"
     if not folder.exists():
@@ -429,10 +445,13 @@ def read_index(folder: str | os.PathLike) -> tuple[list[str], SamplingDefaults]:
             f"{folder / INDEX_FILE} lists components {components!r}; expected a non-empty list of {COMPONENTS}"
         )
     try:
-        defaults = SamplingDefaults.from_dict(index.get("defaults") or {})
+        defaults = SamplingSettings.from_dict(index.get("defaults") or {})
     except (TypeError, ValueError) as err:
         raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {_one_line(err)}") from None
-    return components, defaults
+    family = index.get("family", DEFAULT_FAMILY)
+    if not isinstance(family, str) or not family:
+        raise ModelLoadError(f"{folder / INDEX_FILE} has family {family!r}; expected a family name such as {DEFAULT_FAMILY!r}")
+    return ModelIndex(components, defaults, family)
 
 
 def load_model(
@@ -443,7 +462,7 @@ def load_model(
 ) -> Model:
     """Load a model folder for sampling (modules in eval mode); the CLIP is loaded once and shared."""
     folder = Path(folder)
-    components, defaults = read_index(folder)
+    components, defaults, family = read_index(folder)
     loaded: dict[str, nn.Module | None] = dict.fromkeys(COMPONENTS)
     if "clip" in components:
         loaded["clip"] = load_component(folder / "clip", device=device, dtype=dtype)
@@ -453,13 +472,15 @@ def load_model(
     for module in loaded.values():
         if exists(module):
             module.eval()
-    return Model(clip=loaded["clip"], prior=loaded["prior"], decoder=loaded["decoder"], defaults=defaults, path=folder)
+    return Model(clip=loaded["clip"], prior=loaded["prior"], decoder=loaded["decoder"], defaults=defaults, path=folder,
+                 family=family)
 
 
 __all__ = [
     "Model",
+    "ModelIndex",
     "ModelLoadError",
-    "SamplingDefaults",
+    "SamplingSettings",
     "atomic_path",
     "load_component",
     "load_model",

@@ -14,27 +14,20 @@ from pathlib import Path
 import click
 import torch
 
-from dalle2_core.diffusion import SAMPLERS
 from dream_cli.errors import DreamError
-from dream_cli.generate import MAX_SEED, NumberList
 from dream_cli.output import save_png, slugify
 from dream_cli.sampling import (
-    DEVICES,
-    PRECISIONS,
     Progress,
-    SettingError,
-    Settings,
     check_outdir,
-    decode,
     load,
     per_image_generators,
     pick_device,
     pick_dtype,
-    prior_embed,
+    resolve_settings,
+    sampling_errors,
+    sampling_options,
     surface_warnings,
 )
-
-SPLITS = ("seen", "held")
 
 
 @click.group("eval")
@@ -42,15 +35,9 @@ def eval_group() -> None:
     """Measure how well a model follows its prompts."""
 
 
-def _settings(model, opts: dict) -> Settings:
-    try:
-        return Settings.resolve(model, **{k: opts[k] for k in Settings.OPTIONS})
-    except SettingError as err:
-        raise click.BadParameter(str(err), param_hint=err.param_hint) from None
-
-
 def _table(report: dict) -> str:
     from dalle2_core.shapes import ATTRIBUTES
+    from dalle2_core.shapes.world import SPLITS
 
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     header = ["split", "n", *ATTRIBUTES, "all five"]
@@ -64,39 +51,28 @@ def _table(report: dict) -> str:
 
 
 @eval_group.command("shapes")
-@click.option("--model", "model_spec", envvar="DREAM_MODEL", default="shapes", show_default=True,
-              help="Model folder, Hugging Face repo org/name[@revision] or 'shapes' (bundled). [env DREAM_MODEL]")
 @click.option("--num", type=click.IntRange(min=1), default=100, show_default=True,
               help="Prompts per split (seen and held-out); distinct up to the split's size (1470 / 210).")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Chooses the prompts and the noise; the same seed gives the same figures.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per forward pass (the figures do not depend on it).")
-@click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Sampler. [model default]")
-@click.option("--steps", type=NumberList(int, minimum=1), help="Decoder sampling steps: one value or one per unet. [model default]")
-@click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]")
-@click.option("--cond-scale", type=NumberList(float), help="Decoder guidance: one value or one per unet. [model default]")
-@click.option("--prior-cond-scale", type=NumberList(float, single=True), help="Prior guidance. [model default]")
-@click.option("--prior-samples", type=click.IntRange(min=1), help="Prior candidates per image. [model default]")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True)
 @click.option("--save-images", type=click.Path(path_type=Path), default=None,
               help="Also write every generated image here (PNG, prompt and read-back in the metadata).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (per-image rows included).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@sampling_options(model_default="shapes", seed_default=0)
 def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_json: bool, **opts) -> None:
     """Generate canonical shapes-world prompts and score the images against them."""
     from dalle2_core.shapes import eval_prompts, score
+    from dalle2_core.shapes.world import SPLITS
 
-    device, dtype = pick_device(opts["device"]), pick_dtype(opts["precision"], opts["device"])
-    outdir = check_outdir(save_images) if save_images is not None else None
+    device = pick_device(opts["device"])
+    dtype = pick_dtype(opts["precision"], device)
+    outdir = check_outdir(save_images, option="--save-images") if save_images is not None else None
     quiet = opts["quiet"]
     with surface_warnings(everything=opts["debug"]):
-        model, resolved = load(opts["model_spec"], device, dtype, quiet)
-        if model.prior is None or model.decoder.config.conditioning.unconditional:
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        if not pipeline.has_prior or pipeline.unconditional:
             raise DreamError(f"model {resolved.spec!r} cannot generate from text (it needs a prior and a conditioned decoder)")
-        s = _settings(model, opts)
+        s = resolve_settings(pipeline, opts)
         prompts, compositions = [], []
         for split in SPLITS:
             p, c = eval_prompts(split, num, seed=seed)
@@ -105,12 +81,11 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
         batches = -(-len(prompts) // batch_size)
         images = []
         start_time = time.perf_counter()
-        with Progress(quiet, s, decoder_runs=batches, prior_runs=batches) as progress:
+        with Progress(quiet, pipeline.stages(s), {n: batches for n, _ in pipeline.stages(s)}) as progress, sampling_errors():
             for start in range(0, len(prompts), batch_size):
                 texts = prompts[start : start + batch_size]
                 generator = per_image_generators(seed + start, len(texts), device)  # figures independent of --batch-size
-                embeds = prior_embed(model, texts, s, generator, progress)
-                images.append(decode(model, embeds, texts, s, generator, progress).float().cpu())
+                images.append(pipeline.generate(texts, s, generator=generator, on_step=progress).float().cpu())
         seconds = time.perf_counter() - start_time
     images = torch.cat(images)  # (2 * num, c, h, w)
     report = score(images, compositions).to_dict()
@@ -122,7 +97,7 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
             stem = f"{row['split']}-{i:04d}-{slugify(row['prompt'])}"
             row["path"] = str(save_png(image, outdir, stem, {"dream": json.dumps(info)}))
 
-    settings = {k: getattr(s, k) for k in Settings.OPTIONS}
+    settings = {k: getattr(s, k) for k in ("cond_scale", "prior_cond_scale", "prior_samples", "steps", "prior_steps", "sampler")}
     header = {"model": resolved.spec, "model_path": str(resolved.path.resolve()), "seed": seed, "num": num,
               "settings": settings, "precision": opts["precision"], "device": str(device),
               "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(prompts), 4)}

@@ -43,7 +43,8 @@ class DefaultCommandGroup(click.Group):
         # the default command's options are the ones most people need: list them with the group's
         default = self.commands.get(self.default_command)
         params = [p for p in default.get_params(ctx) if p not in (default.get_help_option(ctx),)] if default is not None else []
-        records = [r for p in params + self.get_params(ctx) if (r := p.get_help_record(ctx)) is not None]
+        options = [p for p in params + self.get_params(ctx) if isinstance(p, click.Option)]
+        records = [r for p in options if (r := p.get_help_record(ctx)) is not None]
         if records:
             with formatter.section("Options"):
                 formatter.write_dl(records)

@@ -8,11 +8,13 @@ import re
 import unicodedata
 from pathlib import Path
 
+import click
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from dalle2_core.checkpoint import atomic_path
+from dalle2_core.atomic import atomic_path
+from dream_cli.errors import DreamError, one_line
 
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM++ 2M", "dpmpp_sde": "DPM++ 2M SDE"}  # as A1111 readers expect them
 
@@ -25,24 +27,49 @@ def slugify(text: str, max_len: int = 48) -> str:
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """A (c, h, w) tensor in [0, 1] as an 8-bit PIL image (c = 1, 3 or 4)."""
+    """A (c, h, w) tensor in [0, 1] as an 8-bit PIL image (c = 1, 3 or 4), rounded to the nearest level."""
+    from torchvision.transforms.functional import to_pil_image
+
     if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
         raise ValueError(f"expected an image tensor (1|3|4, h, w), got shape {tuple(image.shape)}")
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    array = pixels.permute(1, 2, 0).numpy()  # (h, w, c)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[0]]
-    return Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode)
+    return to_pil_image((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
-    """(b, c, h, w) images tiled into one (c, rows*h, cols*w) image, row-major, black padding."""
-    b, c, h, w = images.shape
-    cols = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / cols)
-    padded = torch.zeros(rows * cols, c, h, w, dtype=images.dtype, device=images.device)
-    padded[:b] = images
-    # (rows, cols, c, h, w) -> (c, rows, h, cols, w) -> (c, rows*h, cols*w)
-    return padded.view(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+def make_grid(images: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) images tiled row-major into one (c, rows*h, cols*w) image, cols = ceil(sqrt(b)), black padding."""
+    from torchvision.utils import make_grid as tile
+
+    return tile(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=0)
+
+
+# A decoded RGB image this large is ~150 MB; bigger ones are refused (JPEGs are reduced while decoding instead).
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_SIDE = 2048  # images are read at most this large: CLIP and the decoders work far below it
+
+
+def load_image(path: Path, option: str = "--image") -> torch.Tensor:
+    """An image file as a (1, 3, h, w) float tensor in [0, 1], read within bounded memory."""
+    from PIL import UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, before decoding
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.format == "JPEG":
+                img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # decode at 1/2, 1/4 or 1/8 scale when that is enough
+            elif w * h > MAX_IMAGE_PIXELS:
+                raise click.BadParameter(
+                    f"{str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} MP); images up to {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
+                    "are accepted (or JPEGs of any size)", param_hint=option)
+            rgb = img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint=option) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if max(rgb.size) > MAX_SIDE:
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+    return pil_to_tensor(rgb)[None].float() / 255  # (1, 3, h, w)
 
 
 def _join(values) -> str:
@@ -99,6 +126,8 @@ def save_png(image: torch.Tensor, outdir: Path, stem: str, text: dict[str, str])
             return path
         except FileExistsError:  # taken between the check and the rename: try the next name
             continue
+        except OSError as err:  # full disk, lost permissions: say which file, nothing is left behind
+            raise DreamError(f"cannot write {str(path)!r}: {err.strerror or one_line(err)}") from None
     raise AssertionError("unreachable")
 
 

@@ -1,24 +1,96 @@
-"""The glue behind `dream PROMPT`: device and precision, model loading, settings, progress, stages."""
+"""What every sampling command shares: options, device and precision, loading the pipeline, settings, progress."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
+import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import torch
 
-import dalle2_core
-from dalle2_core.checkpoint import Model, ModelLoadError, load_model
-from dalle2_core.helpers import default, exists
-from dalle2_core.hub import ResolvedModel, resolve_model
 from dream_cli.errors import DreamError, one_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_SEED = 2**63 - 1
+# a setting of `SamplingSettings` -> the option that sets it
+SETTING_OPTIONS = {
+    "steps": "--steps", "cond_scale": "--cond-scale", "prior_steps": "--prior-steps",
+    "prior_cond_scale": "--prior-cond-scale", "prior_samples": "--prior-samples", "sampler": "--sampler",
+}
+
+
+class NumberList(click.ParamType):
+    """One number or a comma-separated list (`3` or `3,1`): finite, >= `minimum`."""
+
+    def __init__(self, kind: type = float, minimum: float = 0, single: bool = False):
+        self.kind, self.minimum, self.single = kind, minimum, single
+        what = "an integer" if kind is int else "a finite number"
+        self.accepted = f"{what} >= {minimum:g}" + ("" if single else ", or one per decoder stage separated by commas (3,1)")
+        self.name = "N" if single else "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, int, float)):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if self.single and len(parts) != 1:
+            self.fail(f"{value!r}: expected {self.accepted}", param, ctx)
+        numbers = []
+        for part in parts:
+            try:
+                number = self.kind(part)
+            except ValueError:
+                self.fail(f"{value!r}: expected {self.accepted}", param, ctx)
+            if number != number or number in (float("inf"), float("-inf")) or number < self.minimum:
+                self.fail(f"{value!r}: expected {self.accepted}", param, ctx)
+            numbers.append(number)
+        return numbers[0] if self.single else tuple(numbers)
+
+
+def sampling_options(*, model_default: str | None = None, seed_default: int | None = None):
+    """The options of every sampling command (`dream PROMPT`, `interpolate`, `eval shapes`)."""
+    from dalle2_core.diffusion.samplers import SAMPLERS
+
+    model_help = ("Model folder, Hugging Face repo org/name[@revision], 'shapes' (bundled, offline) or 'laion'."
+                  + (" [env DREAM_MODEL]" if model_default is None else ""))
+    seed_help = "Random seed (random if omitted); image i uses seed + i." if seed_default is None else \
+        "Chooses the prompts and the noise; the same seed gives the same figures."
+    options = [
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=seed_default, show_default=seed_default is not None,
+                     help=seed_help),
+        click.option("--cond-scale", type=NumberList(float), help="Decoder guidance: one value or one per stage (3,1). [model default]"),
+        click.option("--prior-cond-scale", type=NumberList(float, single=True), help="Prior guidance. [model default]"),
+        click.option("--prior-samples", type=click.IntRange(min=1),
+                     help="Prior candidates per image; the most text-like is kept. [model default]"),
+        click.option("--steps", type=NumberList(int, minimum=1),
+                     help="Decoder sampling steps: one value or one per stage. [model default]"),
+        click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]"),
+        click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Sampler, for every stage. [model default]"),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
+        click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+                     help="Weights and activations (fp16 needs an accelerator)."),
+        click.option("--model", "model_spec", envvar=None if model_default else "DREAM_MODEL",
+                     default=model_default or _default_model(), show_default=True, help=model_help),
+        click.option("-q", "--quiet", is_flag=True, help="No progress or info lines (result paths are still printed)."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _default_model() -> str:
+    from dalle2_core.hub import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
 
 
 # --- where and how to run ----------------------------------------------------------------------------
@@ -41,149 +113,109 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(precision: str, device_name: str) -> torch.dtype:
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     dtype = PRECISIONS[precision]
-    if dtype == torch.float16 and pick_device(device_name).type == "cpu":
+    if dtype == torch.float16 and device.type == "cpu":
         raise click.BadParameter("fp16 is not supported on cpu; accepted on cpu: fp32, bf16", param_hint="--precision")
     return dtype
 
 
-def check_outdir(outdir: Path) -> Path:
+def check_outdir(outdir: Path, option: str = "--outdir") -> Path:
     """Create `outdir` if needed and prove it is writable before any sampling starts."""
+    outdir = Path(outdir).expanduser()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=outdir):
             pass
     except OSError as err:
         reason = err.strerror or one_line(err)
-        raise DreamError(f"cannot write to --outdir {str(outdir)!r}: {reason}") from None
+        raise DreamError(f"cannot write to {option} {str(outdir)!r}: {reason}") from None
     return outdir
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """An image file as a (1, 3, h, w) float tensor in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
+def first_seed(seed: int | None, count: int) -> int:
+    """The given seed, else a random one; seed + count - 1 must still be a valid seed."""
+    import secrets
 
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint="--image") from None
-    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    # (h*w*3,) -> (1, 3, h, w)
-    return pixels.view(rgb.height, rgb.width, 3).permute(2, 0, 1)[None].float() / 255
+    seed = seed if seed is not None else secrets.randbelow(2**32)
+    if seed + count - 1 > MAX_SEED:
+        raise click.BadParameter(f"{seed} + {count} images exceeds the largest seed {MAX_SEED}", param_hint="--seed")
+    return seed
 
 
-def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool) -> tuple[Model, ResolvedModel]:
+def per_image_generators(first: int, count: int, device) -> list[torch.Generator]:
+    """One generator per image, seeded first, first + 1, ...: an image's noise does not depend on its batch."""
+    return [torch.Generator(device=device).manual_seed(first + j) for j in range(count)]
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool):
+    """(pipeline, resolved model) for a `--model` value; every load failure is one line, exit 1."""
+    from dalle2_core.checkpoint import ModelLoadError
+    from dalle2_core.hub import resolve_model
+    from dalle2_core.pipeline import load_pipeline
+
     try:
         resolved = resolve_model(spec, progress=not quiet)
-        model = load_model(resolved.path, device=device, dtype=dtype)
+        pipeline = load_pipeline(resolved.path, device=device, dtype=dtype)
     except ModelLoadError as err:
         raise DreamError(one_line(err)) from None
-    if model.decoder is None:
-        raise DreamError(f"model {resolved.spec!r} has no decoder ({resolved.path}), so it cannot make images")
-    return model, resolved
+    return pipeline, resolved
 
 
-# --- sampling settings -------------------------------------------------------------------------------
+def resolve_settings(pipeline, opts: dict):
+    """The run's sampling settings: options given over the model's defaults; a misfit names its option."""
+    from dalle2_core.pipeline import SettingError
+
+    try:
+        return pipeline.resolve(**{k: opts[k] for k in SETTING_OPTIONS})
+    except SettingError as err:
+        raise click.BadParameter(str(err), param_hint=SETTING_OPTIONS.get(err.setting, "settings")) from None
 
 
-class SettingError(ValueError):
-    def __init__(self, message: str, param_hint: str):
-        super().__init__(message)
-        self.param_hint = param_hint
+@contextlib.contextmanager
+def sampling_errors():
+    """Library refusals while sampling (a setting this model can't take, a stage gone non-finite): one line, exit 1."""
+    from dalle2_core.pipeline import NonFiniteOutputError
+
+    try:
+        yield
+    except (ValueError, NonFiniteOutputError) as err:
+        raise DreamError(one_line(err)) from None
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and not _is_out_of_memory(err):
+            raise
+        raise DreamError(f"ran out of memory while sampling ({one_line(err)[:80]}); lower --batch-size") from None
 
 
-def _decoder_default_steps(decoder) -> tuple[int, ...]:
-    cfg = decoder.config
-    return tuple(default(s, cfg.diffusion.timesteps) for s in cfg.per_unet(cfg.diffusion.sample_timesteps))
-
-
-def _per_unet(values, n: int, hint: str) -> tuple:
-    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
-    if len(values) == 1:
-        return values * n
-    if len(values) != n:
-        raise SettingError(f"{','.join(map(str, values))} has {len(values)} values but the model has {n} unet(s); give 1 or {n}", hint)
-    return values
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The sampling settings of one run: options given, else the model folder's defaults."""
-
-    cond_scale: tuple[float, ...]
-    prior_cond_scale: float
-    prior_samples: int
-    steps: tuple[int, ...]
-    prior_steps: int | None
-    sampler: str
-
-    OPTIONS = ("cond_scale", "prior_cond_scale", "prior_samples", "steps", "prior_steps", "sampler")
-
-    @classmethod
-    def resolve(cls, model: Model, **given) -> Settings:
-        d, decoder, prior = model.defaults, model.decoder, model.prior
-        n = decoder.config.num_unets
-        steps = _per_unet(default(given["steps"], default(d.steps, _decoder_default_steps(decoder))), n, "--steps")
-        timesteps = decoder.config.diffusion.timesteps
-        if max(steps) > timesteps:
-            raise SettingError(f"{max(steps)} exceeds the decoder's {timesteps} training timesteps; accepted: 1..{timesteps}", "--steps")
-        prior_steps = None
-        if exists(prior):
-            prior_steps = default(given["prior_steps"], default(d.prior_steps, prior.config.sample_timesteps or prior.config.timesteps))
-            if prior_steps > prior.config.timesteps:
-                raise SettingError(
-                    f"{prior_steps} exceeds the prior's {prior.config.timesteps} training timesteps; accepted: 1..{prior.config.timesteps}",
-                    "--prior-steps",
-                )
-        return cls(
-            cond_scale=tuple(float(v) for v in _per_unet(default(given["cond_scale"], d.cond_scale), n, "--cond-scale")),
-            prior_cond_scale=float(default(given["prior_cond_scale"], d.prior_cond_scale)),
-            prior_samples=default(given["prior_samples"], d.prior_samples),
-            steps=tuple(int(v) for v in steps),
-            prior_steps=prior_steps,
-            sampler=default(given["sampler"], d.sampler),
-        )
-
-    def metadata(self, resolved: ResolvedModel, precision: str, device: str) -> dict:
-        return {
-            "model": resolved.spec,
-            "model_source": resolved.source,
-            "model_path": str(resolved.path.resolve()),
-            "model_revision": resolved.revision,
-            "sampler": self.sampler,
-            "cond_scale": list(self.cond_scale),
-            "steps": list(self.steps),
-            "prior_cond_scale": self.prior_cond_scale,
-            "prior_samples": self.prior_samples,
-            "prior_steps": self.prior_steps,
-            "precision": precision,
-            "device": device,
-            "dalle2_core_version": dalle2_core.__version__,
-        }
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
 # --- progress and warnings ---------------------------------------------------------------------------
 
 
 class Progress:
-    """One rich progress bar per stage (prior, each unet) on stderr; silent when quiet."""
+    """One bar per stage (prior, each decoder stage) on a terminal; one plain line per finished stage run
+    otherwise; nothing when quiet. `runs` is how many times each stage will run."""
 
-    def __init__(self, quiet: bool, s: Settings, decoder_runs: int, prior_runs: int):
-        self.bar = None
+    def __init__(self, quiet: bool, stages: list[tuple[str, int]], runs: dict[str, int]):
+        self.bar, self.plain, self.tasks = None, False, {}
+        self.started: dict[str, float] = {}
         if quiet:
+            return
+        if not sys.stderr.isatty():
+            self.plain = True
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-        self.bar = RichProgress(
-            TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        # the prior samples all its steps inside one call, so its bar counts calls
-        self.prior = self.bar.add_task("prior", total=prior_runs) if prior_runs else None
-        self.unets = [self.bar.add_task(f"unet {i + 1}", total=steps * decoder_runs) for i, steps in enumerate(s.steps)]
+        self.bar = RichProgress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=Console(stderr=True))
+        self.tasks = {name: self.bar.add_task(name, total=steps * runs.get(name, 0)) for name, steps in stages if runs.get(name)}
 
     def __enter__(self) -> Progress:
         if self.bar is not None:
@@ -194,13 +226,15 @@ class Progress:
         if self.bar is not None:
             self.bar.stop()
 
-    def prior_done(self) -> None:
-        if self.bar is not None and self.prior is not None:
-            self.bar.advance(self.prior)
-
-    def unet_step(self, unet_number: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.unets[unet_number - 1])
+    def __call__(self, stage: str, i: int, total: int, x=None) -> None:
+        if self.bar is not None and stage in self.tasks:
+            self.bar.advance(self.tasks[stage])
+        elif self.plain:
+            if i == 0:
+                self.started[stage] = time.perf_counter()
+            if i == total - 1:
+                seconds = time.perf_counter() - self.started.pop(stage, time.perf_counter())
+                click.echo(f"{stage}: {total} steps in {seconds:.1f} s", err=True)
 
 
 @contextlib.contextmanager
@@ -221,72 +255,3 @@ def surface_warnings(everything: bool = False):
                 if (from_library or everything) and message not in shown:
                     shown.add(message)
                     click.echo(f"Warning: {message}", err=True)
-
-
-# --- the stages --------------------------------------------------------------------------------------
-
-
-def _adapter(model: Model):
-    from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter
-
-    for module in (model.prior, model.decoder, model.clip):
-        clip = module if module is model.clip else getattr(module, "clip", None)
-        if isinstance(clip, ClipAdapter):
-            return clip
-        if isinstance(clip, CLIP):
-            return XClipAdapter(clip)
-    raise DreamError("this model has no CLIP, so images cannot be embedded for --image or interpolation")
-
-
-@torch.inference_mode()
-def embed_image(model: Model, picture: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The CLIP image embedding (1, d) of a [0, 1] picture."""
-    return _adapter(model).embed_image(picture.to(device=device, dtype=dtype)).image_embed
-
-
-@contextlib.contextmanager
-def _option_conflicts():
-    """The library's ValueErrors while sampling name an option this model can't take: one line, exit 1."""
-    try:
-        yield
-    except ValueError as err:
-        raise DreamError(one_line(err)) from None
-
-
-def per_image_generators(first_seed: int, count: int, device) -> list[torch.Generator]:
-    """One generator per image, seeded first_seed, first_seed + 1, ...: an image's noise does not
-    depend on the batch it is drawn in."""
-    return [torch.Generator(device=device).manual_seed(first_seed + j) for j in range(count)]
-
-
-@torch.inference_mode()
-@_option_conflicts()
-def prior_embed(model: Model, texts: list[str], s: Settings, generator, progress: Progress) -> torch.Tensor:
-    embeds = model.prior.sample(
-        text=texts,
-        num_samples_per_batch=s.prior_samples,
-        cond_scale=s.prior_cond_scale,
-        steps=s.prior_steps,
-        sampler=s.sampler,
-        generator=generator,
-    )
-    progress.prior_done()
-    return embeds
-
-
-@torch.inference_mode()
-@_option_conflicts()
-def decode(model: Model, embeds: torch.Tensor, texts: list[str] | None, s: Settings, generator, progress: Progress) -> torch.Tensor:
-    """Images (b, c, h, w) in [0, 1] from image embeddings, through every unet of the cascade."""
-    decoder = model.decoder
-    on_text = decoder.config.conditioning.condition_on_text_encodings
-    return decoder.sample(
-        image_embed=None if decoder.config.conditioning.unconditional else embeds,
-        batch_size=embeds.shape[0],
-        text=texts if on_text else None,
-        cond_scale=s.cond_scale,
-        sampler=s.sampler,
-        steps=s.steps,
-        generator=generator,
-        on_step=lambda unet_number, *_: progress.unet_step(unet_number),
-    )

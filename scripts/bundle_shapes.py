@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dalle2_core.atomic import temp_dir_beside
-from dalle2_core.checkpoint import SamplingDefaults, load_model, save_model
+from dalle2_core.checkpoint import SamplingSettings, load_model, save_model
 
 
 def _numbers(kind):
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     args = parser.parse_args(argv)
 
-    defaults = SamplingDefaults(
+    defaults = SamplingSettings(
         sampler=args.sampler,
         steps=args.steps,
         prior_steps=args.prior_steps,

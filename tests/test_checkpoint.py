@@ -11,7 +11,7 @@ from safetensors import safe_open
 from dalle2_core import checkpoint
 from dalle2_core.checkpoint import (
     ModelLoadError,
-    SamplingDefaults,
+    SamplingSettings,
     atomic_path,
     load_component,
     load_model,
@@ -42,7 +42,7 @@ def test_round_trip_state_dicts_and_defaults(saved):
     _assert_same_state(clip, model.clip)
     _assert_same_state(prior, model.prior)
     _assert_same_state(decoder, model.decoder)
-    assert model.defaults == SamplingDefaults(steps=(3, 2), prior_steps=3, cond_scale=(2.0, 1.0), sampler="ddim")
+    assert model.defaults == SamplingSettings(steps=(3, 2), prior_steps=3, cond_scale=(2.0, 1.0), sampler="ddim")
     index = json.loads((folder / "model_index.json").read_text())
     assert index["format"] == "dream-model" and index["version"] == 1
     assert index["components"] == ["clip", "prior", "decoder"]
@@ -235,7 +235,7 @@ def test_partial_save_keeps_other_components(tmp_path):
 )
 def test_sampling_defaults_are_validated(bad, message):
     with pytest.raises(ValueError, match=message):
-        SamplingDefaults.build(**bad)
+        SamplingSettings.build(**bad)
 
 
 def test_clip_inside_a_prior_is_written_only_when_missing(tmp_path):

@@ -10,7 +10,7 @@ from checkpoint_tiny import copy_model, save_tiny_model
 from click.testing import CliRunner
 from PIL import Image
 
-from dream_cli import generate as generate_module
+from dalle2_core.pipeline import UnclipPipeline
 from dream_cli.main import cli
 from dream_cli.output import read_png_text
 
@@ -67,9 +67,9 @@ def test_same_seed_same_pixels_and_image_i_uses_seed_plus_i(model_dir, tmp_path)
     # the regenerate command in the metadata reproduces the image
     command = json.loads(read_png_text(a / "a-blue-ball-11-1.png")["dream"])["command"]
     args = shlex.split(command)
-    assert args[0] == "dream" and args[-2:] == ["--", "a blue ball"]
+    assert args[0] == "dream" and args[-1] == "a blue ball" and "--" not in args
     d = tmp_path / "d"
-    result = dream(*args[1:-2], "--outdir", d, "-q", *args[-2:])
+    result = dream(*args[1:], "--outdir", d, "-q")  # options appended to the command still parse as options
     assert result.exit_code == 0, result.output
     assert pixels(d / "a-blue-ball-12-0.png") == second
 
@@ -156,9 +156,9 @@ def _error_line(result):
         (["--cond-scale", "-1", "x"], 2, "'-1': expected a finite number >= 0"),
         (["--cond-scale", "3,inf", "x"], 2, "'3,inf': expected a finite number >= 0"),
         (["--prior-cond-scale", "nan", "x"], 2, "'--prior-cond-scale': 'nan'"),
-        (["--cond-scale", "1,2,3", "x"], 2, "1.0,2.0,3.0 has 3 values but the model has 2 unet(s); give 1 or 2"),
+        (["--cond-scale", "1,2,3", "x"], 2, "1.0,2.0,3.0 has 3 values but the model has 2 decoder stage(s); give 1 or 2"),
         (["--steps", "0", "x"], 2, "'--steps': '0': expected an integer >= 1"),
-        (["--steps", "11", "x"], 2, "11 exceeds the decoder's 10 training timesteps; accepted: 1..10"),
+        (["--steps", "11", "x"], 2, "11 steps exceed a decoder stage's 10 training timesteps; accepted: 1..10"),
         (["--prior-steps", "0", "x"], 2, "'--prior-steps': 0 is not in the range x>=1"),
         (["--sampler", "euler", "x"], 2, "'euler' is not one of 'ddpm', 'ddim', 'dpmpp', 'dpmpp_sde'"),
         (["--precision", "fp16", "--device", "cpu", "x"], 2, "fp16 is not supported on cpu; accepted on cpu: fp32, bf16"),
@@ -236,7 +236,7 @@ def test_unexpected_errors_are_one_line_unless_debug(model_dir, tmp_path, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(generate_module, "decode", boom)
+    monkeypatch.setattr(UnclipPipeline, "decode", boom)
     result = dream("--model", model_dir, "--outdir", tmp_path, "-q", "x")
     assert result.exit_code == 1
     assert _error_line(result) == "Error: RuntimeError: boom second line (run with --debug for the traceback)"
@@ -305,3 +305,40 @@ def test_dream_model_env_is_the_default(model_dir, tmp_path):
     result = dream("--seed", 0, "--outdir", tmp_path, "-q", "env", env={"DREAM_MODEL": str(model_dir)})
     assert result.exit_code == 0, result.output
     assert json.loads(read_png_text(tmp_path / "env-0-0.png")["dream"])["model"] == str(model_dir)
+
+
+def test_the_text_tower_runs_once_per_batch(model_dir, tmp_path, monkeypatch):
+    from dalle2_core.clip import XClipAdapter
+
+    calls = []
+    original = XClipAdapter._embed_tokens
+    monkeypatch.setattr(XClipAdapter, "_embed_tokens", lambda self, tokens: calls.append(len(tokens)) or original(self, tokens))
+    assert dream("--model", model_dir, "-n", 3, "--batch-size", 2, "--seed", 1, "--outdir", tmp_path / "a", "-q", "x").exit_code == 0
+    assert calls == [2, 1]  # one forward per batch: the prior and the decoder share it
+    calls.clear()
+    result = dream("interpolate", "a red cube", "a blue ball", "--frames", 3, "--model", model_dir, "--outdir", tmp_path / "b", "-q")
+    assert result.exit_code == 0 and calls == [2]  # both ends in one batch
+    calls.clear()
+    result = dream("eval", "shapes", "--model", model_dir, "--num", 2, "--batch-size", 3, "-q", "--json")
+    assert result.exit_code == 0 and calls == [3, 1]
+
+
+def test_variations_and_interpolation_on_a_text_conditioned_decoder(tmp_path):
+    source = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (40, 80, 220)).save(source)
+    fast = ("--model", "shapes", "--steps", 2, "--prior-steps", 2, "-q")
+    result = dream("--image", source, *fast, "-n", 2, "--seed", 3, "--outdir", tmp_path / "v")
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path / "v") == ["photo-3-0.png", "photo-3-1.png"]
+    result = dream("interpolate", source, "a large red circle on the left on a blue background", "--frames", 3, *fast,
+                   "--seed", 3, "--outdir", tmp_path / "i")
+    assert result.exit_code == 0, result.output
+    assert len(pngs(tmp_path / "i")) == 3
+
+
+def test_non_finite_output_is_refused_and_nothing_is_written(model_dir, tmp_path):
+    result = dream("--model", model_dir, "--cond-scale", "1e308", "--seed", 0, "--outdir", tmp_path, "-q", "x")
+    assert result.exit_code == 1
+    line = _error_line(result)
+    assert "the unet 1 stage produced NaN or infinite values; guidance scale 1e+308 is the likely cause" in line
+    assert pngs(tmp_path) == []

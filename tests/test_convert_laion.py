@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-from dalle2_core.checkpoint import SamplingDefaults, load_model
+from dalle2_core.checkpoint import SamplingSettings, load_model
 from dalle2_core.clip import CLIP
 from dalle2_core.convert import convert_laion
 from dalle2_core.convert.laion import prior_weights
@@ -124,7 +124,7 @@ def test_upsampler_matches_1_1_0(converted, ref):
 
 def test_model_folder_has_laion_defaults_and_notes(converted):
     result, model = converted
-    assert model.defaults == SamplingDefaults(
+    assert model.defaults == SamplingSettings(
         cond_scale=(1.7, 1.0), prior_cond_scale=1.0, prior_samples=2, steps=(100, 50), prior_steps=64, sampler="ddpm"
     )
     cfg = model.decoder.config

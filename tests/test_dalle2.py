@@ -1,4 +1,4 @@
-"""DALLE2 end to end with a tiny project CLIP, image variations, slerp / interpolate, a latent stage."""
+"""DALLE2 and the unCLIP pipeline end to end with a tiny project CLIP: variations, slerp / interpolate, a latent stage."""
 
 import math
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dalle2_core import CLIP, DALLE2, Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet, VQGanVAE
-from dalle2_core.dalle2 import image_variations, interpolate, slerp
+from dalle2_core.dalle2 import slerp
 from dalle2_core.helpers import l2norm
+from dalle2_core.pipeline import NonFiniteOutputError, UnclipPipeline
 
 LATENT = 16
 
@@ -71,16 +72,63 @@ def test_decoder_takes_embeddings_from_its_clip(decoder):
         decoder(images, unet_number=1)
 
 
-def test_image_variations_decode_each_images_embedding(decoder):
+@pytest.fixture(scope="module")
+def pipeline(prior, decoder):
+    return UnclipPipeline(prior=prior, decoder=decoder).eval()
+
+
+def count_text_tower_calls(monkeypatch, clip_adapter):
+    calls = []
+    original = type(clip_adapter)._embed_tokens
+    monkeypatch.setattr(type(clip_adapter), "_embed_tokens", lambda self, tokens: calls.append(len(tokens)) or original(self, tokens))
+    return calls
+
+
+def test_generate_runs_the_text_tower_once_and_equals_the_modules_chained(pipeline, prior, decoder, monkeypatch):
+    s = pipeline.resolve(steps=3, prior_steps=4, cond_scale=2.0, sampler="ddim")
+    calls = count_text_tower_calls(monkeypatch, prior.clip)
+    texts = ["a red circle", "a blue square"]
+    images = pipeline.generate(texts, s, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert calls == [2]  # one forward of the CLIP text tower for the whole batch
+    # the same as the prior and the decoder called one after the other (which embed the text twice)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    embeds = prior.sample(texts, num_samples_per_batch=2, steps=4, sampler="ddim", generator=generators)
+    direct = decoder.sample(embeds, text=texts, steps=3, cond_scale=2.0, sampler="ddim", generator=generators)
+    torch.testing.assert_close(images, direct, rtol=0, atol=1e-6)
+
+
+def test_image_variations_decode_each_images_embedding(pipeline, decoder):
     images = torch.rand(2, 3, 64, 64)  # bigger than the CLIP's 32 px: the adapter resizes
-    out = image_variations(decoder, images, num_variations=2, steps=2, text=["a", "b", "c", "d"],
-                           generator=torch.Generator().manual_seed(0))
+    s = pipeline.resolve(steps=2)
+    out = pipeline.variations(images, s, num_variations=2, prompts=["a", "b", "c", "d"],
+                              generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 3, 32, 32)
     # rows 0-1 come from image 0, rows 2-3 from image 1: different noise, same embedding
     assert not torch.equal(out[0], out[1])
     embeds = decoder.clip.embed_image(images).image_embed.repeat_interleave(2, dim=0)
     direct = decoder.sample(embeds, steps=2, text=["a", "b", "c", "d"], generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, direct)
+
+
+def test_variations_without_a_prompt_use_the_decoders_learned_null_text(pipeline, decoder):
+    # the unet's null text: all-padding encodings give exactly what dropping the text gives
+    unet = decoder.unets[0]
+    x, t, embed = torch.randn(2, 3, 16, 16), torch.tensor([3, 7]), l2norm(torch.randn(2, LATENT))
+    padded = unet(x, t, image_embed=embed, text_encodings=torch.zeros(2, 1, LATENT), text_mask=torch.zeros(2, 1, dtype=torch.bool))
+    dropped = unet(x, t, image_embed=embed, text_encodings=torch.randn(2, 5, LATENT), text_cond_drop_mask=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(padded, dropped, rtol=0, atol=0)
+    images = torch.rand(1, 3, 32, 32)
+    s = pipeline.resolve(steps=2, cond_scale=3.0)
+    plain = pipeline.variations(images, s, generator=torch.Generator().manual_seed(1))
+    steered = pipeline.variations(images, s, prompts="a green triangle", generator=torch.Generator().manual_seed(1))
+    assert plain.shape == (1, 3, 32, 32) and torch.isfinite(plain).all()
+    assert (plain - steered).abs().max() > 1e-3  # an optional prompt steers them
+
+
+def test_non_finite_stages_are_refused_naming_the_stage(pipeline):
+    s = pipeline.resolve(steps=2, prior_steps=2, cond_scale=1e30)
+    with pytest.raises(NonFiniteOutputError, match="unet 1 stage produced NaN or infinite values; guidance scale 1e.30"):
+        pipeline.generate(["a red circle"], s, generator=torch.Generator().manual_seed(0))
 
 
 def test_slerp_stays_on_the_sphere_at_constant_speed():
@@ -105,19 +153,22 @@ def test_slerp_stays_on_the_sphere_at_constant_speed():
     torch.testing.assert_close(slerp(a, b, torch.tensor([0.0, 1.0, 0.0])), torch.stack([a[0], b[1], a[2]]))
 
 
-def test_interpolate_renders_frames_from_the_same_noise(decoder):
-    a, b = l2norm(torch.randn(1, LATENT)), l2norm(torch.randn(1, LATENT))
-    text_encodings = torch.randn(1, 4, LATENT)
-    frames = interpolate(decoder, a, b, num_frames=3, seed=4, steps=2, stop_at_unet_number=1,
-                         text_encodings=text_encodings)
-    assert frames.shape == (3, 1, 3, 16, 16)
-    for frame, end in ((frames[0], a), (frames[-1], b)):
-        alone = decoder.sample(end, steps=2, stop_at_unet_number=1, text_encodings=text_encodings,
-                               generator=torch.Generator().manual_seed(4))
-        torch.testing.assert_close(frame, alone)
+def test_interpolate_renders_frames_from_the_same_noise(pipeline, prior, monkeypatch):
+    s = pipeline.resolve(steps=2, prior_steps=3)
+    image_end = torch.rand(1, 3, 32, 32)
+    calls = count_text_tower_calls(monkeypatch, prior.clip)
+    frames = pipeline.interpolate(["a red circle", image_end], 3, s, seed=4, batch_size=2)
+    assert calls == [1] and frames.shape == (3, 3, 32, 32)
+    # the prompt end alone: its prior embedding and its text, both drawn with a generator seeded 4
+    text = pipeline.encode_text(["a red circle"])
+    embed = l2norm(pipeline.sample_prior(text, s, generator=torch.Generator().manual_seed(4)))  # slerp's ends are unit vectors
+    torch.testing.assert_close(frames[0], pipeline.decode(embed, text, s, generator=torch.Generator().manual_seed(4))[0])
+    # the image end: its CLIP embedding and the decoder's null text, from the same noise
+    last = pipeline.variations(image_end, s, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(frames[-1], last[0])
     assert (frames[1] - frames[0]).abs().max() > 0
     with pytest.raises(ValueError, match="num_frames"):
-        interpolate(decoder, a, b, num_frames=1)
+        pipeline.interpolate(["a", "b"], 1, s)
 
 
 def test_latent_stage_trains_the_unet_not_the_vae():

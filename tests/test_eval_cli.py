@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dalle2_core.checkpoint import load_model, save_model
+from dalle2_core.pipeline import UnclipPipeline
 from dalle2_core.shapes import ATTRIBUTES, eval_prompts, parse_caption, read_attributes, render
-from dream_cli import eval as eval_module
 from dream_cli.main import cli
 
 
@@ -63,16 +63,16 @@ def test_figures_do_not_depend_on_the_batch_size(model_dir):
     assert [r["read"] for r in a["per_image"]] == [r["read"] for r in b["per_image"]]
 
 
-def _perfect_decode(model, embeds, texts, s, generator, progress):
+def _perfect_decode(self, image_embed, text, settings, **kwargs):
     """What an ideal model would draw: the composition each prompt names, at 32 px like the tiny model."""
-    images = [render(parse_caption(t), size=32) for t in texts]
+    images = [render(parse_caption(t), size=32) for t in text.text]
     arrays = np.stack([np.asarray(img, dtype=np.float32) / 255 for img in images])  # (b, h, w, 3)
     return torch.from_numpy(arrays).permute(0, 3, 1, 2)  # (b, 3, h, w)
 
 
 def test_images_are_paired_with_their_own_prompts_across_batches(model_dir, monkeypatch):
     # the decoder replaced by the renderer: every image must score 100 %, so no prompt and image got mixed up
-    monkeypatch.setattr(eval_module, "decode", _perfect_decode)
+    monkeypatch.setattr(UnclipPipeline, "decode", _perfect_decode)
     report = eval_json(model_dir, "--num", 5, "--batch-size", 3)
     for split in ("seen", "held"):
         assert report[split]["n"] == 5 and report[split]["adherence"] == 1.0
@@ -80,7 +80,7 @@ def test_images_are_paired_with_their_own_prompts_across_batches(model_dir, monk
 
 
 def test_table_and_saved_images_match_the_read_back(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(eval_module, "decode", _perfect_decode)
+    monkeypatch.setattr(UnclipPipeline, "decode", _perfect_decode)
     result = dream("eval", "shapes", "--model", model_dir, "-q", "--num", 2, "--save-images", tmp_path)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -98,7 +98,7 @@ def test_refusals(model_dir, tmp_path):
     assert dream("eval", "shapes", "--model", model_dir, "--num", 0).exit_code == 2
     assert "no-such-folder" in dream("eval", "shapes", "--model", tmp_path / "no-such-folder").output
     bad = dream("eval", "shapes", "--model", model_dir, "--steps", "1,2,3")
-    assert bad.exit_code == 2 and "unet" in bad.output
+    assert bad.exit_code == 2 and "decoder stage(s)" in bad.output
     model = load_model(model_dir)
     save_model(tmp_path / "no-prior", clip=model.clip, decoder=model.decoder)
     result = dream("eval", "shapes", "--model", tmp_path / "no-prior", "-q")

@@ -140,7 +140,7 @@ def test_prior_sampling_encodes_the_text_once_and_matches_uncached_guidance():
     net.encode_text = lambda *a, **k: calls.append(1) or encode_text(*a, **k)
     _, _, text_embed, enc = inputs(b=3)
     noise = torch.randn(3, DIM, generator=torch.Generator().manual_seed(2))
-    out = prior.p_sample_loop(noise, text_embed=text_embed, text_encodings=enc, cond_scale=3.0, sampler="ddim")
+    out = prior.denoise(noise, text_embed=text_embed, text_encodings=enc, cond_scale=3.0, sampler="ddim")
     assert calls == [1]
 
     def by_hand(x, t):  # both branches through the plain forward, at every step

@@ -70,8 +70,8 @@ def test_null_condition_is_trained_and_guidance_mixes_both_branches(toy):
         conditional = sample(cond, diffusion, noise, sampler="ddim", steps=20)
         scale = 3.0
         by_hand = sample(lambda x, t: uncond(x, t) + (cond(x, t) - uncond(x, t)) * scale, diffusion, noise, sampler="ddim", steps=20)
-    at_1 = prior.p_sample_loop(noise, text_embed=text, cond_scale=1.0, sampler="ddim", steps=20)
-    at_3 = prior.p_sample_loop(noise, text_embed=text, cond_scale=scale, sampler="ddim", steps=20)
+    at_1 = prior.denoise(noise, text_embed=text, cond_scale=1.0, sampler="ddim", steps=20)
+    at_3 = prior.denoise(noise, text_embed=text, cond_scale=scale, sampler="ddim", steps=20)
     assert torch.equal(at_1, conditional)  # cond_scale 1 is exactly the conditional model
     assert torch.allclose(at_3, by_hand, atol=1e-4)  # guided = uncond + (cond - uncond) * scale
     assert (at_3 - at_1).abs().max().item() > 1e-2
@@ -144,7 +144,7 @@ def test_objectives_and_config_round_trip(options, objective):
     clone.load_state_dict(prior.state_dict())
     noise = torch.randn(2, DIM)
     text_embed = torch.randn(2, DIM)
-    assert torch.equal(clone.p_sample_loop(noise, text_embed=text_embed, sampler="ddim"), prior.p_sample_loop(noise, text_embed=text_embed, sampler="ddim"))
+    assert torch.equal(clone.denoise(noise, text_embed=text_embed, sampler="ddim"), prior.denoise(noise, text_embed=text_embed, sampler="ddim"))
 
 
 def test_raw_clip_is_wrapped_frozen_and_embeds_text_and_images():

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dalle2_core.atomic import atomic_path
-from dalle2_core.checkpoint import CONFIG_FILE, FORMAT, FORMAT_VERSION, INDEX_FILE, SamplingDefaults, save_model
+from dalle2_core.checkpoint import CONFIG_FILE, FORMAT, FORMAT_VERSION, INDEX_FILE, SamplingSettings, save_model
 from dalle2_core.clip.open_clip_adapter import OpenClipConfig
 from dalle2_core.convert.laion_config import (
     Notes,
@@ -288,9 +288,9 @@ def convert_decoder(
 # ---- model folder ------------------------------------------------------------------------------------
 
 
-def laion_defaults(decoder: Decoder, prior: DiffusionPrior) -> SamplingDefaults:
+def laion_defaults(decoder: Decoder, prior: DiffusionPrior) -> SamplingSettings:
     n = decoder.num_unets
-    return SamplingDefaults(
+    return SamplingSettings(
         cond_scale=DEFAULT_COND_SCALE[:n] if n > 1 else DEFAULT_COND_SCALE[0],
         prior_cond_scale=1.0,
         prior_samples=2,

@@ -216,7 +216,7 @@ class DiffusionPrior(nn.Module):
     # ---- sampling ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def p_sample_loop(
+    def denoise(
         self,
         noise: torch.Tensor,
         *,
@@ -228,8 +228,12 @@ class DiffusionPrior(nn.Module):
         sampler: str = "ddpm",
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        on_step=None,
     ) -> torch.Tensor:
-        """Denoise `noise` (b, d) into image embeddings in the *scaled* diffusion space (b, d)."""
+        """Denoise `noise` (b, d) into image embeddings in the *scaled* diffusion space (b, d), with any sampler.
+
+        `on_step(i, total, x)` runs after every step (see `dalle2_core.diffusion.sample`).
+        """
         if cond_scale != 1 and self.text_cond_drop_prob == 0:
             raise ValueError(
                 f"cond_scale={cond_scale} needs a prior trained with conditional dropout; this one has "
@@ -247,7 +251,8 @@ class DiffusionPrior(nn.Module):
             encode = lambda **c: dict(text_prefix=self.net.encode_text(**c))  # noqa: E731
             model = classifier_free_guidance(self.net, cond_scale, encode=encode, **cond)
             steps = default(steps, self.config.sample_timesteps)
-            x = sample(model, self.diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn, generator=generator)
+            x = sample(model, self.diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn,
+                       generator=generator, on_step=on_step)
         finally:
             self.net.train(was_training)
         if self.config.sampling_final_clamp_l2norm:
@@ -272,7 +277,7 @@ class DiffusionPrior(nn.Module):
         repeat = lambda v: v.repeat_interleave(r, dim=0) if exists(v) else None  # noqa: E731  (b * r, ...)
         b, d = text_embed.shape[0], self.config.image_embed_dim
         noise = randn((b * r, d), generator=generator, device=text_embed.device, dtype=text_embed.dtype)
-        x = self.p_sample_loop(
+        x = self.denoise(
             noise,
             text_embed=repeat(text_embed),
             text_encodings=repeat(text_encodings),

@@ -1,0 +1,298 @@
+"""The seam every model family plugs into: one object that turns prompts (or images) into images.
+
+A `Pipeline` owns a loaded model's whole path — prompts -> text encoder (once per batch) -> prior
+-> decoder stages -> images in [0, 1] — and the sampling settings it resolves from the model's own
+defaults. The shared methods here (`generate`, `variations`, `interpolate`) are written once, in
+terms of five steps a family implements:
+
+    encode_text(prompts)                          -> TextCondition   the text tower, once per batch
+    sample_prior(text, settings, generator, ...)  -> (b, d)          image embeddings for the text
+    embed_images(images)                          -> (b, d)          image embeddings of pictures
+    decode(image_embed, text, settings, ...)      -> (b, c, H, W)    every decoder stage, [0, 1]
+    stage_defaults()                              -> StageDefaults   step counts each stage allows
+
+A family may condition its unconditional guidance branch differently (a learned null, the empty
+prompt's encoding); that stays inside `sample_prior` / `decode`. Random draws take one generator or
+one per image (`dalle2_core.helpers.randn`), so image i of a batch is the image of seed + i alone.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from dalle2_core.checkpoint import SamplingSettings
+from dalle2_core.helpers import cast_tuple, default, exists
+
+# on_step(stage, i, total, x): after step i (0-based) of `total` in the named stage ("prior", "unet 1", ...)
+OnStep = Callable[[str, int, int, torch.Tensor], None]
+Generator = torch.Generator | Sequence[torch.Generator] | None
+PRIOR_STAGE = "prior"
+
+
+class TextCondition(NamedTuple):
+    """What a text encoder gives for a batch of prompts; computed once and shared by prior and decoder."""
+
+    text_embed: torch.Tensor  # (b, d)
+    text_encodings: torch.Tensor | None  # (b, n, d_text)
+    text_mask: torch.Tensor | None  # (b, n) bool, True = a real token
+    text: list[str] | torch.Tensor  # the prompts (or token ids) they came from
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return self.text_embed.shape[0]
+
+
+class SettingError(ValueError):
+    """A sampling setting this model cannot take; `setting` names the `SamplingSettings` field."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A stage produced NaN or infinite values; `stage` names it (as in `Pipeline.stage_names`)."""
+
+    def __init__(self, stage: str, cond_scale: float | None = None):
+        hint = ""
+        if exists(cond_scale) and cond_scale > 1e3:
+            hint = f"; guidance scale {cond_scale:g} is the likely cause (try a value below 20)"
+        super().__init__(f"the {stage} stage produced NaN or infinite values{hint}")
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class StageDefaults:
+    """For the prior (None when the model has none) and each decoder stage: (default steps, training steps)."""
+
+    prior: tuple[int, int] | None
+    decoder: tuple[tuple[int, int], ...]
+
+
+def check_finite(x: torch.Tensor, stage: str, cond_scale: float | None = None) -> torch.Tensor:
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteOutputError(stage, cond_scale)
+    return x
+
+
+class Pipeline(nn.Module, abc.ABC):
+    """Prompts or images to images for one loaded model (see the module docstring for the seam)."""
+
+    family: str = ""
+    defaults: SamplingSettings
+
+    # ---- what a family implements ---------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def stage_names(self) -> tuple[str, ...]:
+        """The decoder stages, lowest resolution first (progress and error messages name them)."""
+
+    @property
+    @abc.abstractmethod
+    def has_prior(self) -> bool: ...
+
+    @property
+    def unconditional(self) -> bool:
+        """True when nothing conditions the images (no text, no image embedding)."""
+        return False
+
+    @abc.abstractmethod
+    def stage_defaults(self) -> StageDefaults: ...
+
+    @abc.abstractmethod
+    def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition: ...
+
+    @abc.abstractmethod
+    def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
+                     on_step: OnStep | None = None) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
+               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        """Images (b, c, H, W) in [0, 1]; `text=None` on a text-conditioned decoder means its null text."""
+
+    # ---- settings ---------------------------------------------------------------------------------
+
+    def resolve(self, settings: SamplingSettings | dict | None = None, **given) -> SamplingSettings:
+        """Concrete settings: `given` (None = not given) over `settings` over the model's defaults.
+
+        Steps and guidance become one value per decoder stage; every step count is checked against
+        the training schedule of its stage. Raises `SettingError` naming the offending field.
+        """
+        base = self.defaults.to_dict()
+        if exists(settings):
+            base.update(settings if isinstance(settings, dict) else settings.to_dict())
+        base.update({k: v for k, v in given.items() if exists(v)})
+        stages = self.stage_defaults()
+        n = len(stages.decoder)
+        steps = per_stage(default(base["steps"], tuple(s for s, _ in stages.decoder)), n, "steps")
+        for (_, total), count in zip(stages.decoder, steps):
+            if count > total:
+                raise SettingError("steps", f"{count} steps exceed a decoder stage's {total} training timesteps; accepted: 1..{total}")
+        prior_steps = None
+        if exists(stages.prior):
+            prior_steps, total = default(base["prior_steps"], stages.prior[0]), stages.prior[1]
+            if prior_steps > total:
+                raise SettingError("prior_steps",
+                                   f"{prior_steps} steps exceed the prior's {total} training timesteps; accepted: 1..{total}")
+        try:
+            return SamplingSettings.build(
+                base,
+                steps=tuple(int(s) for s in steps),
+                cond_scale=tuple(float(v) for v in per_stage(base["cond_scale"], n, "cond_scale")),
+                prior_cond_scale=float(base["prior_cond_scale"]),
+                prior_steps=prior_steps,
+            )
+        except (TypeError, ValueError) as err:
+            raise SettingError(_field_named(err), str(err)) from None
+
+    def stages(self, settings: SamplingSettings) -> list[tuple[str, int]]:
+        """(stage name, steps) in the order a text-to-image run goes through them."""
+        prior = [(PRIOR_STAGE, settings.prior_steps)] if self.has_prior and not self.unconditional else []
+        return prior + list(zip(self.stage_names, settings.steps))
+
+    # ---- shared paths -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, prompts: str | Sequence[str] | torch.Tensor, settings: SamplingSettings | None = None, *,
+                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        """Images (b, c, H, W) in [0, 1] for prompts (or token ids): text encoded once, prior, then the decoder."""
+        s = self.resolve(settings)
+        text = [prompts] if isinstance(prompts, str) else prompts
+        if self.unconditional:
+            return self.decode(None, None, s, batch_size=len(text), generator=generator, on_step=on_step)
+        if not self.has_prior:
+            raise ValueError("this model has no prior, so it cannot generate from text; give images to vary instead")
+        cond = self.encode_text(text)
+        image_embed = self.sample_prior(cond, s, generator=generator, on_step=on_step)
+        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step)
+
+    @torch.no_grad()
+    def variations(self, images: torch.Tensor, settings: SamplingSettings | None = None, *, num_variations: int = 1,
+                   prompts: str | Sequence[str] | None = None, generator: Generator = None,
+                   on_step: OnStep | None = None) -> torch.Tensor:
+        """unCLIP Sec. 3.1: decode each image's own embedding again; (b * num_variations, c, H, W) in [0, 1].
+
+        The variations of image i are rows i * num_variations ... (i + 1) * num_variations - 1. Without
+        prompts a text-conditioned decoder sees its learned null text; prompts (one, or one per row)
+        steer the variations.
+        """
+        if num_variations < 1:
+            raise ValueError(f"num_variations must be >= 1, got {num_variations}")
+        s = self.resolve(settings)
+        image_embed = self.embed_images(images).repeat_interleave(num_variations, dim=0)  # (b * n, d)
+        cond = None
+        if exists(prompts):
+            prompts = [prompts] * image_embed.shape[0] if isinstance(prompts, str) else list(prompts)
+            cond = self.encode_text(prompts)
+        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step)
+
+    @torch.no_grad()
+    def interpolate(self, ends: Sequence[str | torch.Tensor], num_frames: int, settings: SamplingSettings | None = None, *,
+                    seed: int = 0, batch_size: int = 8, on_step: OnStep | None = None) -> torch.Tensor:
+        """unCLIP Sec. 3.2: frames (num_frames, c, H, W) decoded along slerp(a, b, t), t = 0 .. 1.
+
+        `ends` are two prompts or (1, c, h, w) images. Prompts are encoded in one batch and embedded by
+        the prior, each with a generator seeded `seed`; every frame starts from the same noise (its own
+        generator seeded `seed`), so only the embedding changes along the path. The text of the nearer
+        end conditions a text-conditioned decoder (an image end: its null text).
+        """
+        if len(ends) != 2:
+            raise ValueError(f"interpolation needs two ends (prompts or images), got {len(ends)}")
+        if num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2 (both ends included), got {num_frames}")
+        s = self.resolve(settings)
+        embeds, conds = self._embed_ends(ends, s, seed, on_step)
+        from dalle2_core.dalle2 import slerp
+
+        frames = []
+        for start in range(0, num_frames, batch_size):
+            ts = [i / (num_frames - 1) for i in range(start, min(start + batch_size, num_frames))]
+            embed = torch.cat([slerp(embeds[0], embeds[1], t) for t in ts])  # (f, d)
+            nearer = [conds[0 if t < 0.5 else 1] for t in ts]
+            cond = None if all(c is None for c in nearer) else _stack_conditions(nearer, self._null_text)
+            generators = [torch.Generator(device=self.device).manual_seed(seed) for _ in ts]
+            frames.append(self.decode(embed, cond, s, generator=generators, on_step=on_step))
+        return torch.cat(frames)
+
+    def _embed_ends(self, ends, s: SamplingSettings, seed: int, on_step):
+        """Image embeddings (1, d) and text conditions (or None) of the interpolation's two ends."""
+        prompts = [e for e in ends if isinstance(e, str)]
+        if prompts and not self.has_prior:
+            raise ValueError(f"this model has no prior, so {prompts[0]!r} cannot be embedded; give images")
+        text = self.encode_text(prompts) if prompts else None
+        prompt_embeds = []
+        if prompts:
+            generators = [torch.Generator(device=self.device).manual_seed(seed) for _ in prompts]
+            prompt_embeds = list(self.sample_prior(text, s, generator=generators, on_step=on_step).split(1))
+        embeds, conds, j = [], [], 0
+        for end in ends:
+            if isinstance(end, str):
+                embeds.append(prompt_embeds[j])
+                conds.append(_row(text, j))
+                j += 1
+            else:
+                embeds.append(self.embed_images(end))
+                conds.append(None)
+        return embeds, conds
+
+    def _null_text(self, like: TextCondition) -> TextCondition:
+        """A one-row condition standing for "no text", shaped like `like` (see `decode`)."""
+        raise ValueError("this model cannot mix prompt and image ends")
+
+
+def per_stage(values, n: int, setting: str) -> tuple:
+    """One value per decoder stage from a scalar or a list of 1 or n values."""
+    values = cast_tuple(values)
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        shown = ",".join(map(str, values))
+        raise SettingError(setting, f"{shown} has {len(values)} values but the model has {n} decoder stage(s); give 1 or {n}")
+    return values
+
+
+def _field_named(err: Exception) -> str:
+    text = str(err)
+    return next((f for f in SamplingSettings.__dataclass_fields__ if text.startswith(f)), "settings")
+
+
+def _row(cond: TextCondition, i: int) -> TextCondition:
+    pick = lambda t: t[i : i + 1] if isinstance(t, torch.Tensor) else None  # noqa: E731
+    text = cond.text[i : i + 1] if isinstance(cond.text, (list, torch.Tensor)) else cond.text
+    return TextCondition(cond.text_embed[i : i + 1], pick(cond.text_encodings), pick(cond.text_mask), text)
+
+
+def _stack_conditions(rows: list[TextCondition | None], null: Callable[[TextCondition], TextCondition]) -> TextCondition:
+    """One batched condition from single rows; a None row is the family's null text."""
+    like = next(r for r in rows if r is not None)
+    rows = [r if r is not None else null(like) for r in rows]
+    cat = lambda name: torch.cat([getattr(r, name) for r in rows]) if getattr(like, name) is not None else None  # noqa: E731
+    text = [t for r in rows for t in (r.text if isinstance(r.text, list) else [r.text])]
+    return TextCondition(cat("text_embed"), cat("text_encodings"), cat("text_mask"), text)
+
+
+__all__ = [
+    "PRIOR_STAGE",
+    "NonFiniteOutputError",
+    "OnStep",
+    "Pipeline",
+    "SettingError",
+    "StageDefaults",
+    "TextCondition",
+    "check_finite",
+    "per_stage",
+]

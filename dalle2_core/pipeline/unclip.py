@@ -1,0 +1,168 @@
+"""The unCLIP family (Ramesh et al. 2022) as built here: a CLIP adapter, a `DiffusionPrior`, a cascaded `Decoder`.
+
+LAION's converted weights and every model `dream train` writes are of this family. Guidance uses the
+learned null conditions of the prior and the decoder (trained through condition dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from dalle2_core.checkpoint import SamplingSettings
+from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter
+from dalle2_core.decoder.decoder import Decoder
+from dalle2_core.helpers import default, exists
+from dalle2_core.pipeline.base import (
+    PRIOR_STAGE,
+    Generator,
+    OnStep,
+    Pipeline,
+    StageDefaults,
+    TextCondition,
+    check_finite,
+)
+from dalle2_core.prior.prior import DiffusionPrior, rerank_by_similarity
+
+
+def _same_clip(a: ClipAdapter | None, b: ClipAdapter | None) -> bool:
+    """Whether two adapters run the same CLIP (the prior's and decoder's wrappers of one project CLIP do)."""
+    if a is None or b is None or a is b:
+        return True
+    return isinstance(a, XClipAdapter) and isinstance(b, XClipAdapter) and a.clip is b.clip
+
+
+class UnclipPipeline(Pipeline):
+    """Text -> CLIP text embedding -> prior -> CLIP image embedding -> decoder cascade -> images."""
+
+    family = "unclip"
+
+    def __init__(self, *, decoder: Decoder, prior: DiffusionPrior | None = None, clip: CLIP | ClipAdapter | None = None,
+                 defaults: SamplingSettings | None = None):
+        super().__init__()
+        if not isinstance(decoder, Decoder):
+            raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
+        if exists(prior) and not isinstance(prior, DiffusionPrior):
+            raise TypeError(f"prior must be a DiffusionPrior, got {type(prior).__name__}")
+        self.prior = prior
+        self.decoder = decoder
+        # `clip` serves only when neither network holds one (the CLIP of a loaded folder is already inside them)
+        inside = prior.clip if exists(prior) and exists(prior.clip) else decoder.clip
+        self.extra_clip = as_clip_adapter(clip).eval().requires_grad_(False) if exists(clip) and not exists(inside) else None
+        self.defaults = default(defaults, SamplingSettings())
+
+    @property
+    def text_encoder(self) -> ClipAdapter | None:
+        """The CLIP that encodes prompts and pictures: the prior's, else the decoder's, else the one given."""
+        if exists(self.prior) and exists(self.prior.clip):
+            return self.prior.clip
+        return default(self.decoder.clip, self.extra_clip)
+
+    # ---- the family's steps ----------------------------------------------------------------------
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(f"unet {i + 1}" for i in range(self.decoder.num_unets))
+
+    @property
+    def has_prior(self) -> bool:
+        return exists(self.prior)
+
+    @property
+    def unconditional(self) -> bool:
+        return self.decoder.unconditional
+
+    def stage_defaults(self) -> StageDefaults:
+        cfg = self.decoder.config
+        t = cfg.diffusion.timesteps
+        decoder = tuple((default(s, t), t) for s in cfg.per_unet(cfg.diffusion.sample_timesteps))
+        prior = None
+        if exists(self.prior):
+            p = self.prior.config
+            prior = (p.sample_timesteps or p.timesteps, p.timesteps)
+        return StageDefaults(prior=prior, decoder=decoder)
+
+    def _require_clip(self, what: str) -> ClipAdapter:
+        if not exists(self.text_encoder):
+            raise ValueError(f"{what} needs a CLIP; this model has none (pass embeddings instead)")
+        return self.text_encoder
+
+    def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition:
+        """The CLIP text embedding, encodings and mask of a batch of prompts or token ids (one forward)."""
+        clip = self._require_clip("text")
+        if not isinstance(text, torch.Tensor):
+            text = list(text)
+        with torch.no_grad():
+            embed, encodings, mask = clip.embed_text(text)
+        return TextCondition(embed, encodings, mask, text)
+
+    def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
+                     on_step: OnStep | None = None) -> torch.Tensor:
+        """Prior candidates per prompt; the one closest to the text embedding is kept (DALL-E 2 Sec. 2.2)."""
+        prior = self.prior
+        if not exists(prior):
+            raise ValueError("this model has no prior, so it cannot embed text")
+        cond = dict(text_embed=text.text_embed)
+        if prior.config.condition_on_text_encodings:
+            cond.update(text_encodings=text.text_encodings, text_mask=text.text_mask)
+        step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
+        candidates = prior.sample_embeds(
+            **cond, num_samples_per_batch=settings.prior_samples, cond_scale=settings.prior_cond_scale,
+            steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step,
+        )
+        check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
+        return rerank_by_similarity(candidates, text.text_embed)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        clip = self._require_clip("embedding images")
+        return clip.embed_image(images.to(device=clip.device, dtype=next(clip.parameters()).dtype)).image_embed
+
+    def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
+               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        decoder, names = self.decoder, self.stage_names
+        scales = settings.cond_scale
+
+        def step(unet_number: int, i: int, total: int, x: torch.Tensor) -> None:
+            if i == total - 1:  # x is the stage's x_0: catch NaN / inf before it is decoded and clamped
+                check_finite(x, names[unet_number - 1], scales[unet_number - 1])
+            if exists(on_step):
+                on_step(names[unet_number - 1], i, total, x)
+
+        cond = {}
+        if not decoder.unconditional:
+            cond["image_embed"] = image_embed
+            if decoder.condition_on_text_encodings:
+                cond.update(self._decoder_text(text, image_embed.shape[0]))
+        b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
+        return decoder.sample(**cond, batch_size=b, cond_scale=scales, sampler=settings.sampler, steps=settings.steps,
+                              generator=generator, on_step=step)
+
+    def _decoder_text(self, text: TextCondition | None, batch: int) -> dict:
+        """Text encodings for the decoder: the shared encoding, its own CLIP's, or its learned null text."""
+        if text is None:
+            return self._null_encodings(batch)
+        clip = self.decoder.clip
+        if exists(clip) and not _same_clip(clip, self.text_encoder):  # a decoder trained with another CLIP
+            with torch.no_grad():
+                _, encodings, mask = clip.embed_text(text.text)
+            return dict(text_encodings=encodings, text_mask=mask)
+        return dict(text_encodings=text.text_encodings, text_mask=text.text_mask)
+
+    def _null_encodings(self, batch: int) -> dict:
+        """All-padding text: every position takes the unet's learned null text token (text dropped)."""
+        unet = next(u for u in self.decoder.unets if u.cond_on_text_encodings)
+        width = unet.config.conditioning.text_embed_dim
+        param = next(self.decoder.parameters())
+        encodings = torch.zeros(batch, 1, width, device=param.device, dtype=param.dtype)
+        return dict(text_encodings=encodings, text_mask=torch.zeros(batch, 1, dtype=torch.bool, device=param.device))
+
+    def _null_text(self, like: TextCondition) -> TextCondition:
+        n = like.text_encodings.shape[1] if exists(like.text_encodings) else 1
+        zeros = lambda t: torch.zeros_like(t[:1]) if exists(t) else None  # noqa: E731
+        encodings = zeros(like.text_encodings)
+        mask = torch.zeros(1, n, dtype=torch.bool, device=like.text_embed.device) if exists(like.text_mask) else None
+        return TextCondition(zeros(like.text_embed), encodings, mask, [""])
+
+
+__all__ = ["UnclipPipeline"]
