@@ -63,10 +63,26 @@ def parse_hub_id(spec: str) -> tuple[str, str | None] | None:
 
 
 def _offline() -> bool:
+    """HF_HUB_OFFLINE is set, or the Hub cannot be reached at all (then only the local cache is used).
+
+    The probe fails within seconds where huggingface_hub would retry with back-off for half a minute.
+    """
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    return env or bool(constants.HF_HUB_OFFLINE)
+    return env or bool(constants.HF_HUB_OFFLINE) or not _hub_reachable(constants.ENDPOINT)
+
+
+def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _quiet_tqdm():
@@ -190,6 +206,11 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
             f"or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
         )
     spec = spec.strip()
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", spec):
+        raise ModelNotFoundError(
+            f"model {spec!r} is a URL; models are named by a folder path, a Hugging Face repo id "
+            f"org/name[@revision], or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
+        )
     if spec in BUNDLED:
         path = bundled_path(spec)
         if not (path / INDEX_FILE).is_file():

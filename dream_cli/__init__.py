@@ -6,6 +6,17 @@ import os
 # turned every small op of a sampling step into a wait for a descheduled thread.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from dream_cli.main import main  # noqa: E402
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point; Ctrl-C while the command modules load is one line too, exit 130."""
+    try:
+        from dream_cli.main import main as run
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("Interrupted.\n")
+        sys.exit(130)
+    run(argv)
+
 
 __all__ = ["main"]

@@ -11,6 +11,8 @@ from dalle2_core.shapes.export import FORMATS, check_output_folder
 from dalle2_core.shapes.world import SPLITS
 from dream_cli.errors import DreamError
 
+MAX_IMAGES = 10_000_000  # ~1 KB of PNG each: 10 GB of small files is past any use of this world
+
 
 @click.group()
 def data() -> None:
@@ -20,7 +22,8 @@ def data() -> None:
 @data.command()
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="New or empty folder to write into.")
-@click.option("--num", "num", type=click.IntRange(min=1), required=True, help="Number of images.")
+@click.option("--num", "num", type=click.IntRange(min=1, max=MAX_IMAGES), required=True,
+              help=f"Number of images (at most {MAX_IMAGES:,}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed writes the same files.")
 @click.option("--split", type=click.Choice(SPLITS), default="seen", show_default=True,
               help="seen: trainable compositions; held: the held-out colour/shape pairs.")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import traceback
 
 import click
 
@@ -16,6 +18,23 @@ class DreamError(click.ClickException):
     """A runtime failure (model cannot be loaded, output cannot be written): exit code 1."""
 
     exit_code = 1
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT). Not a KeyboardInterrupt, so no library turns it into its own message on the way out;
+    every temporary file is still removed by the `finally` blocks it unwinds through."""
+
+
+INTERRUPTED_CODE = 130  # 128 + SIGINT, as shells report it
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def interrupted() -> None:
+    click.echo("Interrupted.", err=True)
+    sys.exit(INTERRUPTED_CODE)
 
 
 def one_line(text: object) -> str:
@@ -35,8 +54,12 @@ def report(err: BaseException, debug: bool) -> int:
         err.show()
         return err.exit_code
     if isinstance(err, click.ClickException):
+        if debug and isinstance(err, DreamError) and err.__context__ is not None:
+            traceback.print_exception(err.__context__)  # the library error behind the one line
         message = err.format_message()
-        if isinstance(err, click.UsageError) and not isinstance(err, click.BadParameter):
+        if isinstance(err, click.NoSuchOption) and err.ctx is not None and err.ctx.command.name == "generate":
+            message = one_line(message) + f" (a prompt that starts with '-' goes after '--': dream -- {err.option_name!r})"
+        elif isinstance(err, click.UsageError) and not isinstance(err, click.BadParameter):
             ctx = err.ctx
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             message = one_line(message) + hint
@@ -56,14 +79,16 @@ def run(command: click.Command, args: list[str] | None, prog_name: str | None, *
     """Run a click command with `dream`'s error reporting instead of click's standalone handling."""
     args = list(sys.argv[1:] if args is None else args)
     debug = wants_debug(args)
+    previous = signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         code = click.Command.main(command, args, prog_name, standalone_mode=False, **extra)
     except (click.ClickException, click.Abort) as err:
         sys.exit(report(err, debug))
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt):
+        interrupted()
     except Exception as err:
         sys.exit(report(err, debug))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     # standalone_mode=False returns the Exit code of --help/--version, or the command's result
     sys.exit(code if isinstance(code, int) else 0)
