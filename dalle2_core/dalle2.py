@@ -103,4 +103,13 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
     return l2norm(out)
 
 
-__all__ = ["DALLE2", "slerp", "to_pil_images"]
+def mix_embeddings(embeds: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """A weighted mix (1, d) of embeddings (n, d) on the unit sphere: the renormalised weighted sum of their
+    directions. Two embeddings with weights 1 - t and t lie between them on the great circle, as slerp's do."""
+    w = torch.as_tensor(list(weights), dtype=embeds.dtype, device=embeds.device)
+    if w.shape != (embeds.shape[0],) or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"mix weights must be one finite number > 0 per embedding ({embeds.shape[0]}), got {list(weights)}")
+    return l2norm((w[:, None] * l2norm(embeds)).sum(dim=0, keepdim=True))
+
+
+__all__ = ["DALLE2", "mix_embeddings", "slerp", "to_pil_images"]

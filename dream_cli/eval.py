@@ -15,7 +15,7 @@ import click
 import torch
 
 from dream_cli.errors import DreamError
-from dream_cli.output import save_png, slugify
+from dream_cli.output import SETTINGS_CHUNK, save_png, slugify
 from dream_cli.sampling import (
     Progress,
     check_outdir,
@@ -95,7 +95,7 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
         for i, (image, row) in enumerate(zip(images, report["per_image"])):
             info = {"prompt": row["prompt"], "split": row["split"], "read": row["read"], "adheres": row["adheres"]}
             stem = f"{row['split']}-{i:04d}-{slugify(row['prompt'])}"
-            row["path"] = str(save_png(image, outdir, stem, {"dream": json.dumps(info)}))
+            row["path"] = str(save_png(image, outdir, stem, {SETTINGS_CHUNK: json.dumps(info)}))
 
     settings = {k: getattr(s, k) for k in ("cond_scale", "prior_cond_scale", "prior_samples", "steps", "prior_steps", "sampler")}
     header = {"model": resolved.spec, "model_path": str(resolved.path.resolve()), "seed": seed, "num": num,

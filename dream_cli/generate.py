@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import torch
 
 from dream_cli.errors import DreamError
-from dream_cli.output import load_image, make_grid, png_text, save_png, slugify
+from dream_cli.output import (
+    fit_square,
+    load_image,
+    load_mask,
+    make_grid,
+    outpaint,
+    parse_outpaint,
+    png_text,
+    save_png,
+    slugify,
+    weights_sha256,
+)
 from dream_cli.sampling import (
     Progress,
     check_outdir,
@@ -34,6 +46,7 @@ def run_metadata(settings, resolved, precision: str, device) -> dict:
         "model_source": resolved.source,
         "model_path": str(resolved.path.resolve()),
         "model_revision": resolved.revision,
+        "model_hash": weights_sha256(resolved.path / "decoder" / "model.safetensors"),
         "sampler": settings.sampler,
         "cond_scale": list(settings.cond_scale),
         "steps": list(settings.steps),
@@ -77,13 +90,21 @@ def _info_line(quiet: bool, seed: int, resolved, device, precision: str) -> None
               help="Images per forward pass; every image keeps its own seed, so it is reproducible alone.")
 @click.option("--grid/--no-grid", default=False, show_default=True, help="Also write all images as one grid.")
 @click.option("--image", type=click.Path(path_type=Path), help="Variations of this image: its CLIP embedding replaces the prior.")
+@click.option("--init-image", type=click.Path(path_type=Path),
+              help="Start from this image: img2img with --strength, inpainting with --mask, outpainting with --outpaint.")
+@click.option("--strength", type=click.FloatRange(0, 1), default=None,
+              help="img2img: how much of the schedule is re-drawn (0 keeps the image, 1 ignores it). [default: 0.75]")
+@click.option("--mask", type=click.Path(path_type=Path), help="Inpainting mask for --init-image: white = regenerate, black = keep.")
+@click.option("--outpaint", metavar="SIDE:PX[,...]", help="Grow --init-image (e.g. left:32,top:16) and fill the new area.")
 @click.option("--outdir", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Where images are written.")
 @sampling_options()
-def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, image: Path | None, outdir: Path, **opts) -> None:
+def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, image: Path | None, init_image: Path | None,
+             strength: float | None, mask: Path | None, outpaint: str | None, outdir: Path, **opts) -> None:
     """Generate images from PROMPT (text to image with DALL-E 2)."""
     text = " ".join(prompt)
     if not text.strip() and image is None:
         raise click.BadParameter(f"{text!r} is empty; give a non-blank prompt (or --image for variations)", param_hint="PROMPT")
+    edit_source = _read_edit(init_image, strength, mask, outpaint, image)
     device = pick_device(opts["device"])
     dtype = pick_dtype(opts["precision"], device)
     picture = load_image(image) if image is not None else None
@@ -99,9 +120,11 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
         elif picture is None and not pipeline.has_prior:
             raise DreamError(f"model {resolved.spec!r} has no prior, so it cannot generate from text; use --image")
         _info_line(quiet, seed, resolved, device, opts["precision"])
+        edit = _edit_for(pipeline, edit_source, device)
         base = {**run_metadata(s, resolved, opts["precision"], device), "base_seed": seed, "num": num,
-                "batch_size": batch_size, "image": str(image.resolve()) if image is not None else None}
-        extra = ["--image", str(image.resolve())] if image is not None else []
+                "batch_size": batch_size, "image": str(image.resolve()) if image is not None else None,
+                **(edit_source.metadata if edit_source else {})}
+        extra = (["--image", str(image.resolve())] if image is not None else []) + (edit_source.args if edit_source else [])
         slug = slugify(text if text.strip() else image.stem)
         batches = -(-num // batch_size)
         runs = {name: batches for name, _ in pipeline.stages(s)}
@@ -113,7 +136,7 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
                 b = min(batch_size, num - start)
                 generator = per_image_generators(seed + start, b, device)  # image i: seed + i, whatever the batching
                 if picture is None:
-                    images = pipeline.generate([text] * b, s, generator=generator, on_step=progress)
+                    images = pipeline.generate([text] * b, s, generator=generator, on_step=progress, edit=edit)
                 else:
                     images = pipeline.variations(picture, s, num_variations=b, prompts=text if text.strip() else None,
                                                  generator=generator, on_step=progress)
@@ -127,6 +150,50 @@ def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, ima
                     saved.append((path, img))
     if grid:
         _write_grid(saved, outdir, f"{slug}-{seed}-grid", text, {**base, "seed": seed, "grid": True}, quiet)
+
+
+class EditSource(NamedTuple):
+    """An --init-image read from disk (and its mask), what the metadata records and the regenerate command repeats."""
+
+    image: torch.Tensor  # (1, 3, h, w) in [0, 1]
+    mask: torch.Tensor | None  # (1, h, w) bool, True = regenerate
+    strength: float
+    metadata: dict
+    args: list[str]
+
+
+def _read_edit(init_image, strength, mask, outpaint_spec, image) -> EditSource | None:
+    """--init-image with --strength, --mask or --outpaint, checked and read before any model is loaded."""
+    if init_image is None:
+        if strength is not None or mask is not None or outpaint_spec is not None:
+            raise click.UsageError("--strength, --mask and --outpaint need --init-image")
+        return None
+    if image is not None:
+        raise click.UsageError("--image (variations) and --init-image (editing) cannot be combined")
+    if strength is not None and (mask is not None or outpaint_spec is not None):
+        raise click.UsageError("--strength is for img2img; inpainting and outpainting (--mask, --outpaint) re-draw the masked area fully")
+    picture = load_image(init_image, option="--init-image")
+    region = load_mask(mask, picture) if mask is not None else None
+    if outpaint_spec is not None:
+        picture, region = outpaint(picture, region, parse_outpaint(outpaint_spec))
+    strength = 0.75 if strength is None and region is None else 1.0 if strength is None else strength
+    metadata = {"init_image": str(init_image.resolve()), "strength": strength,
+                "mask": str(mask.resolve()) if mask is not None else None, "outpaint": outpaint_spec}
+    args = ["--init-image", str(init_image.resolve())]
+    args += ["--mask", str(mask.resolve())] if mask is not None else []
+    args += ["--outpaint", outpaint_spec] if outpaint_spec is not None else []
+    args += ["--strength", f"{strength:g}"] if region is None else []
+    return EditSource(picture, region, strength, metadata, args)
+
+
+def _edit_for(pipeline, source: EditSource | None, device):
+    """The edit at the model's output size, on its device."""
+    from dalle2_core.pipeline import ImageEdit
+
+    if source is None:
+        return None
+    image, mask = fit_square(source.image, source.mask, pipeline.image_size)
+    return ImageEdit(image.to(device), source.strength, mask.to(device) if mask is not None else None)
 
 
 def _write_grid(saved: list, outdir: Path, stem: str, text: str, info: dict, quiet: bool) -> None:
@@ -174,3 +241,79 @@ def interpolate(a: str, b: str, frames: int, batch_size: int, outdir: Path, **op
             info = {**base, "seed": seed, "index": i, "frames": frames, "t": i / (frames - 1), "a": a, "b": b,
                     "size": [img.shape[-1], img.shape[-2]]}
             click.echo(str(save_png(img, outdir, f"{slugify(label)}-{seed}-{i}", png_text(label, info))))
+
+
+def _parse_mix_item(value: str) -> tuple[str | torch.Tensor, float, str]:
+    """'a red circle:0.7' or 'img.png:0.3' -> (prompt or image, weight, label); the weight defaults to 1."""
+    head, sep, tail = value.rpartition(":")
+    weight = 1.0
+    if sep:
+        try:
+            weight = float(tail)
+        except ValueError:
+            head = value  # a colon inside the prompt, no weight
+    else:
+        head = value
+    if not head.strip() or not weight > 0 or weight != weight or weight == float("inf"):
+        raise click.BadParameter(f"{value!r}: expected PROMPT[:WEIGHT] or IMAGE[:WEIGHT] with a weight > 0", param_hint="ITEMS")
+    path = Path(head)
+    if path.is_file():
+        return load_image(path, option="ITEMS"), weight, path.stem
+    return head, weight, head
+
+
+@click.command("mix")
+@click.argument("items", nargs=-1, required=True)
+@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="Number of images.")
+@click.option("--outdir", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Where images are written.")
+@sampling_options()
+def mix(items: tuple[str, ...], num: int, outdir: Path, **opts) -> None:
+    """Images of a weighted mix of prompts and images: ITEMS are PROMPT[:WEIGHT] or IMAGE[:WEIGHT]."""
+    parsed = [_parse_mix_item(item) for item in items]
+    device = pick_device(opts["device"])
+    dtype = pick_dtype(opts["precision"], device)
+    outdir = check_outdir(outdir)
+    seed = first_seed(opts["seed"], num)
+    quiet = opts["quiet"]
+    with surface_warnings(everything=opts["debug"]):
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        s = resolve_settings(pipeline, opts)
+        _info_line(quiet, seed, resolved, device, opts["precision"])
+        runs = {name: 1 for name in pipeline.stage_names}
+        if any(isinstance(item, str) for item, _, _ in parsed):
+            runs["prior"] = 1
+        with Progress(quiet, pipeline.stages(s), runs) as progress, sampling_errors():
+            images = pipeline.mix([(item, w) for item, w, _ in parsed], s, num_images=num, seed=seed,
+                                  generator=per_image_generators(seed, num, device), on_step=progress).float().cpu()
+        label = " + ".join(f"{name}:{w:g}" for _, w, name in parsed)
+        base = {**run_metadata(s, resolved, opts["precision"], device), "mix": list(items), "base_seed": seed}
+        for i, img in enumerate(images):
+            info = {**base, "seed": seed + i, "index": i, "size": [img.shape[-1], img.shape[-2]]}
+            click.echo(str(save_png(img, outdir, f"{slugify(label)}-{seed}-{i}", png_text(label, info))))
+
+
+@click.command("upscale")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--prompt", default=None, help="Conditions the super-resolution stages that read text (else their null text).")
+@click.option("--outdir", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Where images are written.")
+@sampling_options()
+def upscale(images: tuple[Path, ...], prompt: str | None, outdir: Path, **opts) -> None:
+    """Run only the super-resolution stages of a model on IMAGES (one output per image, `{stem}-up-{seed}.png`)."""
+    pictures = [load_image(path, option="IMAGES") for path in images]
+    device = pick_device(opts["device"])
+    dtype = pick_dtype(opts["precision"], device)
+    outdir = check_outdir(outdir)
+    seed = first_seed(opts["seed"], len(pictures))
+    quiet = opts["quiet"]
+    with surface_warnings(everything=opts["debug"]):
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        s = resolve_settings(pipeline, opts)
+        _info_line(quiet, seed, resolved, device, opts["precision"])
+        stages = pipeline.stages(s)
+        with Progress(quiet, stages, {name: len(pictures) for name in pipeline.stage_names[1:]}) as progress, sampling_errors():
+            base = run_metadata(s, resolved, opts["precision"], device)
+            for i, (path, picture) in enumerate(zip(images, pictures)):
+                out = pipeline.upscale(picture.to(device), s, prompts=[prompt] if prompt else None,
+                                       generator=per_image_generators(seed + i, 1, device), on_step=progress)[0].float().cpu()
+                info = {**base, "seed": seed + i, "source": str(path.resolve()), "size": [out.shape[-1], out.shape[-2]]}
+                click.echo(str(save_png(out, outdir, f"{path.stem}-up-{seed + i}", png_text(prompt or "", info))))

@@ -72,13 +72,62 @@ def load_image(path: Path, option: str = "--image") -> torch.Tensor:
     return pil_to_tensor(rgb)[None].float() / 255  # (1, 3, h, w)
 
 
+def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> torch.Tensor:
+    """A mask image as (1, h, w) bool, True (white) = regenerate, at the size of the image `like` (1, c, h, w)."""
+    gray = load_image(path, option=option).mean(dim=1)  # (1, h, w)
+    if gray.shape[-2:] != like.shape[-2:]:
+        gray = torch.nn.functional.interpolate(gray[None], size=like.shape[-2:], mode="nearest")[0]
+    return gray > 0.5
+
+
+def parse_outpaint(spec: str) -> dict[str, int]:
+    """`left:32,top:16` -> {"left": 32, "top": 16}: pixels to add on each named side."""
+    sides, accepted = {}, "side:pixels pairs such as left:32,top:16 (sides left, right, top, bottom)"
+    for part in spec.split(","):
+        side, _, amount = part.strip().partition(":")
+        if side not in ("left", "right", "top", "bottom") or not amount.isdigit() or side in sides:
+            raise click.BadParameter(f"{spec!r}: expected {accepted}", param_hint="--outpaint")
+        sides[side] = int(amount)
+    return sides
+
+
+def outpaint(image: torch.Tensor, mask: torch.Tensor | None, sides: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image grown by `sides` pixels and then to a square (mid-grey where new), and its mask: new = regenerate."""
+    _, _, h, w = image.shape
+    left, right, top, bottom = (sides.get(k, 0) for k in ("left", "right", "top", "bottom"))
+    grow_w, grow_h = max(0, h + top + bottom - (w + left + right)), max(0, w + left + right - (h + top + bottom))
+    left, right = left + grow_w // 2, right + grow_w - grow_w // 2
+    top, bottom = top + grow_h // 2, bottom + grow_h - grow_h // 2
+    pad = (left, right, top, bottom)
+    grown = torch.nn.functional.pad(image, pad, value=0.5)
+    known = torch.zeros(1, h, w, dtype=torch.bool) if mask is None else mask
+    return grown, torch.nn.functional.pad(known, pad, value=True)
+
+
+def fit_square(image: torch.Tensor, mask: torch.Tensor | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`image` (1, c, h, w) and its mask resized to size x size as CLIP does it (shorter side, centre crop)."""
+    from dalle2_core.clip import resize_center_crop
+
+    out = resize_center_crop(image, size).clamp(0, 1)
+    if mask is None:
+        return out, None
+    return out, resize_center_crop(mask[None].float(), size, mode="bilinear")[0] > 0.5
+
+
 def _join(values) -> str:
-    # A1111 readers split fields on commas, so per-unet values are joined with '/'
+    # per-stage values joined with '/', which A1111 readers keep inside one field
     return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def _a1111_value(value) -> str:
+    """A field value as A1111 writes it: JSON-quoted when it holds a comma, a colon or a line break."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
 def a1111_parameters(prompt: str, info: dict) -> str:
-    """The `parameters` text A1111-compatible readers parse: prompt line, then `Key: value, ...`."""
+    """The `parameters` chunk exactly as A1111 writes it: the prompt, a `Negative prompt:` line when there is
+    one, then `Key: value` pairs joined with ", " (values with `,` `:` or newlines JSON-quoted)."""
     steps, scales = info["steps"], info["cond_scale"]
     fields = {
         "Steps": steps[0],
@@ -86,8 +135,12 @@ def a1111_parameters(prompt: str, info: dict) -> str:
         "CFG scale": f"{scales[0]:g}",
         "Seed": info["seed"],
         "Size": f"{info['size'][0]}x{info['size'][1]}",
-        "Model": info["model"],
     }
+    if info.get("model_hash"):
+        fields["Model hash"] = info["model_hash"][:10]
+    fields["Model"] = info["model"]
+    if info.get("strength") is not None and info.get("init_image") and not info.get("mask") and not info.get("outpaint"):
+        fields["Denoising strength"] = f"{info['strength']:g}"
     if len(steps) > 1 or len(scales) > 1:
         fields["Decoder steps"] = _join(steps)
         fields["Decoder CFG scale"] = _join(scales)
@@ -95,9 +148,12 @@ def a1111_parameters(prompt: str, info: dict) -> str:
         fields["Prior steps"] = info["prior_steps"]
         fields["Prior CFG scale"] = f"{info['prior_cond_scale']:g}"
         fields["Prior samples"] = info["prior_samples"]
-    if info.get("model_revision"):
-        fields["Model hash"] = info["model_revision"][:10]
-    return prompt + "\n" + ", ".join(f"{k}: {v}" for k, v in fields.items())
+    fields["Version"] = f"dream {info['dalle2_core_version']}"
+    lines = [prompt]
+    if info.get("negative_prompt"):
+        lines.append(f"Negative prompt: {info['negative_prompt']}")
+    lines.append(", ".join(f"{k}: {_a1111_value(v)}" for k, v in fields.items()))
+    return "\n".join(lines)
 
 
 def _candidates(outdir: Path, stem: str):
@@ -131,13 +187,67 @@ def save_png(image: torch.Tensor, outdir: Path, stem: str, text: dict[str, str])
     raise AssertionError("unreachable")
 
 
+def weights_sha256(path: Path) -> str | None:
+    """The sha256 of a weights file (model sites match images to models by its first 10 hex digits), cached
+    per file size and modification time under the dream cache; None when there is no such file."""
+    import hashlib
+
+    from dalle2_core.hub import dream_cache_dir
+
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    cache_file = dream_cache_dir() / "weights-sha256.json"
+    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), dict) and cache[key].get("stamp") == stamp:
+        return cache[key]["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    try:  # a cache that cannot be written only costs the hash next time
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            tmp.write_text(json.dumps(cache))
+    except OSError:
+        pass
+    return cache[key]["sha256"]
+
+
+SETTINGS_CHUNK = "dream-dalle2"  # not "dream": scanners read a chunk of that name as old InvokeAI metadata
+LEGACY_SETTINGS_CHUNK = "dream"
+
+
 def png_text(prompt: str, info: dict) -> dict[str, str]:
-    """The two tEXt chunks: A1111 `parameters` and `dream` (JSON with everything to regenerate)."""
-    return {"parameters": a1111_parameters(prompt, info), "dream": json.dumps({"prompt": prompt, **info})}
+    """The two text chunks: A1111 `parameters` and ours (JSON with everything needed to regenerate)."""
+    return {"parameters": a1111_parameters(prompt, info), SETTINGS_CHUNK: json.dumps({"prompt": prompt, **info})}
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:
-    """The tEXt chunks of a PNG (for checking what `save_png` wrote)."""
+    """The text chunks of a PNG."""
     with Image.open(path) as img:
         img.load()
         return dict(img.text)
+
+
+def read_settings(path: Path, option: str = "IMAGE") -> dict:
+    """The settings dream stored in a PNG (ours, or the chunk older versions wrote)."""
+    try:
+        chunks = read_png_text(path)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint=option) from None
+    raw = chunks.get(SETTINGS_CHUNK, chunks.get(LEGACY_SETTINGS_CHUNK))
+    try:
+        settings = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise click.BadParameter(f"{str(path)!r} holds no dream settings (no {SETTINGS_CHUNK!r} text chunk)", param_hint=option)
+    return settings

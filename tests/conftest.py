@@ -16,3 +16,11 @@ os.environ.setdefault("MKL_NUM_THREADS", THREADS)
 import torch  # noqa: E402
 
 torch.set_num_threads(int(THREADS))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dream_cache(tmp_path_factory):
+    """Caches dream writes (converted models, weight hashes) go to a temporary folder, not the user's."""
+    os.environ["DREAM_CACHE"] = str(tmp_path_factory.mktemp("dream-cache"))

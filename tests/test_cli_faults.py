@@ -17,7 +17,7 @@ from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
 from dream_cli.main import cli
-from dream_cli.output import MAX_IMAGE_PIXELS, MAX_SIDE, load_image
+from dream_cli.output import MAX_IMAGE_PIXELS, MAX_SIDE, SETTINGS_CHUNK, load_image
 
 DREAM = [sys.executable, "-c", "from dream_cli import main; main()"]
 
@@ -160,8 +160,8 @@ def test_tilde_outdir_grid_of_one_and_debug_tracebacks(model_dir, tmp_path):
 def test_regenerate_command_takes_appended_options(model_dir, tmp_path):
     assert dream("--model", model_dir, "--seed", 2, "--outdir", tmp_path / "a", "-q", "a red cube").exit_code == 0
     with Image.open(tmp_path / "a" / "a-red-cube-2-0.png") as img:
-        command = json.loads(img.text["dream"])["command"]
+        command = json.loads(img.text[SETTINGS_CHUNK])["command"]
     assert command.endswith("'a red cube'")
     assert dream("--model", model_dir, "--seed", 2, "--outdir", tmp_path / "b", "-q", "--", "-dash prompt").exit_code == 0
     with Image.open(tmp_path / "b" / "dash-prompt-2-0.png") as img:
-        assert json.loads(img.text["dream"])["command"].endswith("-- '-dash prompt'")
+        assert json.loads(img.text[SETTINGS_CHUNK])["command"].endswith("-- '-dash prompt'")

@@ -1,6 +1,8 @@
 """`dream PROMPT` and `dream interpolate` on a tiny model folder: files, metadata, seeds, errors."""
 
+import hashlib
 import json
+import re
 import shlex
 import shutil
 
@@ -12,7 +14,7 @@ from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
 from dream_cli.main import cli
-from dream_cli.output import read_png_text
+from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +44,13 @@ def test_generate_writes_named_pngs_with_metadata(model_dir, tmp_path):
 
     text = read_png_text(tmp_path / "a-red-cube-5-1.png")
     # defaults from the model folder: steps (3, 2), guidance (2, 1), ddim, prior 3 steps
+    model_hash = hashlib.sha256((model_dir / "decoder" / "model.safetensors").read_bytes()).hexdigest()[:10]
     assert text["parameters"].splitlines() == [
         "a red cube",
-        "Steps: 3, Sampler: DDIM, CFG scale: 2, Seed: 6, Size: 32x32, Model: " + str(model_dir)
-        + ", Decoder steps: 3/2, Decoder CFG scale: 2/1, Prior steps: 3, Prior CFG scale: 1, Prior samples: 2",
+        f"Steps: 3, Sampler: DDIM, CFG scale: 2, Seed: 6, Size: 32x32, Model hash: {model_hash}, Model: " + str(model_dir)
+        + ", Decoder steps: 3/2, Decoder CFG scale: 2/1, Prior steps: 3, Prior CFG scale: 1, Prior samples: 2, Version: dream 0.1.0",
     ]
-    info = json.loads(text["dream"])
+    info = json.loads(text[SETTINGS_CHUNK])
     assert info["prompt"] == "a red cube" and info["seed"] == 6 and info["base_seed"] == 5 and info["index"] == 1
     assert info["steps"] == [3, 2] and info["cond_scale"] == [2.0, 1.0] and info["sampler"] == "ddim"
     assert info["prior_steps"] == 3 and info["prior_samples"] == 2 and info["size"] == [32, 32]
@@ -65,7 +68,7 @@ def test_same_seed_same_pixels_and_image_i_uses_seed_plus_i(model_dir, tmp_path)
     # image 1 of seed 11 (drawn in one batch with image 0) is image 0 of seed 12, drawn alone
     assert pixels(c / "a-blue-ball-12-0.png") == second
     # the regenerate command in the metadata reproduces the image
-    command = json.loads(read_png_text(a / "a-blue-ball-11-1.png")["dream"])["command"]
+    command = json.loads(read_png_text(a / "a-blue-ball-11-1.png")[SETTINGS_CHUNK])["command"]
     args = shlex.split(command)
     assert args[0] == "dream" and args[-1] == "a blue ball" and "--" not in args
     d = tmp_path / "d"
@@ -81,7 +84,7 @@ def test_guidance_and_steps_options_change_the_image(model_dir, tmp_path):
     assert dream(*base, "--outdir", tmp_path / "c", "--steps", 2, "--sampler", "dpmpp").exit_code == 0
     a, b, c = (pixels(tmp_path / d / "a-cube-3-0.png") for d in "abc")
     assert a != b and a != c
-    info = json.loads(read_png_text(tmp_path / "c" / "a-cube-3-0.png")["dream"])
+    info = json.loads(read_png_text(tmp_path / "c" / "a-cube-3-0.png")[SETTINGS_CHUNK])
     assert info["steps"] == [2, 2] and info["sampler"] == "dpmpp"
 
 
@@ -103,7 +106,7 @@ def test_batches_grid_quiet_and_random_seed(model_dir, tmp_path):
     assert names == [f"grid-me-{seed}-{i}.png" for i in range(3)] + [f"grid-me-{seed}-grid.png"]
     with Image.open(tmp_path / f"grid-me-{seed}-grid.png") as grid:
         assert grid.size == (64, 64)  # 3 images of 32 px on a 2 x 2 grid
-    info = json.loads(read_png_text(tmp_path / f"grid-me-{seed}-2.png")["dream"])
+    info = json.loads(read_png_text(tmp_path / f"grid-me-{seed}-2.png")[SETTINGS_CHUNK])
     assert info["batch_size"] == 2 and info["index"] == 2 and info["base_seed"] == seed
 
 
@@ -128,13 +131,13 @@ def test_image_variations_and_interpolation(model_dir, tmp_path):
     result = dream("--model", model_dir, "--image", source, "--seed", 4, "--outdir", out, "-q", "-n", 2)
     assert result.exit_code == 0, result.output
     assert pngs(out) == ["source-4-0.png", "source-4-1.png"]
-    assert json.loads(read_png_text(out / "source-4-0.png")["dream"])["image"] == str(source.resolve())
+    assert json.loads(read_png_text(out / "source-4-0.png")[SETTINGS_CHUNK])["image"] == str(source.resolve())
 
     frames = tmp_path / "frames"
     result = dream("interpolate", "a red cube", source, "--frames", 3, "--model", model_dir, "--seed", 2, "--outdir", frames, "-q")
     assert result.exit_code == 0, result.output
     assert pngs(frames) == [f"a-red-cube-to-source-2-{i}.png" for i in range(3)]
-    ts = [json.loads(read_png_text(frames / f"a-red-cube-to-source-2-{i}.png")["dream"])["t"] for i in range(3)]
+    ts = [json.loads(read_png_text(frames / f"a-red-cube-to-source-2-{i}.png")[SETTINGS_CHUNK])["t"] for i in range(3)]
     assert ts == [0.0, 0.5, 1.0]
     ends = [pixels(frames / f"a-red-cube-to-source-2-{i}.png") for i in (0, 2)]
     assert ends[0] != ends[1]
@@ -279,7 +282,7 @@ def test_hub_repo_from_the_local_cache_with_revision_pinning(model_dir, tmp_path
         out = tmp_path / spec.replace("/", "_").replace("@", "_")
         result = dream("--model", spec, "--seed", 9, "--outdir", out, "-q", "hub")
         assert result.exit_code == 0, result.output
-        info = json.loads(read_png_text(out / "hub-9-0.png")["dream"])
+        info = json.loads(read_png_text(out / "hub-9-0.png")[SETTINGS_CHUNK])
         runs[spec] = (info["model_revision"], pixels(out / "hub-9-0.png"))
         assert info["model"] == spec and info["model_source"] == "hub"
     assert runs["org/tiny"] == ("a" * 40, pixels(local / "hub-9-0.png"))  # main -> commit A = model_dir
@@ -304,7 +307,7 @@ def test_library_refusals_are_one_line(model_dir, tmp_path):
 def test_dream_model_env_is_the_default(model_dir, tmp_path):
     result = dream("--seed", 0, "--outdir", tmp_path, "-q", "env", env={"DREAM_MODEL": str(model_dir)})
     assert result.exit_code == 0, result.output
-    assert json.loads(read_png_text(tmp_path / "env-0-0.png")["dream"])["model"] == str(model_dir)
+    assert json.loads(read_png_text(tmp_path / "env-0-0.png")[SETTINGS_CHUNK])["model"] == str(model_dir)
 
 
 def test_the_text_tower_runs_once_per_batch(model_dir, tmp_path, monkeypatch):
@@ -342,3 +345,25 @@ def test_non_finite_output_is_refused_and_nothing_is_written(model_dir, tmp_path
     line = _error_line(result)
     assert "the unet 1 stage produced NaN or infinite values; guidance scale 1e+308 is the likely cause" in line
     assert pngs(tmp_path) == []
+
+
+# A1111's reader (modules/generation_parameters_copypaste.py): the last line holds the pairs
+A1111_PAIR = re.compile(r"""\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)""")
+
+
+def a1111_read(parameters: str) -> tuple[list[str], dict[str, str]]:
+    *head, last = parameters.strip().split("\n")
+    pairs = {k: json.loads(v) if v.startswith('"') else v for k, v in A1111_PAIR.findall(last)}
+    assert len(pairs) >= 3
+    return head, pairs
+
+
+def test_a1111_reader_parses_every_field_even_with_commas_and_colons_in_the_model_path(model_dir, tmp_path):
+    odd = copy_model(model_dir, tmp_path / "my, odd: model")
+    out = tmp_path / "out"
+    assert dream("--model", odd, "--seed", 4, "--outdir", out, "-q", "a cube, red: big").exit_code == 0
+    head, pairs = a1111_read(read_png_text(out / "a-cube-red-big-4-0.png")["parameters"])
+    assert head == ["a cube, red: big"]
+    assert pairs["Model"] == str(odd) and pairs["Seed"] == "4" and pairs["Size"] == "32x32" and pairs["Steps"] == "3"
+    assert pairs["Sampler"] == "DDIM" and pairs["Version"] == "dream 0.1.0" and len(pairs["Model hash"]) == 10
+    assert pairs["Decoder steps"] == "3/2" and pairs["Prior samples"] == "2"

@@ -13,6 +13,7 @@ from dalle2_core.checkpoint import load_model, save_model
 from dalle2_core.pipeline import UnclipPipeline
 from dalle2_core.shapes import ATTRIBUTES, eval_prompts, parse_caption, read_attributes, render
 from dream_cli.main import cli
+from dream_cli.output import SETTINGS_CHUNK
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_table_and_saved_images_match_the_read_back(model_dir, tmp_path, monkeyp
     assert len(saved) == 4 and saved[0].name.startswith("held-0002-") and saved[2].name.startswith("seen-0000-")
     for path in saved:
         with Image.open(path) as img:
-            info = json.loads(img.text["dream"])
+            info = json.loads(img.text[SETTINGS_CHUNK])
             assert read_attributes(img) == info["read"] == parse_caption(info["prompt"]).to_dict() and info["adheres"]
 
 

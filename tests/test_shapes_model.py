@@ -13,6 +13,7 @@ from dalle2_core.diffusion import SAMPLERS
 from dalle2_core.hub import bundled_path, resolve_model
 from dalle2_core.shapes import eval_prompts, score
 from dream_cli.main import cli
+from dream_cli.output import SETTINGS_CHUNK
 
 BUNDLE = bundled_path("shapes")
 
@@ -78,4 +79,4 @@ def test_dream_model_shapes_writes_a_64px_png(tmp_path):
     assert result.stdout.split() == [str(path)]
     with Image.open(path) as img:
         assert img.size == (64, 64)
-        assert json.loads(img.text["dream"])["model"] == "shapes"
+        assert json.loads(img.text[SETTINGS_CHUNK])["model"] == "shapes"

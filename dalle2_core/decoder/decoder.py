@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from dalle2_core.diffusion import (
     sample as diffusion_sample,
     static_clamp,
 )
-from dalle2_core.diffusion.repaint import repaint_sample
+from dalle2_core.diffusion.repaint import INPAINT_SAMPLERS, repaint_sample
 from dalle2_core.helpers import (
     cast_tuple,
     default,
@@ -379,6 +380,8 @@ class Decoder(nn.Module):
         start_at_unet_number: int = 1,
         stop_at_unet_number: int | None = None,
         start_image_or_video: torch.Tensor | None = None,
+        init_image: torch.Tensor | None = None,
+        strength: float = 1.0,
         inpaint_image: torch.Tensor | None = None,
         inpaint_mask: torch.Tensor | None = None,
         inpaint_resample_times: int = 5,
@@ -388,24 +391,21 @@ class Decoder(nn.Module):
         """Run the cascade from `start_at_unet_number` to `stop_at_unet_number`; images in [0, 1].
 
         `cond_scale`, `steps` (respaced sampling steps, default `sample_timesteps`) may be given
-        per unet. Inpainting (RePaint) keeps `inpaint_image` where `inpaint_mask` (b, h, w) is True.
-        `on_step(unet_number, i, total, x)` is called after every denoising step. `generator` may be a
-        list with one generator per image: each image's noise is then the same as when sampled alone.
+        per unet. Only the conditions the running stages use are needed (an upsampler alone needs
+        no image embedding). `init_image` with `strength` < 1 is SDEdit (Meng et al. 2022): every
+        stage starts from the image noised to the level at `strength` of its schedule instead of
+        from pure noise (0 returns the image itself). Inpainting (RePaint) keeps `inpaint_image`
+        where `inpaint_mask` (b, h, w) is True. `on_step(unet_number, i, total, x)` is called after
+        every denoising step. `generator` may be a list with one generator per image: each image's
+        noise is then the same as when sampled alone.
         """
-        n = self.num_unets
         start = self._unet_index(start_at_unet_number)
-        stop = self._unet_index(default(stop_at_unet_number, n))
+        stop = self._unet_index(default(stop_at_unet_number, self.num_unets))
         if stop < start:
             raise ValueError(f"stop_at_unet_number {stop + 1} is before start_at_unet_number {start + 1}")
-        if self.unconditional:
-            image_embed = text_encodings = text_mask = None
-        else:
-            image_embed, text_encodings, text_mask = self._embed(None, text, image_embed, text_encodings, text_mask)
-            batch_size = image_embed.shape[0]
-        if exists(inpaint_image) != exists(inpaint_mask):
-            raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
-        if exists(inpaint_mask) and (inpaint_mask.dtype != torch.bool or inpaint_mask.ndim != 3):
-            raise ValueError(f"inpaint_mask must be a bool tensor (b, h, w), got {inpaint_mask.dtype} {tuple(inpaint_mask.shape)}")
+        image_embed, text_encodings, text_mask, batch_size = self._sample_conditions(
+            range(start, stop + 1), image_embed, text, text_encodings, text_mask, batch_size)
+        edit = _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler)
 
         img = None
         if start > 0:
@@ -428,14 +428,32 @@ class Decoder(nn.Module):
                 img = self._sample_stage(
                     index, img, batch_size, image_embed, text_encodings, text_mask,
                     cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
-                    on_step=stage_on_step, inpaint=(inpaint_image, inpaint_mask, inpaint_resample_times),
+                    on_step=stage_on_step, edit=edit, inpaint_resample_times=inpaint_resample_times,
                 )
         finally:
             self.train(was_training)
         return img
 
+    def _sample_conditions(self, stages, image_embed, text, text_encodings, text_mask, batch_size):
+        """(image_embed, text_encodings, text_mask, batch) for the stages that will run; None where none uses it."""
+        if self.unconditional:
+            return None, None, None, batch_size
+        running = [self.unets[i] for i in stages]
+        if any(u.cond_on_image_embeds for u in running) or exists(image_embed):
+            image_embed, text_encodings, text_mask = self._embed(None, text, image_embed, text_encodings, text_mask)
+            return image_embed, text_encodings, text_mask, image_embed.shape[0]
+        if any(u.cond_on_text_encodings for u in running):
+            if exists(text) and not exists(text_encodings):
+                if not exists(self.clip):
+                    raise ValueError("raw text needs a clip on the decoder; pass text_encodings instead")
+                _, text_encodings, text_mask = self.clip.embed_text(text)
+            if not exists(text_encodings):
+                raise ValueError("these stages are conditioned on text: pass text or text_encodings")
+            batch_size = text_encodings.shape[0]
+        return None, text_encodings, text_mask, batch_size
+
     def _sample_stage(self, index, lowres_source, batch_size, image_embed, text_encodings, text_mask, *,
-                      cond_scale, sampler, steps, generator, on_step, inpaint) -> torch.Tensor:
+                      cond_scale, sampler, steps, generator, on_step, edit, inpaint_resample_times) -> torch.Tensor:
         """One unet of the cascade: [0, 1] images at `image_sizes[index]` from noise (and the previous stage)."""
         unet, vae, diffusion = self.unets[index], self.vaes[index], self.diffusions[index]
         param = next(unet.parameters())
@@ -460,15 +478,24 @@ class Decoder(nn.Module):
         if sampler == "ddim":
             opts["eta"] = self.config.diffusion.ddim_sampling_eta
 
-        inpaint_image, inpaint_mask, resample_times = inpaint
-        if not exists(inpaint_image):
-            return unnormalize_zero_to_one(vae.decode(diffusion_sample(model, diffusion, noise, **opts))).clamp(0.0, 1.0)
-        known_px = resize_image_to(inpaint_image, size)
-        mask_px = resize_image_to(inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
-        mask = resize_image_to(mask_px.float(), latent_size) > 0.5
-        x = repaint_sample(model, diffusion, noise, self._encode(index, known_px), mask, resample_times=resample_times, **opts)
-        img = unnormalize_zero_to_one(vae.decode(x)).clamp(0.0, 1.0)
-        return torch.where(mask_px, known_px, img)  # the known pixels exactly, latent stages included
+        if exists(edit.inpaint_image):
+            known_px = resize_image_to(edit.inpaint_image, size)
+            mask_px = resize_image_to(edit.inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
+            mask = resize_image_to(mask_px.float(), latent_size) > 0.5
+            x = repaint_sample(model, diffusion, noise, self._encode(index, known_px), mask,
+                               resample_times=inpaint_resample_times, **opts)
+            img = unnormalize_zero_to_one(vae.decode(x)).clamp(0.0, 1.0)
+            return torch.where(mask_px, known_px, img)  # the known pixels exactly, latent stages included
+        if exists(edit.init_image):
+            init = resize_image_to(edit.init_image, size).to(param.dtype)
+            truncated = sdedit_diffusion(diffusion.respace(steps) if exists(steps) else diffusion, edit.strength)
+            if truncated is None:
+                return init  # strength 0: nothing is re-drawn
+            start = torch.full((batch_size,), truncated.num_timesteps - 1, device=param.device, dtype=torch.long)
+            noise = truncated.q_sample(self._encode(index, init), start, noise=noise)
+            opts["steps"] = None
+            diffusion = truncated
+        return unnormalize_zero_to_one(vae.decode(diffusion_sample(model, diffusion, noise, **opts))).clamp(0.0, 1.0)
 
     def _per_unet_arg(self, value, name: str) -> tuple:
         values = cast_tuple(value)
@@ -477,6 +504,38 @@ class Decoder(nn.Module):
         if len(values) != self.num_unets:
             raise ValueError(f"{name} needs one value or one per unet ({self.num_unets}), got {value!r}")
         return values
+
+
+class _Edit(NamedTuple):
+    init_image: torch.Tensor | None
+    strength: float
+    inpaint_image: torch.Tensor | None
+    inpaint_mask: torch.Tensor | None
+
+
+def _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler) -> _Edit:
+    if exists(inpaint_image) != exists(inpaint_mask):
+        raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
+    if exists(inpaint_mask) and (inpaint_mask.dtype != torch.bool or inpaint_mask.ndim != 3):
+        raise ValueError(f"inpaint_mask must be a bool tensor (b, h, w), got {inpaint_mask.dtype} {tuple(inpaint_mask.shape)}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1] (the fraction of the schedule re-drawn), got {strength!r}")
+    if exists(inpaint_image) and exists(init_image):
+        raise ValueError("give init_image (SDEdit) or inpaint_image (RePaint), not both")
+    if exists(inpaint_image) and sampler not in INPAINT_SAMPLERS:
+        raise ValueError(f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
+    # strength 1 starts from pure noise: plain sampling, the image plays no part
+    return _Edit(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask)
+
+
+def sdedit_diffusion(diffusion: GaussianDiffusion, strength: float) -> GaussianDiffusion | None:
+    """The first round(strength * T) steps of `diffusion` (SDEdit, Meng et al. 2022): sampling from its last
+    index re-draws that fraction of the schedule. None for 0 steps. Same tables, so every sampler runs on it."""
+    keep = round(strength * diffusion.num_timesteps)
+    if keep == 0:
+        return None
+    return GaussianDiffusion(alphas_cumprod=diffusion.alphas_cumprod[:keep], objective=diffusion.objective,
+                             learned_variance=diffusion.learned_variance, timestep_map=diffusion.timestep_map[:keep])
 
 
 def _resolve_aliases(kwargs: dict) -> dict:

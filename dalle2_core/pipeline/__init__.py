@@ -2,6 +2,7 @@
 
 from dalle2_core.pipeline.base import (
     PRIOR_STAGE,
+    ImageEdit,
     NonFiniteOutputError,
     Pipeline,
     SettingError,
@@ -14,6 +15,7 @@ from dalle2_core.pipeline.unclip import UnclipPipeline
 __all__ = [
     "PIPELINES",
     "PRIOR_STAGE",
+    "ImageEdit",
     "NonFiniteOutputError",
     "Pipeline",
     "SettingError",

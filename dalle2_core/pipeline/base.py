@@ -67,6 +67,15 @@ class NonFiniteOutputError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ImageEdit:
+    """Start from a picture instead of noise: SDEdit (`strength` < 1) or RePaint inpainting (`mask`)."""
+
+    image: torch.Tensor  # (1 | b, c, h, w) in [0, 1]
+    strength: float = 1.0  # the fraction of every stage's schedule that is re-drawn; 0 keeps the image, 1 ignores it
+    mask: torch.Tensor | None = None  # (1 | b, h, w) bool, True = regenerate; the rest is kept pixel for pixel
+
+
+@dataclass(frozen=True)
 class StageDefaults:
     """For the prior (None when the model has none) and each decoder stage: (default steps, training steps)."""
 
@@ -98,6 +107,11 @@ class Pipeline(nn.Module, abc.ABC):
     def has_prior(self) -> bool: ...
 
     @property
+    @abc.abstractmethod
+    def image_size(self) -> int:
+        """Height and width of the images the last stage makes."""
+
+    @property
     def unconditional(self) -> bool:
         """True when nothing conditions the images (no text, no image embedding)."""
         return False
@@ -117,8 +131,14 @@ class Pipeline(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
-               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
+               edit: ImageEdit | None = None) -> torch.Tensor:
         """Images (b, c, H, W) in [0, 1]; `text=None` on a text-conditioned decoder means its null text."""
+
+    def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
+                generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        """Only the super-resolution stages, on given [0, 1] images (b, c, h, w)."""
+        raise ValueError(f"the {self.family} family has no separate super-resolution stages to run")
 
     # ---- settings ---------------------------------------------------------------------------------
 
@@ -168,17 +188,41 @@ class Pipeline(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str] | torch.Tensor, settings: SamplingSettings | None = None, *,
-                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
-        """Images (b, c, H, W) in [0, 1] for prompts (or token ids): text encoded once, prior, then the decoder."""
+                 generator: Generator = None, on_step: OnStep | None = None, edit: ImageEdit | None = None) -> torch.Tensor:
+        """Images (b, c, H, W) in [0, 1] for prompts (or token ids): text encoded once, prior, then the decoder.
+
+        `edit` starts the decoder from a picture (img2img or inpainting) with the prompts' embeddings.
+        """
         s = self.resolve(settings)
         text = [prompts] if isinstance(prompts, str) else prompts
         if self.unconditional:
-            return self.decode(None, None, s, batch_size=len(text), generator=generator, on_step=on_step)
+            return self.decode(None, None, s, batch_size=len(text), generator=generator, on_step=on_step, edit=edit)
         if not self.has_prior:
             raise ValueError("this model has no prior, so it cannot generate from text; give images to vary instead")
         cond = self.encode_text(text)
         image_embed = self.sample_prior(cond, s, generator=generator, on_step=on_step)
-        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step)
+        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, edit=edit)
+
+    @torch.no_grad()
+    def mix(self, items: Sequence[tuple[str | torch.Tensor, float]], settings: SamplingSettings | None = None, *,
+            num_images: int = 1, seed: int = 0, generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        """Images of a weighted mix of prompts and pictures (Kandinsky's interpolate; unCLIP Sec. 3).
+
+        Each item is a prompt or a (1, c, h, w) image with a weight > 0; their embeddings (prompts through the
+        prior, with generators seeded `seed`) are combined by `mix_embeddings`. The heaviest prompt conditions
+        a text-conditioned decoder (only pictures: its null text).
+        """
+        from dalle2_core.dalle2 import mix_embeddings
+
+        if not items:
+            raise ValueError("mix needs at least one prompt or image with a weight")
+        s = self.resolve(settings)
+        embeds, conds = self._embed_ends([item for item, _ in items], s, seed, on_step)
+        weights = [w for _, w in items]
+        mixed = mix_embeddings(torch.cat(embeds), weights).expand(num_images, -1)  # (n, d)
+        heaviest = max((i for i, c in enumerate(conds) if c is not None), key=lambda i: weights[i], default=None)
+        cond = None if heaviest is None else _stack_conditions([conds[heaviest]] * num_images, self._null_text)
+        return self.decode(mixed, cond, s, generator=generator, on_step=on_step)
 
     @torch.no_grad()
     def variations(self, images: torch.Tensor, settings: SamplingSettings | None = None, *, num_variations: int = 1,
@@ -229,7 +273,7 @@ class Pipeline(nn.Module, abc.ABC):
         return torch.cat(frames)
 
     def _embed_ends(self, ends, s: SamplingSettings, seed: int, on_step):
-        """Image embeddings (1, d) and text conditions (or None) of the interpolation's two ends."""
+        """Image embeddings (1, d) and text conditions (or None) of prompts and pictures (interpolate, mix)."""
         prompts = [e for e in ends if isinstance(e, str)]
         if prompts and not self.has_prior:
             raise ValueError(f"this model has no prior, so {prompts[0]!r} cannot be embedded; give images")
@@ -287,6 +331,7 @@ def _stack_conditions(rows: list[TextCondition | None], null: Callable[[TextCond
 
 __all__ = [
     "PRIOR_STAGE",
+    "ImageEdit",
     "NonFiniteOutputError",
     "OnStep",
     "Pipeline",

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 import torch
 
 from dalle2_core.checkpoint import SamplingSettings
-from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter
+from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter, resize_center_crop
 from dalle2_core.decoder.decoder import Decoder
 from dalle2_core.helpers import default, exists
 from dalle2_core.pipeline.base import (
     PRIOR_STAGE,
     Generator,
+    ImageEdit,
     OnStep,
     Pipeline,
     StageDefaults,
@@ -70,6 +71,10 @@ class UnclipPipeline(Pipeline):
         return exists(self.prior)
 
     @property
+    def image_size(self) -> int:
+        return self.decoder.image_size
+
+    @property
     def unconditional(self) -> bool:
         return self.decoder.unconditional
 
@@ -119,24 +124,45 @@ class UnclipPipeline(Pipeline):
         return clip.embed_image(images.to(device=clip.device, dtype=next(clip.parameters()).dtype)).image_embed
 
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
-               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
-        decoder, names = self.decoder, self.stage_names
-        scales = settings.cond_scale
-
-        def step(unet_number: int, i: int, total: int, x: torch.Tensor) -> None:
-            if i == total - 1:  # x is the stage's x_0: catch NaN / inf before it is decoded and clamped
-                check_finite(x, names[unet_number - 1], scales[unet_number - 1])
-            if exists(on_step):
-                on_step(names[unet_number - 1], i, total, x)
-
+               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
+               edit: ImageEdit | None = None) -> torch.Tensor:
+        decoder = self.decoder
         cond = {}
         if not decoder.unconditional:
             cond["image_embed"] = image_embed
             if decoder.condition_on_text_encodings:
                 cond.update(self._decoder_text(text, image_embed.shape[0]))
         b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
-        return decoder.sample(**cond, batch_size=b, cond_scale=scales, sampler=settings.sampler, steps=settings.steps,
-                              generator=generator, on_step=step)
+        return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
+                              steps=settings.steps, generator=generator, on_step=self._stage_hook(settings, on_step),
+                              **_edit_options(edit, b))
+
+    def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
+                generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        """The stages after the base unet on [0, 1] images, resized (antialiased, centre crop) to their input size."""
+        decoder = self.decoder
+        if decoder.num_unets < 2:
+            raise ValueError("this model has one decoder stage and no super-resolution stage to run")
+        low = resize_center_crop(images, decoder.image_sizes[0], "bicubic").clamp(0.0, 1.0)
+        cond = {}
+        if any(u.cond_on_text_encodings for u in decoder.unets[1:]):
+            text = self.encode_text(prompts) if exists(prompts) else None
+            cond = self._decoder_text(text, low.shape[0])
+        return decoder.sample(**cond, batch_size=low.shape[0], cond_scale=settings.cond_scale, sampler=settings.sampler,
+                              steps=settings.steps, start_at_unet_number=2, start_image_or_video=low, generator=generator,
+                              on_step=self._stage_hook(settings, on_step))
+
+    def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
+        """The decoder's on_step: names the stage, and refuses a stage whose x_0 is NaN or infinite."""
+        names, scales = self.stage_names, settings.cond_scale
+
+        def step(unet_number: int, i: int, total: int, x: torch.Tensor) -> None:
+            if i == total - 1:  # x is the stage's x_0: caught before it is decoded and clamped
+                check_finite(x, names[unet_number - 1], scales[unet_number - 1])
+            if exists(on_step):
+                on_step(names[unet_number - 1], i, total, x)
+
+        return step
 
     def _decoder_text(self, text: TextCondition | None, batch: int) -> dict:
         """Text encodings for the decoder: the shared encoding, its own CLIP's, or its learned null text."""
@@ -163,6 +189,19 @@ class UnclipPipeline(Pipeline):
         encodings = zeros(like.text_encodings)
         mask = torch.zeros(1, n, dtype=torch.bool, device=like.text_embed.device) if exists(like.text_mask) else None
         return TextCondition(zeros(like.text_embed), encodings, mask, [""])
+
+
+def _edit_options(edit: ImageEdit | None, batch: int) -> dict:
+    """`Decoder.sample` keywords for img2img (SDEdit) or inpainting (RePaint keeps where the mask is False)."""
+    if edit is None:
+        return {}
+    image = edit.image.expand(batch, -1, -1, -1) if edit.image.shape[0] == 1 else edit.image
+    if edit.mask is None:
+        return dict(init_image=image, strength=edit.strength)
+    if edit.strength != 1.0:
+        raise ValueError("inpainting re-draws the masked region fully; strength applies to img2img without a mask")
+    mask = edit.mask.expand(batch, -1, -1) if edit.mask.shape[0] == 1 else edit.mask
+    return dict(inpaint_image=image, inpaint_mask=~mask)
 
 
 __all__ = ["UnclipPipeline"]
