@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import NamedTuple
 
 import click
 import torch
+from click.core import ParameterSource
 
 from dream_cli.errors import DreamError
+from dream_cli.jobs import Job, rank_share, read_prompts, stored_run
 from dream_cli.output import (
     fit_square,
     load_image,
@@ -85,10 +88,15 @@ def _info_line(quiet: bool, seed: int, resolved, device, precision: str) -> None
 
 @click.command("generate", hidden=True)
 @click.argument("prompt", nargs=-1)
-@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="Number of images.")
+@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="Number of images (per prompt).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per forward pass; every image keeps its own seed, so it is reproducible alone.")
-@click.option("--grid/--no-grid", default=False, show_default=True, help="Also write all images as one grid.")
+@click.option("--grid/--no-grid", default=False, show_default=True, help="Also write all images (of each prompt) as one grid.")
+@click.option("--negative-prompt", default=None, help="What the images should not show: guidance pushes away from it.")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Prompts from a file: one a line, or JSON lines with per-prompt options (seed, num, steps, ...).")
+@click.option("--from", "from_image", type=click.Path(path_type=Path, dir_okay=False),
+              help="Regenerate an image dream wrote, from the settings stored in it; other options override them.")
 @click.option("--image", type=click.Path(path_type=Path), help="Variations of this image: its CLIP embedding replaces the prior.")
 @click.option("--init-image", type=click.Path(path_type=Path),
               help="Start from this image: img2img with --strength, inpainting with --mask, outpainting with --outpaint.")
@@ -98,58 +106,119 @@ def _info_line(quiet: bool, seed: int, resolved, device, precision: str) -> None
 @click.option("--outpaint", metavar="SIDE:PX[,...]", help="Grow --init-image (e.g. left:32,top:16) and fill the new area.")
 @click.option("--outdir", type=click.Path(path_type=Path), default=Path("."), show_default=True, help="Where images are written.")
 @sampling_options()
-def generate(prompt: tuple[str, ...], num: int, batch_size: int, grid: bool, image: Path | None, init_image: Path | None,
-             strength: float | None, mask: Path | None, outpaint: str | None, outdir: Path, **opts) -> None:
+def generate(prompt: tuple[str, ...], prompts_file: Path | None, from_image: Path | None, outdir: Path, **opts) -> None:
     """Generate images from PROMPT (text to image with DALL-E 2)."""
-    text = " ".join(prompt)
-    if not text.strip() and image is None:
-        raise click.BadParameter(f"{text!r} is empty; give a non-blank prompt (or --image for variations)", param_hint="PROMPT")
-    edit_source = _read_edit(init_image, strength, mask, outpaint, image)
+    jobs = _jobs(" ".join(prompt), prompts_file, from_image, opts)
+    edit_source = _read_edit(opts["init_image"], opts["strength"], opts["mask"], opts["outpaint"], opts["image"])
     device = pick_device(opts["device"])
     dtype = pick_dtype(opts["precision"], device)
-    picture = load_image(image) if image is not None else None
+    picture = load_image(opts["image"]) if opts["image"] is not None else None
     outdir = check_outdir(outdir)
-    seed = first_seed(opts["seed"], num)
-    quiet = opts["quiet"]
+    seeds = _job_seeds(jobs, opts)
+    mine, rank, world = rank_share(jobs)
+    quiet = opts["quiet"] or rank > 0
 
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
-        s = resolve_settings(pipeline, opts)
+        pipeline, resolved = load(opts["model_spec"], _rank_device(device, world), dtype, quiet)
         if pipeline.unconditional:
             picture = None  # nothing conditions the images: no prior, no image embedding
         elif picture is None and not pipeline.has_prior:
             raise DreamError(f"model {resolved.spec!r} has no prior, so it cannot generate from text; use --image")
-        _info_line(quiet, seed, resolved, device, opts["precision"])
-        edit = _edit_for(pipeline, edit_source, device)
-        base = {**run_metadata(s, resolved, opts["precision"], device), "base_seed": seed, "num": num,
-                "batch_size": batch_size, "image": str(image.resolve()) if image is not None else None,
-                **(edit_source.metadata if edit_source else {})}
-        extra = (["--image", str(image.resolve())] if image is not None else []) + (edit_source.args if edit_source else [])
-        slug = slugify(text if text.strip() else image.stem)
-        batches = -(-num // batch_size)
-        runs = {name: batches for name, _ in pipeline.stages(s)}
-        if picture is not None:
+        edit = _edit_for(pipeline, edit_source, pipeline.device)
+        for index, job in mine:
+            run = Run(pipeline, resolved, job, seeds[index], {**opts, **job.options}, picture, edit_source, edit, outdir, quiet)
+            run.write()
+
+
+def _jobs(text: str, prompts_file: Path | None, from_image: Path | None, opts: dict) -> list[Job]:
+    """The prompts of this run; `--from` fills every option left at its default from the image's settings."""
+    if prompts_file is not None and (text.strip() or from_image is not None):
+        raise click.UsageError("--prompts takes the prompts from its file: give no PROMPT and no --from with it")
+    if prompts_file is not None:
+        return read_prompts(prompts_file)
+    if from_image is not None:
+        job, stored = stored_run(from_image)
+        ctx = click.get_current_context()
+        for name, value in stored.items():
+            if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+                opts[name] = value
+        text = text if text.strip() else job.prompt
+    if not text.strip() and opts["image"] is None:
+        raise click.BadParameter(f"{text!r} is empty; give a non-blank prompt (or --image for variations)", param_hint="PROMPT")
+    return [Job(text)]
+
+
+def _job_seeds(jobs: list[Job], opts: dict) -> list[int]:
+    """Each job's first seed: its own, else the run's seed plus the images before it (the same in every process)."""
+    if opts["seed"] is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.UsageError("under torchrun give --seed, so that every process numbers the images as one process would")
+    total = sum(job.options.get("num", opts["num"]) for job in jobs)
+    base, seeds = first_seed(opts["seed"], total), []
+    for job in jobs:
+        seeds.append(first_seed(job.options["seed"], job.options.get("num", opts["num"])) if "seed" in job.options else base)
+        base += job.options.get("num", opts["num"])
+    return seeds
+
+
+def _rank_device(device, world: int):
+    """Under torchrun, process LOCAL_RANK samples on accelerator LOCAL_RANK."""
+    if world > 1 and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return device
+
+
+class Run:
+    """The images of one prompt: batches through the pipeline, each image written as soon as it exists."""
+
+    def __init__(self, pipeline, resolved, job: Job, seed: int, opts: dict, picture, edit_source, edit, outdir: Path, quiet: bool):
+        self.pipeline, self.resolved, self.text, self.seed, self.opts = pipeline, resolved, job.prompt, seed, opts
+        self.picture, self.edit, self.outdir, self.quiet = picture, edit, outdir, quiet
+        self.num, self.batch_size = opts["num"], opts["batch_size"]
+        self.s = resolve_settings(pipeline, opts)
+        image = opts["image"]
+        self.base = {**run_metadata(self.s, resolved, opts["precision"], pipeline.device), "base_seed": seed, "num": self.num,
+                     "batch_size": self.batch_size, "negative_prompt": opts.get("negative_prompt"),
+                     "image": str(image.resolve()) if image is not None else None, **(edit_source.metadata if edit_source else {})}
+        self.extra = (["--image", str(image.resolve())] if image is not None else []) + (edit_source.args if edit_source else [])
+        if opts.get("negative_prompt"):
+            self.extra += ["--negative-prompt", opts["negative_prompt"]]
+        self.slug = slugify(self.text if self.text.strip() else image.stem)
+
+    def write(self) -> None:
+        _info_line(self.quiet, self.seed, self.resolved, self.pipeline.device, self.opts["precision"])
+        stages = self.pipeline.stages(self.s)
+        runs = {name: -(-self.num // self.batch_size) for name, _ in stages}
+        if self.picture is not None:
             runs.pop("prior", None)
         saved = []
-        with Progress(quiet, pipeline.stages(s), runs) as progress, sampling_errors():
-            for start in range(0, num, batch_size):
-                b = min(batch_size, num - start)
-                generator = per_image_generators(seed + start, b, device)  # image i: seed + i, whatever the batching
-                if picture is None:
-                    images = pipeline.generate([text] * b, s, generator=generator, on_step=progress, edit=edit)
-                else:
-                    images = pipeline.variations(picture, s, num_variations=b, prompts=text if text.strip() else None,
-                                                 generator=generator, on_step=progress)
-                images = images.float().cpu()
-                for j, img in enumerate(images):
-                    i = start + j
-                    info = {**base, "seed": seed + i, "index": i, "size": [img.shape[-1], img.shape[-2]],
-                            "command": _command_line(text, resolved, s, seed + i, extra)}
-                    path = save_png(img, outdir, f"{slug}-{seed}-{i}", png_text(text, info))
-                    click.echo(str(path))
-                    saved.append((path, img))
-    if grid:
-        _write_grid(saved, outdir, f"{slug}-{seed}-grid", text, {**base, "seed": seed, "grid": True}, quiet)
+        with Progress(self.quiet, stages, runs) as progress, sampling_errors():
+            for start in range(0, self.num, self.batch_size):
+                b = min(self.batch_size, self.num - start)
+                for j, img in enumerate(self._batch(start, b, progress)):
+                    saved.append(self._save(start + j, img))
+        if self.opts["grid"]:
+            info = {**self.base, "seed": self.seed, "grid": True}
+            _write_grid(saved, self.outdir, f"{self.slug}-{self.seed}-grid", self.text, info, self.quiet)
+
+    def _batch(self, start: int, b: int, progress):
+        generator = per_image_generators(self.seed + start, b, self.pipeline.device)  # image i: seed + i, whatever the batching
+        negative = self.opts.get("negative_prompt")
+        negatives = [negative] * b if negative else None
+        if self.picture is None:
+            images = self.pipeline.generate([self.text] * b, self.s, generator=generator, on_step=progress, edit=self.edit,
+                                            negative_prompts=negatives)
+        else:
+            images = self.pipeline.variations(self.picture.to(self.pipeline.device), self.s, num_variations=b,
+                                              prompts=self.text if self.text.strip() else None, generator=generator,
+                                              on_step=progress, negative_prompts=negatives)
+        return images.float().cpu()
+
+    def _save(self, i: int, img):
+        info = {**self.base, "seed": self.seed + i, "index": i, "size": [img.shape[-1], img.shape[-2]],
+                "command": _command_line(self.text, self.resolved, self.s, self.seed + i, self.extra)}
+        path = save_png(img, self.outdir, f"{self.slug}-{self.seed}-{i}", png_text(self.text, info))
+        click.echo(str(path))
+        return path, img
 
 
 class EditSource(NamedTuple):

@@ -9,6 +9,7 @@ from dream_cli.data import data
 from dream_cli.errors import run
 from dream_cli.eval import eval_group
 from dream_cli.generate import generate, interpolate, mix, upscale
+from dream_cli.info import info
 from dream_cli.train import train
 
 DEFAULT_COMMAND = "generate"
@@ -66,6 +67,7 @@ def cli() -> None:
     dream interpolate "a red cube" "a blue ball"    render a slerp between two prompts or images
     dream mix "a red cube:0.7" photo.png:0.3        a weighted mix of prompts and images
     dream upscale small.png                         only the super-resolution stages
+    dream info image.png                            the settings an image was made with (--from regenerates it)
     dream -- train                                  a prompt that equals a command name
     """
 
@@ -74,6 +76,7 @@ cli.add_command(generate)
 cli.add_command(interpolate)
 cli.add_command(mix)
 cli.add_command(upscale)
+cli.add_command(info)
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(convert)

@@ -387,6 +387,7 @@ class Decoder(nn.Module):
         inpaint_resample_times: int = 5,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         on_step=None,
+        uncond: dict | None = None,
     ) -> torch.Tensor:
         """Run the cascade from `start_at_unet_number` to `stop_at_unet_number`; images in [0, 1].
 
@@ -397,7 +398,9 @@ class Decoder(nn.Module):
         from pure noise (0 returns the image itself). Inpainting (RePaint) keeps `inpaint_image`
         where `inpaint_mask` (b, h, w) is True. `on_step(unet_number, i, total, x)` is called after
         every denoising step. `generator` may be a list with one generator per image: each image's
-        noise is then the same as when sampled alone.
+        noise is then the same as when sampled alone. `uncond` (keys image_embed, text_encodings,
+        text_mask: a negative prompt's, Kandinsky-style) replaces the learned null conditions in the
+        unconditional branch of guidance.
         """
         start = self._unet_index(start_at_unet_number)
         stop = self._unet_index(default(stop_at_unet_number, self.num_unets))
@@ -428,7 +431,7 @@ class Decoder(nn.Module):
                 img = self._sample_stage(
                     index, img, batch_size, image_embed, text_encodings, text_mask,
                     cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
-                    on_step=stage_on_step, edit=edit, inpaint_resample_times=inpaint_resample_times,
+                    on_step=stage_on_step, edit=edit, inpaint_resample_times=inpaint_resample_times, uncond=uncond,
                 )
         finally:
             self.train(was_training)
@@ -453,7 +456,7 @@ class Decoder(nn.Module):
         return None, text_encodings, text_mask, batch_size
 
     def _sample_stage(self, index, lowres_source, batch_size, image_embed, text_encodings, text_mask, *,
-                      cond_scale, sampler, steps, generator, on_step, edit, inpaint_resample_times) -> torch.Tensor:
+                      cond_scale, sampler, steps, generator, on_step, edit, inpaint_resample_times, uncond=None) -> torch.Tensor:
         """One unet of the cascade: [0, 1] images at `image_sizes[index]` from noise (and the previous stage)."""
         unet, vae, diffusion = self.unets[index], self.vaes[index], self.diffusions[index]
         param = next(unet.parameters())
@@ -466,7 +469,12 @@ class Decoder(nn.Module):
         # a stage without image/text condition has nothing to guide; guiding every output channel,
         # the variance fraction included, is what the trained (LAION) checkpoints expect
         conditioned = unet.cond_on_image_embeds or unet.cond_on_text_encodings
-        model = classifier_free_guidance(self._network(index), cond_scale if conditioned else 1.0, guide_variance=True, **cond)
+        negative = None
+        if exists(uncond) and conditioned:
+            negative = self._unet_cond(index, uncond.get("image_embed"), uncond.get("text_encodings"), uncond.get("text_mask"),
+                                       lowres_x, lowres_level)
+        model = classifier_free_guidance(self._network(index), cond_scale if conditioned else 1.0, guide_variance=True,
+                                         uncond=negative, **cond)
 
         c = self.config.conditioning
         denoise_fn = None

@@ -124,7 +124,8 @@ class Pipeline(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
-                     on_step: OnStep | None = None) -> torch.Tensor: ...
+                     on_step: OnStep | None = None, negative: TextCondition | None = None) -> torch.Tensor:
+        """Image embeddings (b, d); `negative` (a negative prompt's text) is guidance's unconditional branch."""
 
     @abc.abstractmethod
     def embed_images(self, images: torch.Tensor) -> torch.Tensor: ...
@@ -132,8 +133,11 @@ class Pipeline(nn.Module, abc.ABC):
     @abc.abstractmethod
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
-               edit: ImageEdit | None = None) -> torch.Tensor:
-        """Images (b, c, H, W) in [0, 1]; `text=None` on a text-conditioned decoder means its null text."""
+               edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
+        """Images (b, c, H, W) in [0, 1]; `text=None` on a text-conditioned decoder means its null text.
+
+        `negative` = (the negative prompt's image embedding, its text) conditions guidance's unconditional branch.
+        """
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
@@ -188,20 +192,35 @@ class Pipeline(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str] | torch.Tensor, settings: SamplingSettings | None = None, *,
-                 generator: Generator = None, on_step: OnStep | None = None, edit: ImageEdit | None = None) -> torch.Tensor:
+                 generator: Generator = None, on_step: OnStep | None = None, edit: ImageEdit | None = None,
+                 negative_prompts: Sequence[str] | None = None) -> torch.Tensor:
         """Images (b, c, H, W) in [0, 1] for prompts (or token ids): text encoded once, prior, then the decoder.
 
         `edit` starts the decoder from a picture (img2img or inpainting) with the prompts' embeddings.
+        `negative_prompts` (one per prompt) are guidance's unconditional branch instead of the learned nulls:
+        the prior is guided away from their text, the decoder from their prior embedding and text.
         """
         s = self.resolve(settings)
         text = [prompts] if isinstance(prompts, str) else prompts
         if self.unconditional:
+            if negative_prompts:
+                raise ValueError("this model is unconditional: a negative prompt has nothing to steer")
             return self.decode(None, None, s, batch_size=len(text), generator=generator, on_step=on_step, edit=edit)
         if not self.has_prior:
             raise ValueError("this model has no prior, so it cannot generate from text; give images to vary instead")
-        cond = self.encode_text(text)
-        image_embed = self.sample_prior(cond, s, generator=generator, on_step=on_step)
-        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, edit=edit)
+        cond, neg = self._encode_with_negatives(text, negative_prompts)
+        image_embed = self.sample_prior(cond, s, generator=generator, on_step=on_step, negative=neg)
+        negative = None if neg is None else (self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
+        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, edit=edit, negative=negative)
+
+    def _encode_with_negatives(self, text, negative_prompts):
+        """The prompts' and the negative prompts' text conditions from one forward of the text tower."""
+        if not negative_prompts:
+            return self.encode_text(text), None
+        if isinstance(text, torch.Tensor) or len(negative_prompts) != len(text):
+            raise ValueError(f"negative prompts need one string per prompt ({len(text)}), got {len(negative_prompts)}")
+        both = self.encode_text([*text, *negative_prompts])
+        return _rows(both, 0, len(text)), _rows(both, len(text), 2 * len(text))
 
     @torch.no_grad()
     def mix(self, items: Sequence[tuple[str | torch.Tensor, float]], settings: SamplingSettings | None = None, *,
@@ -227,22 +246,28 @@ class Pipeline(nn.Module, abc.ABC):
     @torch.no_grad()
     def variations(self, images: torch.Tensor, settings: SamplingSettings | None = None, *, num_variations: int = 1,
                    prompts: str | Sequence[str] | None = None, generator: Generator = None,
-                   on_step: OnStep | None = None) -> torch.Tensor:
+                   on_step: OnStep | None = None, negative_prompts: Sequence[str] | None = None) -> torch.Tensor:
         """unCLIP Sec. 3.1: decode each image's own embedding again; (b * num_variations, c, H, W) in [0, 1].
 
         The variations of image i are rows i * num_variations ... (i + 1) * num_variations - 1. Without
         prompts a text-conditioned decoder sees its learned null text; prompts (one, or one per row)
-        steer the variations.
+        steer the variations; negative prompts (one per row, through the prior) steer them away.
         """
         if num_variations < 1:
             raise ValueError(f"num_variations must be >= 1, got {num_variations}")
         s = self.resolve(settings)
         image_embed = self.embed_images(images).repeat_interleave(num_variations, dim=0)  # (b * n, d)
-        cond = None
+        rows = image_embed.shape[0]
+        cond = negative = None
         if exists(prompts):
-            prompts = [prompts] * image_embed.shape[0] if isinstance(prompts, str) else list(prompts)
+            prompts = [prompts] * rows if isinstance(prompts, str) else list(prompts)
             cond = self.encode_text(prompts)
-        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step)
+        if negative_prompts:
+            if not self.has_prior:
+                raise ValueError("a negative prompt is embedded by the prior, and this model has none")
+            neg = self.encode_text(list(negative_prompts))
+            negative = (self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
+        return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, negative=negative)
 
     @torch.no_grad()
     def interpolate(self, ends: Sequence[str | torch.Tensor], num_frames: int, settings: SamplingSettings | None = None, *,
@@ -314,10 +339,13 @@ def _field_named(err: Exception) -> str:
     return next((f for f in SamplingSettings.__dataclass_fields__ if text.startswith(f)), "settings")
 
 
+def _rows(cond: TextCondition, start: int, stop: int) -> TextCondition:
+    pick = lambda t: t[start:stop] if isinstance(t, torch.Tensor) else None  # noqa: E731
+    return TextCondition(cond.text_embed[start:stop], pick(cond.text_encodings), pick(cond.text_mask), cond.text[start:stop])
+
+
 def _row(cond: TextCondition, i: int) -> TextCondition:
-    pick = lambda t: t[i : i + 1] if isinstance(t, torch.Tensor) else None  # noqa: E731
-    text = cond.text[i : i + 1] if isinstance(cond.text, (list, torch.Tensor)) else cond.text
-    return TextCondition(cond.text_embed[i : i + 1], pick(cond.text_encodings), pick(cond.text_mask), text)
+    return _rows(cond, i, i + 1)
 
 
 def _stack_conditions(rows: list[TextCondition | None], null: Callable[[TextCondition], TextCondition]) -> TextCondition:

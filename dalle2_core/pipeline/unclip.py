@@ -103,7 +103,7 @@ class UnclipPipeline(Pipeline):
         return TextCondition(embed, encodings, mask, text)
 
     def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
-                     on_step: OnStep | None = None) -> torch.Tensor:
+                     on_step: OnStep | None = None, negative: TextCondition | None = None) -> torch.Tensor:
         """Prior candidates per prompt; the one closest to the text embedding is kept (DALL-E 2 Sec. 2.2)."""
         prior = self.prior
         if not exists(prior):
@@ -112,9 +112,12 @@ class UnclipPipeline(Pipeline):
         if prior.config.condition_on_text_encodings:
             cond.update(text_encodings=text.text_encodings, text_mask=text.text_mask)
         step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
+        uncond = None
+        if exists(negative):
+            uncond = dict(text_embed=negative.text_embed, text_encodings=negative.text_encodings, text_mask=negative.text_mask)
         candidates = prior.sample_embeds(
             **cond, num_samples_per_batch=settings.prior_samples, cond_scale=settings.prior_cond_scale,
-            steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step,
+            steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step, uncond=uncond,
         )
         check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
         return rerank_by_similarity(candidates, text.text_embed)
@@ -125,17 +128,23 @@ class UnclipPipeline(Pipeline):
 
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
-               edit: ImageEdit | None = None) -> torch.Tensor:
+               edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
         decoder = self.decoder
-        cond = {}
+        cond = uncond = {}
         if not decoder.unconditional:
-            cond["image_embed"] = image_embed
-            if decoder.condition_on_text_encodings:
-                cond.update(self._decoder_text(text, image_embed.shape[0]))
+            cond = self._decoder_cond(image_embed, text)
+            if exists(negative):
+                uncond = self._decoder_cond(*negative)
         b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
         return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
                               steps=settings.steps, generator=generator, on_step=self._stage_hook(settings, on_step),
-                              **_edit_options(edit, b))
+                              uncond=uncond or None, **_edit_options(edit, b))
+
+    def _decoder_cond(self, image_embed: torch.Tensor, text: TextCondition | None) -> dict:
+        cond = dict(image_embed=image_embed)
+        if self.decoder.condition_on_text_encodings:
+            cond.update(self._decoder_text(text, image_embed.shape[0]))
+        return cond
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:

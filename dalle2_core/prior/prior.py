@@ -229,19 +229,24 @@ class DiffusionPrior(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         on_step=None,
+        uncond: dict | None = None,
     ) -> torch.Tensor:
         """Denoise `noise` (b, d) into image embeddings in the *scaled* diffusion space (b, d), with any sampler.
 
-        `on_step(i, total, x)` runs after every step (see `dalle2_core.diffusion.sample`).
+        `on_step(i, total, x)` runs after every step (see `dalle2_core.diffusion.sample`). `uncond` (keys
+        text_embed, text_encodings, text_mask: a negative prompt's rows) takes the place of the learned
+        null condition in guidance's unconditional branch.
         """
-        if cond_scale != 1 and self.text_cond_drop_prob == 0:
+        if cond_scale != 1 and self.text_cond_drop_prob == 0 and uncond is None:
             raise ValueError(
                 f"cond_scale={cond_scale} needs a prior trained with conditional dropout; this one has "
                 "cond_drop_prob=0, so its null condition is untrained (use cond_scale=1)"
             )
-        cond = dict(text_embed=text_embed)
-        if self.config.condition_on_text_encodings:
-            cond.update(text_encodings=text_encodings, text_mask=text_mask)
+        cond, negative = self._guidance_cond(text_embed, text_encodings, text_mask), None
+        if uncond is not None:
+            negative = self._guidance_cond(**uncond)
+            keep = torch.zeros(text_embed.shape[0], dtype=torch.bool, device=text_embed.device)  # no learned nulls
+            cond["cond_drop_mask"] = negative["cond_drop_mask"] = keep
         scale = self.image_embed_scale
         denoise_fn = (lambda x0: l2norm(x0) * scale) if self.config.sampling_clamp_l2norm else None
         was_training = self.net.training
@@ -249,7 +254,7 @@ class DiffusionPrior(nn.Module):
         try:
             # the text leads the causal sequence: its keys/values are encoded once, not at every step
             encode = lambda **c: dict(text_prefix=self.net.encode_text(**c))  # noqa: E731
-            model = classifier_free_guidance(self.net, cond_scale, encode=encode, **cond)
+            model = classifier_free_guidance(self.net, cond_scale, encode=encode, uncond=negative, **cond)
             steps = default(steps, self.config.sample_timesteps)
             x = sample(model, self.diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn,
                        generator=generator, on_step=on_step)
@@ -258,6 +263,12 @@ class DiffusionPrior(nn.Module):
         if self.config.sampling_final_clamp_l2norm:
             x = l2norm(x) * scale
         return x
+
+    def _guidance_cond(self, text_embed, text_encodings=None, text_mask=None) -> dict:
+        cond = dict(text_embed=text_embed)
+        if self.config.condition_on_text_encodings:
+            cond.update(text_encodings=text_encodings, text_mask=text_mask)
+        return cond
 
     @torch.no_grad()
     def sample_embeds(
@@ -268,9 +279,12 @@ class DiffusionPrior(nn.Module):
         *,
         num_samples_per_batch: int = 2,
         generator: torch.Generator | None = None,
+        uncond: dict | None = None,
         **sample_opts,
     ) -> torch.Tensor:
-        """All candidates (b, num_samples_per_batch, d), unscaled, for precomputed text conditioning."""
+        """All candidates (b, num_samples_per_batch, d), unscaled, for precomputed text conditioning.
+
+        `uncond`: a negative prompt's text conditioning (b rows) for guidance (see `denoise`)."""
         if num_samples_per_batch < 1:
             raise ValueError(f"num_samples_per_batch must be >= 1, got {num_samples_per_batch}")
         r = num_samples_per_batch
@@ -283,6 +297,7 @@ class DiffusionPrior(nn.Module):
             text_encodings=repeat(text_encodings),
             text_mask=repeat(text_mask),
             generator=generator,
+            uncond={k: repeat(v) for k, v in uncond.items()} if exists(uncond) else None,
             **sample_opts,
         )
         return rearrange(x / self.image_embed_scale, "(b r) d -> b r d", r=r)
