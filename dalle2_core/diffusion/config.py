@@ -45,7 +45,7 @@ class DiffusionConfig(Config):
         if exists(self.sample_steps) and not 1 <= self.sample_steps <= self.timesteps:
             raise ValueError(f"sample_steps must be None or in 1 .. timesteps={self.timesteps}, got {self.sample_steps!r}")
 
-    def build(self) -> GaussianDiffusion:
+    def to_diffusion(self) -> GaussianDiffusion:
         return GaussianDiffusion.from_schedule(
             self.beta_schedule,
             self.timesteps,

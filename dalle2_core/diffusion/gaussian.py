@@ -73,13 +73,13 @@ class GaussianDiffusion:
         if not exists(betas) and not exists(alphas_cumprod):
             raise ValueError("give betas, alphas_cumprod, or both")
         if exists(betas) and float32_schedule and not exists(alphas_cumprod):
-            betas32 = torch.as_tensor(betas).detach().cpu().to(torch.float32)
+            betas32 = torch.as_tensor(betas, device="cpu").detach().to(torch.float32)
             betas, alphas_cumprod = betas32, torch.cumprod(1.0 - betas32, dim=0)
         if exists(alphas_cumprod):
-            alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu()
+            alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu").detach()
         if not exists(betas):
             betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu").detach()
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas <= 1)).all()):
@@ -92,7 +92,9 @@ class GaussianDiffusion:
         self.posterior_log_variance = posterior_log_variance
         self.num_timesteps = T = betas.numel()
 
-        timestep_map = torch.arange(T) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.long)
+        if timestep_map is None:
+            timestep_map = torch.arange(T, device="cpu")
+        timestep_map = torch.as_tensor(timestep_map, dtype=torch.long, device="cpu")
         timestep_map = timestep_map.cpu()
         if timestep_map.shape != (T,):
             raise ValueError(f"timestep_map needs {T} entries (one per step), got shape {tuple(timestep_map.shape)}")
@@ -149,7 +151,7 @@ class GaussianDiffusion:
 
     @property
     def is_identity_map(self) -> bool:
-        return torch.equal(self.timestep_map, torch.arange(self.num_timesteps))
+        return torch.equal(self.timestep_map, torch.arange(self.num_timesteps, device="cpu"))
 
     def respace(self, steps: int | str) -> GaussianDiffusion:
         """A diffusion over a subset of these timesteps (see `respace.space_timesteps`)."""

@@ -82,8 +82,8 @@ def respaced_diffusion(diffusion: GaussianDiffusion, spacing: int | str) -> Gaus
         return GaussianDiffusion(alphas_cumprod=diffusion.alphas_cumprod[kept], **options)
     alphas_cumprod = diffusion.alphas_cumprod[kept].to(torch.float32)  # exact: the values are float32 already
     betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    previous = torch.tensor([-1] + kept[:-1])
-    adjacent = torch.tensor(kept) - 1 == previous  # (steps,)
+    previous = torch.tensor([-1] + kept[:-1], device="cpu")
+    adjacent = torch.tensor(kept, device="cpu") - 1 == previous  # (steps,)
     betas = torch.where(adjacent, diffusion.betas[kept].to(torch.float32), betas)
     return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, float32_schedule=True, **options)
 
