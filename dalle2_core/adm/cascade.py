@@ -197,15 +197,17 @@ class KarloCascade(nn.Module):
         if not exists(text_mask):
             text_mask = torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=text_encodings.device)
         cond = dict(image_embed=image_embed, text_embed=text_embed, text_encodings=text_encodings, text_mask=text_mask)
-        guidance = {}
-        if float(cond_scale) != 1.0:
+        if float(cond_scale) == 1.0:
+            encoded = self.text_proj(**cond)
+            model = lambda x, t: self.decoder(x, t, **encoded)  # noqa: E731
+        else:
             if not exists(uncond):
                 raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's (text_embed, text_encodings, text_mask)")
             empty = expand_rows(text_conditioning(uncond, "uncond"), b, "uncond")
             empty["text_mask"] = default(empty["text_mask"], lambda: torch.ones_like(text_mask))
-            guidance["uncond"] = dict(image_embed=self.text_proj.null_image_embeds(b).to(image_embed.dtype), **empty)
-        # the context and added time embedding depend on neither x_t nor t: projected once per run
-        model = classifier_free_guidance(self.decoder, cond_scale, encode=lambda **kw: self.text_proj(**kw), **guidance, **cond)
+            null = dict(image_embed=self.text_proj.null_image_embeds(b).to(image_embed.dtype), **empty)
+            # the context and added time embedding depend on neither x_t nor t: projected once per run
+            model = classifier_free_guidance(self.decoder, cond_scale, encode=lambda **kw: self.text_proj(**kw), uncond=null, **cond)
         c = self.config
         param = next(self.decoder.parameters())
         size = c.decoder.sample_size

@@ -146,7 +146,7 @@ def _unet_config(o: dict, *, levels: tuple[bool, ...], middle: bool, context_dim
         conditioning=AdmConditioningConfig(time_embed_dim=o["time_embedding_dim"], added_time_embed=added, context_dim=context_dim),
         attention=AdmAttentionConfig(
             levels=levels if any(levels) else (), middle=middle, head_dim=_uniform(o["attention_head_dim"], "attention_head_dim", what)
-        ),
+        ) if any(levels) or middle else AdmAttentionConfig(),  # without attention, the head width means nothing
         blocks=AdmBlocksConfig(
             scale_shift=o["resnet_time_scale_shift"] == "scale_shift", norm_groups=o["norm_num_groups"], norm_eps=float(o["norm_eps"]),
             dropout=float(o["dropout"]),

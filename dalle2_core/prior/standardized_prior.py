@@ -94,14 +94,14 @@ class StandardizedPrior(nn.Module):
         cond = {k: repeat(v) for k, v in zip(TEXT_KEYS, (text_embed, text_encodings, text_mask))}
         if not exists(text_mask):
             cond["text_mask"] = torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=text_encodings.device).repeat_interleave(r, 0)
-        guidance = {}
-        if float(cond_scale) != 1.0:
+        if float(cond_scale) == 1.0:
+            model = lambda x, t: self.net(x, t, **cond)  # noqa: E731
+        else:
             if not exists(uncond):
                 raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's (text_embed, text_encodings, text_mask)")
-            guidance["uncond"] = expand_rows(text_conditioning(uncond, "uncond"), b * r, "uncond")
-            if not exists(guidance["uncond"]["text_mask"]):
-                guidance["uncond"]["text_mask"] = torch.ones_like(cond["text_mask"])
-        model = classifier_free_guidance(self.net, cond_scale, **guidance, **cond)
+            empty = {k: repeat(v) for k, v in expand_rows(text_conditioning(uncond, "uncond"), b, "uncond").items()}
+            empty["text_mask"] = default(empty["text_mask"], lambda: torch.ones_like(cond["text_mask"]))
+            model = classifier_free_guidance(self.net, cond_scale, uncond=empty, **cond)
         noise = randn((b * r, self.config.net.embed_dim), generator=generator, device=text_embed.device, dtype=text_embed.dtype)
         was_training = self.net.training
         self.net.eval()
