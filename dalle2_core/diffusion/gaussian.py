@@ -95,7 +95,6 @@ class GaussianDiffusion:
         if timestep_map is None:
             timestep_map = torch.arange(T, device="cpu")
         timestep_map = torch.as_tensor(timestep_map, dtype=torch.long, device="cpu")
-        timestep_map = timestep_map.cpu()
         if timestep_map.shape != (T,):
             raise ValueError(f"timestep_map needs {T} entries (one per step), got shape {tuple(timestep_map.shape)}")
         self.timestep_map = timestep_map
