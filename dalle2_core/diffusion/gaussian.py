@@ -207,7 +207,7 @@ class GaussianDiffusion:
         return self.lookup("sqrt_alphas", t, x_prev) * x_prev + self.lookup("sqrt_betas", t, x_prev) * noise
 
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-        """Ho et al. eq. 6-7: mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
+        """Ho et al. eq. 6-7: mean, variance and log variance (see `posterior_log_variance`) of q(x_{t-1} | x_t, x_0)."""
         mean = self.lookup("posterior_mean_coef1", t, x_t) * x_start + self.lookup("posterior_mean_coef2", t, x_t) * x_t
         variance = self.lookup("posterior_variance", t, x_t)
         log_variance = self.lookup("posterior_log_variance", t, x_t)
