@@ -55,6 +55,11 @@ _CLASSES = {
     "Unet": ("dalle2_core.decoder",),
     "Decoder": ("dalle2_core.decoder", "dalle2_core.decoder.decoder"),
     "VQGanVAE": ("dalle2_core.vqgan",),
+    "PriorTransformer": ("dalle2_core.prior",),
+    "StandardizedPrior": ("dalle2_core.prior",),
+    "AdmUnet": ("dalle2_core.adm",),
+    "TextProj": ("dalle2_core.adm",),
+    "KarloCascade": ("dalle2_core.adm",),
 }
 # pretrained CLIPs whose weights come from open_clip's own cache: the config names them, no weights
 _EXTERNAL_WEIGHTS = frozenset({"OpenClipAdapter", "OpenAIClipAdapter"})

@@ -26,13 +26,24 @@ def cast_tuple(val, length: int | None = None) -> tuple:
 
 def randn(shape, *, generator=None, device=None, dtype=None) -> torch.Tensor:
     """`torch.randn`, where `generator` may also be one generator per sample: each then draws its own
-    equal share of the rows, so a sample's noise is the same whether it is drawn alone or in a batch."""
-    if not isinstance(generator, (list, tuple)):
+    equal share of the rows, so a sample's noise is the same whether it is drawn alone or in a batch.
+
+    A generator may also be any object with a `randn(shape, device, dtype)` method (a noise source,
+    e.g. `diffusion.RecordedNoise` replaying another implementation's draws).
+    """
+    if isinstance(generator, (list, tuple)):
+        rows, n = shape[0], len(generator)
+        if n == 0 or rows % n:
+            raise ValueError(f"{n} generators cannot split {rows} rows evenly; pass one generator or one per sample")
+        return torch.cat([randn((rows // n, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    rows, n = shape[0], len(generator)
-    if n == 0 or rows % n:
-        raise ValueError(f"{n} generators cannot split {rows} rows evenly; pass one generator or one per sample")
-    return torch.cat([torch.randn((rows // n, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    if not callable(getattr(generator, "randn", None)):
+        raise TypeError(
+            f"generator must be a torch.Generator, a list of them, or an object with a randn(shape, device, dtype) method; "
+            f"got {type(generator).__name__}"
+        )
+    return generator.randn(tuple(shape), device=device, dtype=dtype)
 
 
 def l2norm(t: torch.Tensor, dim: int = -1) -> torch.Tensor:

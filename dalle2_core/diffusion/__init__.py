@@ -1,8 +1,10 @@
 """Parameter-free diffusion math: schedules, the Gaussian diffusion, respacing, guidance, samplers."""
 
-from .gaussian import OBJECTIVES, GaussianDiffusion, ModelPrediction, PMeanVariance
-from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp
+from .config import DiffusionConfig
+from .gaussian import OBJECTIVES, POSTERIOR_LOG_VARIANCES, GaussianDiffusion, ModelPrediction, PMeanVariance
+from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp, static_clamping
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .noise import RecordedNoise
 from .repaint import INPAINT_SAMPLERS, repaint_sample
 from .respace import respaced_diffusion, space_timesteps
 from .samplers import (
@@ -19,12 +21,15 @@ from .schedules import BETA_SCHEDULES, beta_schedule
 
 __all__ = [
     "BETA_SCHEDULES",
+    "DiffusionConfig",
     "OBJECTIVES",
+    "POSTERIOR_LOG_VARIANCES",
     "SAMPLERS",
     "INPAINT_SAMPLERS",
     "GaussianDiffusion",
     "ModelPrediction",
     "PMeanVariance",
+    "RecordedNoise",
     "beta_schedule",
     "classifier_free_guidance",
     "ddim_step",
@@ -43,4 +48,5 @@ __all__ = [
     "sample_dpmpp_2m_sde",
     "space_timesteps",
     "static_clamp",
+    "static_clamping",
 ]

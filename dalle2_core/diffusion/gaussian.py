@@ -18,6 +18,7 @@ from .losses import SIMPLE_LOSSES, discretized_gaussian_log_likelihood, mean_fla
 from .schedules import beta_schedule
 
 OBJECTIVES = ("eps", "x0", "v")
+POSTERIOR_LOG_VARIANCES = ("clipped", "unclipped")
 
 ModelFn = Callable[..., torch.Tensor]
 DenoiseFn = Callable[[torch.Tensor], torch.Tensor]
@@ -48,26 +49,52 @@ class GaussianDiffusion:
         timestep_map: torch.Tensor | list[int] | None = None,
         *,
         alphas_cumprod: torch.Tensor | None = None,
+        float32_schedule: bool = False,
+        posterior_log_variance: str = "clipped",
     ):
-        """From `betas`, or from `alphas_cumprod` (kept bit-exact; respacing uses this)."""
+        """From `betas`, from `alphas_cumprod`, or from both (each kept bit-exact; respacing uses these).
+
+        `float32_schedule`: the betas are rounded to float32 and alpha_bar is a float32 `cumprod`, as
+        diffusers' schedulers compute them (UnCLIPScheduler: Karlo); the float64 tables then hold those
+        values. Off, every table is float64 from the start.
+
+        `posterior_log_variance` is the log of the fixed variance and the lower end of a learned
+        range (Improved DDPM eq. 15): "clipped" replaces the zero posterior variance at t = 0 by the
+        t = 1 value (Improved DDPM); "unclipped" is log(max(beta~_t, 1e-20)), UnCLIPScheduler's
+        `fixed_small_log` and its `learned_range` minimum. The two differ only at t = 0, where no
+        sampler adds noise, and in the t = 0 term of the variational bound.
+        """
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; accepted: {', '.join(OBJECTIVES)}")
-        if exists(betas) == exists(alphas_cumprod):
-            raise ValueError("give exactly one of betas and alphas_cumprod")
+        if posterior_log_variance not in POSTERIOR_LOG_VARIANCES:
+            raise ValueError(
+                f"unknown posterior_log_variance {posterior_log_variance!r}; accepted: {', '.join(POSTERIOR_LOG_VARIANCES)}"
+            )
+        if not exists(betas) and not exists(alphas_cumprod):
+            raise ValueError("give betas, alphas_cumprod, or both")
+        if exists(betas) and float32_schedule and not exists(alphas_cumprod):
+            betas32 = torch.as_tensor(betas, device="cpu").detach().to(torch.float32)
+            betas, alphas_cumprod = betas32, torch.cumprod(1.0 - betas32, dim=0)
         if exists(alphas_cumprod):
-            alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu()
+            alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu").detach()
+        if not exists(betas):
             betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu").detach()
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError(f"betas must lie in (0, 1], got min {betas.min().item()} max {betas.max().item()}")
+        if exists(alphas_cumprod) and alphas_cumprod.shape != betas.shape:
+            raise ValueError(f"alphas_cumprod has shape {tuple(alphas_cumprod.shape)}, betas {tuple(betas.shape)}")
         self.objective = objective
         self.learned_variance = bool(learned_variance)
+        self.float32_schedule = bool(float32_schedule)
+        self.posterior_log_variance = posterior_log_variance
         self.num_timesteps = T = betas.numel()
 
-        timestep_map = torch.arange(T) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.long)
-        timestep_map = timestep_map.cpu()
+        if timestep_map is None:
+            timestep_map = torch.arange(T, device="cpu")
+        timestep_map = torch.as_tensor(timestep_map, dtype=torch.long, device="cpu")
         if timestep_map.shape != (T,):
             raise ValueError(f"timestep_map needs {T} entries (one per step), got shape {tuple(timestep_map.shape)}")
         self.timestep_map = timestep_map
@@ -77,11 +104,13 @@ class GaussianDiffusion:
             alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)  # Ho et al. eq. 7
-        # the posterior variance is 0 at t = 0; Improved DDPM substitutes the t = 1 value so the log stays finite
-        if T > 1:
-            posterior_log_variance_clipped = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+        if posterior_log_variance == "unclipped":
+            posterior_log_variance_table = torch.log(posterior_variance.clamp(min=1e-20))
+        elif T > 1:
+            # the posterior variance is 0 at t = 0; Improved DDPM substitutes the t = 1 value so the log stays finite
+            posterior_log_variance_table = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
         else:
-            posterior_log_variance_clipped = torch.log(posterior_variance.clamp(min=1e-20))
+            posterior_log_variance_table = torch.log(posterior_variance.clamp(min=1e-20))
 
         # float64 master tables; `lookup` casts them to the input's device and dtype
         self.betas = betas
@@ -101,7 +130,7 @@ class GaussianDiffusion:
             "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / alphas_cumprod - 1.0),
             "snr": alphas_cumprod / (1.0 - alphas_cumprod),
             "posterior_variance": posterior_variance,
-            "posterior_log_variance_clipped": posterior_log_variance_clipped,
+            "posterior_log_variance": posterior_log_variance_table,
             # Ho et al. eq. 7: mu~ = coef1 * x_0 + coef2 * x_t
             "posterior_mean_coef1": betas * torch.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * torch.sqrt(alphas) / (1.0 - alphas_cumprod),
@@ -121,7 +150,7 @@ class GaussianDiffusion:
 
     @property
     def is_identity_map(self) -> bool:
-        return torch.equal(self.timestep_map, torch.arange(self.num_timesteps))
+        return torch.equal(self.timestep_map, torch.arange(self.num_timesteps, device="cpu"))
 
     def respace(self, steps: int | str) -> GaussianDiffusion:
         """A diffusion over a subset of these timesteps (see `respace.space_timesteps`)."""
@@ -130,10 +159,6 @@ class GaussianDiffusion:
         return respaced_diffusion(self, steps)
 
     # ---- table lookup ------------------------------------------------------------------------
-
-    @property
-    def table_names(self) -> tuple[str, ...]:
-        return tuple(self._tables)
 
     def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         if name not in self._tables:
@@ -144,7 +169,7 @@ class GaussianDiffusion:
         return self._cast[key]
 
     def lookup(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Table `name` (one of `table_names`) at timesteps `t` (b,), shaped (b, 1, ..., 1) like `like`."""
+        """Table `name` at timesteps `t` (b,), shaped (b, 1, ..., 1) like `like`."""
         values = self._table(name, like.device, like.dtype)[t]
         return values.reshape(t.shape[0], *((1,) * (like.ndim - 1)))  # (b, 1, ..., 1)
 
@@ -168,10 +193,6 @@ class GaussianDiffusion:
             self._cast[key] = self.timestep_map.to(device)
         return self._cast[key]
 
-    def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at `t`, shaped to broadcast against `like`."""
-        return self.lookup("snr", t, like)
-
     # ---- forward process -------------------------------------------------------------------
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,10 +207,10 @@ class GaussianDiffusion:
         return self.lookup("sqrt_alphas", t, x_prev) * x_prev + self.lookup("sqrt_betas", t, x_prev) * noise
 
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-        """Ho et al. eq. 6-7: mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
+        """Ho et al. eq. 6-7: mean, variance and log variance (see `posterior_log_variance`) of q(x_{t-1} | x_t, x_0)."""
         mean = self.lookup("posterior_mean_coef1", t, x_t) * x_start + self.lookup("posterior_mean_coef2", t, x_t) * x_t
         variance = self.lookup("posterior_variance", t, x_t)
-        log_variance = self.lookup("posterior_log_variance_clipped", t, x_t)
+        log_variance = self.lookup("posterior_log_variance", t, x_t)
         return mean, variance.expand_as(x_t), log_variance.expand_as(x_t)
 
     # ---- parameterisations (eps, x0, v; Salimans & Ho 2022 for v) --------------------------
@@ -252,7 +273,7 @@ class GaussianDiffusion:
         """Improved DDPM eq. 15: log Sigma = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2."""
         frac = (var_values + 1) / 2
         max_log = self.lookup("log_betas", t, x_t)
-        min_log = self.lookup("posterior_log_variance_clipped", t, x_t)
+        min_log = self.lookup("posterior_log_variance", t, x_t)
         return frac * max_log + (1 - frac) * min_log
 
     def interpret_output(
@@ -358,4 +379,4 @@ class GaussianDiffusion:
         return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
 
 
-__all__ = ["OBJECTIVES", "GaussianDiffusion", "ModelPrediction", "PMeanVariance"]
+__all__ = ["OBJECTIVES", "POSTERIOR_LOG_VARIANCES", "GaussianDiffusion", "ModelPrediction", "PMeanVariance"]

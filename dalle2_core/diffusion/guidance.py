@@ -16,19 +16,32 @@ def classifier_free_guidance(
     guide_variance: bool = False,
     *,
     encode: Callable[..., dict] | None = None,
+    uncond: dict | None = None,
     **cond,
 ):
     """A model function (x, t) -> uncond + (cond - uncond) · cond_scale, both branches in one forward.
 
-    `net(x, t, cond_drop_mask=..., **cond)` takes a boolean mask (b,), True = the learned null
-    condition. With learned variance (output has twice x's channels) only the prediction half is
-    guided and the variance comes from the conditional branch, as in GLIDE; `guide_variance=True`
-    mixes every channel (what the DALLE2-pytorch 1.1.0 LAION decoder did).
+    The unconditional branch is either the network's learned null condition or conditions given
+    explicitly:
+      - `uncond=None`: `net(x, t, cond_drop_mask=..., **cond)` takes a boolean mask (b,), True = the
+        learned null condition; the batched forward is net(cat[x, x], cat[t, t], cond_drop_mask=
+        [False]*b + [True]*b, **{k: cat[cond[k], cond[k]]}).
+      - `uncond={...}`: the unconditional half's own keywords, with the same keys and shapes as `cond`
+        (an empty prompt's text encoding, a negative prompt, a learned null embedding the caller
+        looked up); the batched forward is net(cat[x, x], cat[t, t], **{k: cat[cond[k], uncond[k]]}).
+        No `cond_drop_mask` is added (a mask in both dicts is concatenated like any other tensor);
+        non-tensor values must be equal in both.
+    The conditional half comes first. `cond_scale == 1` runs only the conditional branch, `net(x, t,
+    **cond)` (plus an all-False `cond_drop_mask` when `uncond` is None).
 
-    `encode(cond_drop_mask=..., **cond) -> dict` (optional) turns the conditions into the keywords
-    `net` is called with, once on the first call rather than at every step, so conditioning that
-    depends on neither x_t nor t (text tokens, say) is computed once per sampling run; the model
-    function is then tied to the batch size of its first call.
+    With learned variance (output has twice x's channels) only the prediction half is guided and
+    the variance comes from the conditional branch, as in GLIDE; `guide_variance=True` mixes every
+    channel (what the DALLE2-pytorch 1.1.0 LAION decoder did).
+
+    `encode(**kwargs) -> dict` (optional) turns the batched conditions (the keywords above, mask
+    included) into the keywords `net` is called with, once on the first call rather than at every
+    step, so conditioning that depends on neither x_t nor t (text tokens, say) is computed once per
+    sampling run; the model function is then tied to the batch size of its first call.
     """
     try:
         scale = float(cond_scale)
@@ -37,20 +50,29 @@ def classifier_free_guidance(
     if not math.isfinite(scale):
         raise ValueError(f"cond_scale must be a finite number, got {cond_scale!r}")
 
+    if uncond is None and "cond_drop_mask" in cond:
+        raise ValueError("cond_drop_mask is set by classifier_free_guidance itself; pass uncond= to give both halves explicitly")
     guided_batch = 1 if scale == 1.0 else 2
-    branch_cond = cond if scale == 1.0 else {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    if scale == 1.0:
+        branch_cond = cond
+    elif uncond is None:
+        branch_cond = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    else:
+        branch_cond = _paired(cond, uncond)
     encoded: dict = {}
 
     def net_kwargs(b: int, device: torch.device) -> dict:
-        """Conditions for the (guided_batch · b) forward: conditional half first, then the null half."""
+        """Conditions for the (guided_batch · b) forward: conditional half first, then the unconditional half."""
         if encoded and encoded["batch"] != b:
             raise ValueError(f"this model function encoded its conditions for batch {encoded['batch']}, got batch {b}")
         if encoded:
             return encoded["kwargs"]
-        drop = torch.arange(guided_batch * b, device=device) >= b  # (guided_batch · b,)
+        kwargs = dict(branch_cond)
+        if uncond is None:
+            kwargs["cond_drop_mask"] = torch.arange(guided_batch * b, device=device) >= b  # (guided_batch · b,)
         if encode is None:
-            return dict(cond_drop_mask=drop, **branch_cond)
-        encoded.update(batch=b, kwargs=encode(cond_drop_mask=drop, **branch_cond))
+            return kwargs
+        encoded.update(batch=b, kwargs=encode(**kwargs))
         return encoded["kwargs"]
 
     if scale == 1.0:
@@ -72,6 +94,40 @@ def classifier_free_guidance(
         return torch.cat([mixed[:, :c], cond_out[:, c:]], dim=1)
 
     return guided
+
+
+def _paired(cond: dict, uncond: dict) -> dict:
+    """{k: cat[cond[k], uncond[k]]}, after checking that both halves carry the same keys and shapes."""
+    if set(cond) != set(uncond):
+        raise ValueError(
+            f"uncond must carry the same conditions as cond; cond has {sorted(cond)}, uncond has {sorted(uncond)}"
+        )
+    paired = {}
+    for key, value in cond.items():
+        other = uncond[key]
+        if isinstance(value, torch.Tensor) != isinstance(other, torch.Tensor):
+            raise ValueError(f"uncond[{key!r}] must be a tensor exactly when cond[{key!r}] is one")
+        if not isinstance(value, torch.Tensor):
+            if other != value:
+                raise ValueError(f"uncond[{key!r}]={other!r} differs from cond[{key!r}]={value!r}; non-tensor conditions must be equal")
+            paired[key] = value
+            continue
+        if other.shape != value.shape:
+            raise ValueError(f"uncond[{key!r}] has shape {tuple(other.shape)}; cond[{key!r}] has {tuple(value.shape)}")
+        paired[key] = torch.cat([value, other])
+    return paired
+
+
+def static_clamping(limit: float) -> DenoiseFn:
+    """A `denoise_fn` clamping predicted x_0 to [-limit, limit] (Ho et al. 2020 sampling; Karlo clamps its
+    prior's standardised embeddings to ±5 in diffusers, ±10 in the original code)."""
+    try:
+        limit = float(limit)
+    except (TypeError, ValueError):
+        raise ValueError(f"clamp limit must be a positive number, got {limit!r}") from None
+    if not (math.isfinite(limit) and limit > 0):
+        raise ValueError(f"clamp limit must be a positive finite number, got {limit!r}")
+    return lambda x_start: x_start.clamp(-limit, limit)
 
 
 def static_clamp(x_start: torch.Tensor) -> torch.Tensor:
@@ -97,4 +153,4 @@ def dynamic_thresholding(percentile: float = 0.95) -> DenoiseFn:
     return lambda x_start: dynamic_threshold(x_start, percentile)
 
 
-__all__ = ["classifier_free_guidance", "dynamic_threshold", "dynamic_thresholding", "static_clamp"]
+__all__ = ["classifier_free_guidance", "dynamic_threshold", "dynamic_thresholding", "static_clamp", "static_clamping"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .gaussian import GaussianDiffusion
 
 
@@ -62,16 +64,28 @@ def _check_count(count: int, num_timesteps: int) -> None:
 
 
 def respaced_diffusion(diffusion: GaussianDiffusion, spacing: int | str) -> GaussianDiffusion:
-    """A diffusion over the kept timesteps with exactly the same alpha_bar there (its betas are the ratios)."""
+    """A diffusion over the kept timesteps with exactly the same alpha_bar there (its betas are the ratios).
+
+    A float32 schedule is respaced as UnCLIPScheduler steps it: beta = 1 - alpha_bar_t / alpha_bar_prev
+    in float32, except that a step onto the timestep just before keeps the schedule's own beta.
+    """
     kept = space_timesteps(diffusion.num_timesteps, spacing)
     if kept == list(range(diffusion.num_timesteps)):
         return diffusion
-    return GaussianDiffusion(
-        alphas_cumprod=diffusion.alphas_cumprod[kept],
+    options = dict(
         objective=diffusion.objective,
         learned_variance=diffusion.learned_variance,
         timestep_map=diffusion.timestep_map[kept],  # composes with an earlier respacing
+        posterior_log_variance=diffusion.posterior_log_variance,
     )
+    if not diffusion.float32_schedule:
+        return GaussianDiffusion(alphas_cumprod=diffusion.alphas_cumprod[kept], **options)
+    alphas_cumprod = diffusion.alphas_cumprod[kept].to(torch.float32)  # exact: the values are float32 already
+    betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    previous = torch.tensor([-1] + kept[:-1], device="cpu")
+    adjacent = torch.tensor(kept, device="cpu") - 1 == previous  # (steps,)
+    betas = torch.where(adjacent, diffusion.betas[kept].to(torch.float32), betas)
+    return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, float32_schedule=True, **options)
 
 
 __all__ = ["respaced_diffusion", "space_timesteps"]

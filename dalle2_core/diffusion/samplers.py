@@ -40,7 +40,13 @@ def p_sample_step(
     denoise_fn: DenoiseFn | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDPM ancestral step (Ho et al. 2020 Alg. 2): x_{t-1} ~ p(x_{t-1} | x_t); returns (x_{t-1}, pred_xstart)."""
+    """DDPM ancestral step (Ho et al. 2020 Alg. 2): x_{t-1} ~ p(x_{t-1} | x_t); returns (x_{t-1}, pred_xstart).
+
+    On a respaced float32-schedule diffusion with the unclipped log-variance and a static x_0 clamp this
+    is diffusers' `UnCLIPScheduler.step` (Karlo) to float32 rounding, with one difference: the noise is
+    drawn at every step, t = 0 included (and multiplied by 0 there), where UnCLIPScheduler draws none at
+    t = 0, so a shared generator is one draw further along after each chain.
+    """
     t = diffusion.timesteps(t, x)
     out = diffusion.p_mean_variance(model, x, t, denoise_fn=denoise_fn)
     # no noise at t = 0: the chain ends at the mean

@@ -22,7 +22,7 @@ def _ddpm_range(timesteps: int) -> tuple[float, float]:
 def cosine_beta_schedule(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Improved DDPM (Nichol & Dhariwal 2021) eq. 17: alpha_bar(t) = cos²((t/T + s)/(1 + s) · π/2)."""
     timesteps = _check_timesteps(timesteps)
-    x = torch.linspace(0, 1, timesteps + 1, dtype=torch.float64)
+    x = torch.linspace(0, 1, timesteps + 1, dtype=torch.float64, device="cpu")
     alphas_cumprod = torch.cos((x + s) / (1 + s) * math.pi / 2) ** 2
     alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
     betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
@@ -33,19 +33,19 @@ def cosine_beta_schedule(timesteps: int, s: float = 0.008, max_beta: float = 0.9
 def linear_beta_schedule(timesteps: int) -> torch.Tensor:
     """DDPM (Ho et al. 2020) linear schedule, 1e-4 .. 0.02 at 1000 steps."""
     start, end = _ddpm_range(_check_timesteps(timesteps))
-    return torch.linspace(start, end, timesteps, dtype=torch.float64)
+    return torch.linspace(start, end, timesteps, dtype=torch.float64, device="cpu")
 
 
 def quadratic_beta_schedule(timesteps: int) -> torch.Tensor:
     """Linear in sqrt(beta) over the DDPM range."""
     start, end = _ddpm_range(_check_timesteps(timesteps))
-    return torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64) ** 2
+    return torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64, device="cpu") ** 2
 
 
 def sigmoid_beta_schedule(timesteps: int) -> torch.Tensor:
     """Sigmoid over [-6, 6] spanning the DDPM range (as in DALLE2-pytorch)."""
     start, end = _ddpm_range(_check_timesteps(timesteps))
-    x = torch.linspace(-6, 6, timesteps, dtype=torch.float64)
+    x = torch.linspace(-6, 6, timesteps, dtype=torch.float64, device="cpu")
     return torch.sigmoid(x) * (end - start) + start
 
 
@@ -56,7 +56,7 @@ def jsd_beta_schedule(timesteps: int) -> torch.Tensor:
     objective cannot recover x_0 at that step (use `x0` or `v`).
     """
     timesteps = _check_timesteps(timesteps)
-    return 1.0 / torch.linspace(timesteps, 1, timesteps, dtype=torch.float64)
+    return 1.0 / torch.linspace(timesteps, 1, timesteps, dtype=torch.float64, device="cpu")
 
 
 BETA_SCHEDULES = {

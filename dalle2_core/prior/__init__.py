@@ -2,5 +2,10 @@
 
 from dalle2_core.prior.network import DiffusionPriorNetwork, DiffusionPriorNetworkConfig
 from dalle2_core.prior.prior import DiffusionPrior, DiffusionPriorConfig, rerank_by_similarity
+from dalle2_core.prior.prior_transformer import PriorTransformer, PriorTransformerConfig
+from dalle2_core.prior.standardized_prior import StandardizedPrior, StandardizedPriorConfig
 
-__all__ = ["DiffusionPrior", "DiffusionPriorConfig", "DiffusionPriorNetwork", "DiffusionPriorNetworkConfig", "rerank_by_similarity"]
+__all__ = [
+    "DiffusionPrior", "DiffusionPriorConfig", "DiffusionPriorNetwork", "DiffusionPriorNetworkConfig", "PriorTransformer",
+    "PriorTransformerConfig", "StandardizedPrior", "StandardizedPriorConfig", "rerank_by_similarity",
+]

@@ -1,0 +1,247 @@
+"""KarloCascade: Karlo's decoder cascade, CLIP image embedding (+ text) -> 64 px -> 256 px image.
+
+unCLIP's decoder (Ramesh et al. 2022 sec. 2.1) as Kakao Brain's Karlo v1-alpha builds it: `TextProj`
+turns the CLIP image embedding, text embedding and text states into the 64 px decoder's context and
+added time embedding; the decoder (an ADM U-Net with learned variance) is guided on eps only, its
+unconditional branch being the learned null image embedding with the empty prompt's text; two
+unconditioned super-resolution U-Nets take the clamped, bicubic-upsampled 64 px image: `super_res_first`
+for every step but the last, `super_res_last` (fine-tuned with adversarial and perceptual losses)
+for the final one. The diffusion math is `dalle2_core.diffusion`; the text encoder is the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle2_core.adm.conditioning import expand_rows, text_conditioning
+from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnetConfig
+from dalle2_core.adm.text_proj import TextProj, TextProjConfig
+from dalle2_core.adm.unet import AdmUnet
+from dalle2_core.config import Config, config_dataclass
+from dalle2_core.diffusion import DiffusionConfig, classifier_free_guidance, sample as diffusion_sample
+from dalle2_core.helpers import cast_tuple, default, exists, randn, unnormalize_zero_to_one
+
+STAGES = ("decoder", "super_res")
+
+
+def karlo_decoder_unet() -> AdmUnetConfig:
+    """Karlo v1-alpha's 64 px decoder (diffusers `UNet2DConditionModel`, ≈ 885 M parameters)."""
+    return AdmUnetConfig(
+        sample_size=64, in_channels=3, out_channels=6, widths=(320, 640, 960, 1280), layers_per_block=3,
+        conditioning=AdmConditioningConfig(added_time_embed=True, context_dim=1536),
+        attention=AdmAttentionConfig(levels=(False, True, True, True), middle=True, head_dim=64),
+        blocks=AdmBlocksConfig(scale_shift=True),
+    )
+
+
+def karlo_super_res_unet() -> AdmUnetConfig:
+    """Karlo v1-alpha's 64 -> 256 super-resolution U-Net (diffusers `UNet2DModel`, ≈ 692 M parameters)."""
+    return AdmUnetConfig(
+        sample_size=256, in_channels=6, out_channels=3, widths=(320, 640, 960, 1280), layers_per_block=3,
+        blocks=AdmBlocksConfig(scale_shift=False),
+    )
+
+
+def karlo_decoder_diffusion() -> DiffusionConfig:
+    """diffusers' Karlo decoder scheduler: eps, learned range with an unclipped minimum, x_0 clamped to ±1."""
+    return DiffusionConfig(learned_variance=True, float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=1.0, sample_steps=25)
+
+
+def karlo_super_res_diffusion() -> DiffusionConfig:
+    """diffusers' Karlo super-resolution scheduler: eps, fixed_small_log, x_0 clamped to ±1, 7 steps."""
+    return DiffusionConfig(float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=1.0, sample_steps=7)
+
+
+@config_dataclass
+class KarloCascadeConfig(Config):
+    text_proj: TextProjConfig = field(default_factory=TextProjConfig)
+    decoder: AdmUnetConfig = field(default_factory=karlo_decoder_unet)
+    super_res_first: AdmUnetConfig = field(default_factory=karlo_super_res_unet)
+    super_res_last: AdmUnetConfig = field(default_factory=karlo_super_res_unet)
+    decoder_diffusion: DiffusionConfig = field(default_factory=karlo_decoder_diffusion)
+    super_res_diffusion: DiffusionConfig = field(default_factory=karlo_super_res_diffusion)
+
+    def __post_init__(self):
+        dec, proj, first, last = self.decoder, self.text_proj, self.super_res_first, self.super_res_last
+        cond = dec.conditioning
+        if not cond.added_time_embed or cond.context_dim != proj.context_dim or dec.time_embed_dim != proj.time_embed_dim:
+            raise ValueError(
+                f"the decoder must take text_proj's context ({proj.context_dim} wide) and added time embedding "
+                f"({proj.time_embed_dim}); it has context_dim={cond.context_dim}, time_embed_dim={dec.time_embed_dim}, "
+                f"added_time_embed={cond.added_time_embed}"
+            )
+        channels = dec.out_channels // 2 if self.decoder_diffusion.learned_variance else dec.out_channels
+        if dec.in_channels != channels:
+            raise ValueError(f"decoder in_channels={dec.in_channels} and out_channels={dec.out_channels} disagree with its diffusion")
+        for name, sr in (("super_res_first", first), ("super_res_last", last)):
+            if sr.in_channels != 2 * channels or sr.out_channels != channels or sr.attends or sr.conditioning.added_time_embed:
+                raise ValueError(
+                    f"{name} must be an unconditioned U-Net from {2 * channels} channels (noisy image ‖ upsampled low-res) "
+                    f"to {channels}; it has in {sr.in_channels}, out {sr.out_channels}"
+                )
+        if first.sample_size != last.sample_size or first.sample_size % dec.sample_size:
+            raise ValueError(
+                f"super-resolution sample sizes {first.sample_size}/{last.sample_size} must agree and be multiples of {dec.sample_size}"
+            )
+        if self.super_res_diffusion.learned_variance:
+            raise ValueError("the super-resolution diffusion has a fixed variance (learned_variance=False)")
+
+
+class KarloCascade(nn.Module):
+    """text_proj + 64 px decoder + super_res_first + super_res_last, and their two diffusions."""
+
+    def __init__(
+        self,
+        text_proj: TextProj | None = None,
+        decoder: AdmUnet | None = None,
+        super_res_first: AdmUnet | None = None,
+        super_res_last: AdmUnet | None = None,
+        *,
+        config: KarloCascadeConfig | dict | None = None,
+        **kwargs,
+    ):
+        super().__init__()
+        given = dict(text_proj=text_proj, decoder=decoder, super_res_first=super_res_first, super_res_last=super_res_last)
+        unknown = sorted(set(kwargs) - {"decoder_diffusion", "super_res_diffusion"})
+        if unknown:
+            accepted = "text_proj, decoder, super_res_first, super_res_last, decoder_diffusion, super_res_diffusion"
+            raise TypeError(f"KarloCascade got unknown option(s) {unknown}; accepted: {accepted}")
+        for name, module in given.items():
+            expected = TextProj if name == "text_proj" else AdmUnet
+            if exists(module) and not isinstance(module, expected):
+                raise TypeError(f"{name} must be a {expected.__name__}, got {type(module).__name__}")
+        kwargs.update({name: module.config for name, module in given.items() if exists(module)})
+        self.config = c = KarloCascadeConfig.build(
+            default(config, KarloCascadeConfig), owner="KarloCascade", **kwargs
+        )  # the defaults are Karlo v1-alpha's (Config.build alone would take each sub-config's own)
+        self.text_proj = default(text_proj, lambda: TextProj(c.text_proj))
+        self.decoder = default(decoder, lambda: AdmUnet(c.decoder))
+        self.super_res_first = default(super_res_first, lambda: AdmUnet(c.super_res_first))
+        self.super_res_last = default(super_res_last, lambda: AdmUnet(c.super_res_last))
+        self.decoder_diffusion = c.decoder_diffusion.to_diffusion()
+        self.super_res_diffusion = c.super_res_diffusion.to_diffusion()
+
+    @classmethod
+    def from_config(cls, config: KarloCascadeConfig | dict) -> KarloCascade:
+        """Rebuild (untrained) from a saved config; load the weights with `load_state_dict`."""
+        return cls(config=config)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.super_res_first.sample_size
+
+    @property
+    def channels(self) -> int:
+        return self.config.decoder.in_channels
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image_embed: torch.Tensor,
+        text_encodings: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        *,
+        text_embed: torch.Tensor,
+        cond_scale: float | tuple[float, float] = (8.0, 1.0),
+        steps: int | str | tuple | None = None,
+        sampler: str | tuple[str, str] = "ddpm",
+        generator=None,
+        on_step=None,
+        uncond=None,
+    ) -> torch.Tensor:
+        """Images (b, channels, image_size, image_size) in [0, 1] from CLIP embeddings.
+
+        image_embed, text_embed (b, clip_dim); text_encodings (b, n, clip_dim); text_mask (b, n) bool.
+        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask), 1 row or b (a mapping or a
+        3-tuple), needed when the decoder's `cond_scale != 1`. `cond_scale`, `steps`, `sampler` are
+        one value or (decoder, super-resolution); the super-resolution stage is unconditioned, so its
+        scale must be 1; `steps` default to the config's `sample_steps`. `on_step(stage_number, i,
+        total, x)` as in `Decoder.sample` (1 = decoder, 2 = super-resolution). `generator`: one
+        generator or one per image (an image's noise is then the same alone or in a batch).
+        """
+        scales = self._per_stage(cond_scale, "cond_scale", scalar_second=1.0)
+        if float(scales[1]) != 1.0:
+            raise ValueError(f"cond_scale {cond_scale!r}: the super-resolution stage is unconditioned, its scale must be 1.0")
+        steps = self._per_stage(steps, "steps") if exists(steps) else (None, None)
+        samplers = self._per_stage(sampler, "sampler")
+        was_training = self.training
+        self.eval()
+        try:
+            stage = lambda n: (lambda i, total, x: on_step(n, i, total, x)) if exists(on_step) else None  # noqa: E731
+            small = self._sample_decoder(
+                image_embed, text_embed, text_encodings, text_mask, uncond, cond_scale=scales[0], steps=steps[0],
+                sampler=samplers[0], generator=generator, on_step=stage(1),
+            )
+            image = self._sample_super_res(small, steps=steps[1], sampler=samplers[1], generator=generator, on_step=stage(2))
+        finally:
+            self.train(was_training)
+        return unnormalize_zero_to_one(image).clamp(0.0, 1.0)
+
+    def _per_stage(self, value, name: str, scalar_second=None) -> tuple:
+        values = cast_tuple(value)
+        if len(values) == 1:
+            return (values[0], default(scalar_second, values[0]))
+        if len(values) != 2:
+            raise ValueError(f"{name} needs one value or two (decoder, super-resolution), got {value!r}")
+        return values
+
+    def _sample_decoder(
+        self, image_embed, text_embed, text_encodings, text_mask, uncond, *, cond_scale, steps, sampler, generator, on_step
+    ):
+        """The 64 px stage: x_0 in [-1, 1] (b, channels, s, s)."""
+        b = image_embed.shape[0]
+        if not exists(text_mask):
+            text_mask = torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=text_encodings.device)
+        cond = dict(image_embed=image_embed, text_embed=text_embed, text_encodings=text_encodings, text_mask=text_mask)
+        if float(cond_scale) == 1.0:
+            encoded = self.text_proj(**cond)
+            model = lambda x, t: self.decoder(x, t, **encoded)  # noqa: E731
+        else:
+            if not exists(uncond):
+                raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's (text_embed, text_encodings, text_mask)")
+            empty = expand_rows(text_conditioning(uncond, "uncond"), b, "uncond")
+            empty["text_mask"] = default(empty["text_mask"], lambda: torch.ones_like(text_mask))
+            null = dict(image_embed=self.text_proj.null_image_embeds(b).to(image_embed.dtype), **empty)
+            # the context and added time embedding depend on neither x_t nor t: projected once per run
+            model = classifier_free_guidance(self.decoder, cond_scale, encode=lambda **kw: self.text_proj(**kw), uncond=null, **cond)
+        c = self.config
+        param = next(self.decoder.parameters())
+        size = c.decoder.sample_size
+        noise = randn((b, self.channels, size, size), generator=generator, device=param.device, dtype=param.dtype)
+        x = diffusion_sample(
+            model, self.decoder_diffusion, noise, sampler=sampler, steps=default(steps, c.decoder_diffusion.sample_steps),
+            denoise_fn=c.decoder_diffusion.denoise_fn(), generator=generator, on_step=on_step,
+        )
+        return x.clamp(-1.0, 1.0)
+
+    def _sample_super_res(self, small: torch.Tensor, *, steps, sampler, generator, on_step) -> torch.Tensor:
+        """64 -> 256 px: `super_res_first` for every step but the last, `super_res_last` for the last."""
+        c = self.config
+        size = c.super_res_first.sample_size
+        lowres = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        steps = default(steps, c.super_res_diffusion.sample_steps)
+        diffusion = self.super_res_diffusion.respace(steps) if exists(steps) else self.super_res_diffusion
+        last_t = int(diffusion.timestep_map[0])  # every sampler's final model call is at the cleanest kept timestep
+
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            net = self.super_res_last if int(t[0]) == last_t else self.super_res_first
+            return net(torch.cat([x, lowres], dim=1), t)  # (b, 2·channels, size, size)
+
+        noise = randn(small.shape[:2] + (size, size), generator=generator, device=small.device, dtype=small.dtype)
+        return diffusion_sample(
+            model, diffusion, noise, sampler=sampler, denoise_fn=c.super_res_diffusion.denoise_fn(), generator=generator, on_step=on_step
+        )
+
+
+__all__ = [
+    "KarloCascade",
+    "KarloCascadeConfig",
+    "karlo_decoder_diffusion",
+    "karlo_decoder_unet",
+    "karlo_super_res_diffusion",
+    "karlo_super_res_unet",
+]
