@@ -11,6 +11,7 @@ import torch
 from checkpoint_tiny import save_tiny_model
 from click.testing import CliRunner
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 from dream_cli.main import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
@@ -29,8 +30,9 @@ def dream(*args, env=None):
 
 
 def pixels(path):
+    """(h * w, 3) float pixel values."""
     with Image.open(path) as img:
-        return torch.tensor(list(img.convert("RGB").getdata()), dtype=torch.float32)
+        return pil_to_tensor(img.convert("RGB")).flatten(1).T.float()
 
 
 def settings(path):
