@@ -122,10 +122,8 @@ def tower_config(config: dict, tower: str) -> dict:
         raise ValueError(f"tower {tower!r} is unknown; accepted: 'text', 'vision'")
     defaults = TEXT_DEFAULTS if tower == "text" else VISION_DEFAULTS
     model_type = config.get("model_type")
-    if model_type == "clip":  # a whole CLIPModel: older files also carry overrides in *_config_dict
-        section = {**(config.get(f"{tower}_config") or {}), **(config.get(f"{tower}_config_dict") or {})}
-        if "projection_dim" not in section and "projection_dim" in config:
-            section["projection_dim"] = config["projection_dim"]
+    if model_type == "clip":  # a whole CLIPModel: its tower section, as CLIPTextConfig.from_pretrained reads it
+        section = dict(config.get(f"{tower}_config") or {})
     elif model_type in (None, f"clip_{tower}_model"):
         section = dict(config)
     else:

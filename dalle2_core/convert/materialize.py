@@ -300,7 +300,8 @@ def materialize(
     module = build_on_meta(build)
     aliases = _aliases(module)
     expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if k not in aliases}
-    key_map = identity_key_map(weights.keys()) if key_map is None else list(key_map)
+    # same names: a tensor the module lacks is then reported as unexpected, not as an unknown target
+    key_map = identity_key_map(k for k in weights.keys() if k in expected) if key_map is None else list(key_map)
     check_key_map(weights, key_map, expected, what)
 
     state = {}
