@@ -94,7 +94,7 @@ class HFClipAdapter(ClipAdapter):
         if not isinstance(self.image_size, int) or self.resize_to < self.image_size:
             raise ValueError(f"resize_to {self.resize_to} must be at least the square image size {self.image_size}")
         self._eot_id = self.vocab_size - 1  # the end-of-text token is the highest id (argmax pooling reads it)
-        self._tokenizer = clip_bpe_tokenizer(self.max_text_len)
+        self._tokenizer = None  # built on first use: loading weights needs no BPE tables
 
     @classmethod
     def from_config(cls, config: HFClipConfig | dict) -> HFClipAdapter:
@@ -132,6 +132,8 @@ class HFClipAdapter(ClipAdapter):
     # --- text ------------------------------------------------------------------------------------------
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        if self._tokenizer is None:
+            self._tokenizer = clip_bpe_tokenizer(self.max_text_len)
         return tokenize(self._tokenizer, texts, self.max_text_len)
 
     def text_mask(self, tokens: torch.Tensor) -> torch.Tensor:
