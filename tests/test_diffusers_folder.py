@@ -105,6 +105,16 @@ def test_materialize_casts_each_tensor_like_load_then_to(tmp_path, file_dtype, d
     assert loaded.proj.weight.dtype == (dtype or torch.float32) and loaded.steps.dtype == torch.long
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory maps")
+def test_cast_tensors_do_not_keep_the_file_mapped(tmp_path):
+    save_file(random_state(Tiny(), seed=7), tmp_path / "w.safetensors")
+    with SafetensorsWeights([tmp_path / "w.safetensors"]) as weights:
+        half = materialize(Tiny, weights, dtype=torch.float16)
+        assert len(file_mappings(tmp_path / "w.safetensors")) == 1  # the open handle's own map
+    # each cast tensor was read through a map of its own, released with the float32 original
+    assert file_mappings(tmp_path / "w.safetensors") == [] and half.proj.weight.dtype == torch.float16
+
+
 def test_non_persistent_buffers_hold_their_built_values():
     state = random_state(Tiny(), seed=3)
     loaded = materialize(Tiny, state, dtype=torch.float16)

@@ -44,7 +44,7 @@ OPEN_CLIP_EPS = 1e-5  # open_clip's LayerNorm default
 
 
 def _transposed(t: torch.Tensor) -> torch.Tensor:
-    return t.t()
+    return t.t().contiguous()  # a parameter of its own layout, as a plain load would make it
 
 
 def _stacked(*qkv: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,10 @@ class SafetensorsWeights:
 
     Shapes and dtypes come from the file headers without reading data; `get` returns a tensor backed
     by the file's memory map. Use as a context manager, or call `close()`.
+
+    `get(..., transient=True)` reads through a memory map of its own that lives only as long as the
+    returned tensors: for a tensor about to be cast or combined into a new one, the pages read are
+    released with it instead of staying resident until the file is closed.
     """
 
     def __init__(self, files: Sequence[str | os.PathLike], what: str | None = None):
@@ -56,6 +60,7 @@ class SafetensorsWeights:
         self.what = what or ", ".join(f.name for f in self.files)
         self._handles = []
         self._where: dict[str, object] = {}
+        self._path: dict[str, Path] = {}
         for path in self.files:
             try:
                 handle = safe_open(str(path), framework="pt", device="cpu")
@@ -66,6 +71,7 @@ class SafetensorsWeights:
                 if key in self._where:
                     raise WeightsError(f"{self.what}: tensor {key!r} is stored twice (in {path.name} and another shard)")
                 self._where[key] = handle
+                self._path[key] = path
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -82,7 +88,9 @@ class SafetensorsWeights:
             raise WeightsError(f"{self.what}: tensor {key!r} has dtype {name}; readable: {', '.join(SAFETENSORS_DTYPES)}")
         return SAFETENSORS_DTYPES[name]
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str, transient: bool = False) -> torch.Tensor:
+        if transient:  # a handle (and memory map) of its own, dropped here; the tensor keeps what it needs
+            return safe_open(str(self._path[key]), framework="pt", device="cpu").get_tensor(key)
         return self._where[key].get_tensor(key)
 
     def metadata(self) -> dict[str, str]:
@@ -95,6 +103,7 @@ class SafetensorsWeights:
         # the memory maps live as long as the tensors taken from them; this drops the file handles
         self._handles.clear()
         self._where.clear()
+        self._path.clear()
 
     def __enter__(self) -> SafetensorsWeights:
         return self
@@ -121,7 +130,7 @@ class TensorDict:
     def dtype(self, key: str) -> torch.dtype:
         return self._tensors[key].dtype
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str, transient: bool = False) -> torch.Tensor:
         return self._tensors[key]
 
 
@@ -273,9 +282,18 @@ def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module.get_submodule(path), leaf
 
 
+def _target_dtype(like: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    return dtype if exists(dtype) and like.is_floating_point() else like.dtype
+
+
 def _cast(tensor: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
-    target = dtype if exists(dtype) and like.is_floating_point() else like.dtype
-    return tensor.to(device=device, dtype=target)
+    return tensor.to(device=device, dtype=_target_dtype(like, dtype))
+
+
+def _makes_a_copy(rule: Rule, weights: Weights, like: torch.Tensor, dtype, device) -> bool:
+    """Whether filling `rule` creates a new tensor (combined, cast or moved) rather than a view of the file."""
+    moved = exists(device) and torch.device(device).type != "cpu"
+    return exists(rule.fn) or moved or weights.dtype(rule.sources[0]) != _target_dtype(like, dtype)
 
 
 def materialize(
@@ -307,7 +325,8 @@ def materialize(
     state = {}
     for entry in key_map:
         if isinstance(entry, Rule):
-            tensors = [weights.get(s) for s in entry.sources]
+            transient = _makes_a_copy(entry, weights, expected[entry.target], dtype, device)
+            tensors = [weights.get(s, transient=transient) for s in entry.sources]
             value = tensors[0] if entry.fn is None else entry.fn(*tensors)
             state[entry.target] = _cast(value, expected[entry.target], dtype, device)
         elif isinstance(entry, Drop) and exists(entry.check) and entry.source in weights:
