@@ -180,7 +180,9 @@ class HFClipAdapter(ClipAdapter):
             images = images.clamp(0.0, 1.0)
         s = self.image_size
         top, left = int((new_h - s) / 2.0), int((new_w - s) / 2.0)
-        images = images[..., top : top + s, left : left + s]
+        return self._normalize(images[..., top : top + s, left : left + s])
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.config.image_mean, device=images.device, dtype=images.dtype)[:, None, None]
         std = torch.tensor(self.config.image_std, device=images.device, dtype=images.dtype)[:, None, None]
         return (images - mean) / std
@@ -190,7 +192,7 @@ class HFClipAdapter(ClipAdapter):
         return self.encode_pixel_values(self.preprocess(images))
 
     def _embed_pixels(self, images: torch.Tensor) -> EmbeddedImage:
-        return self.embed_image(images)
+        return self.encode_pixel_values(self._normalize(images))  # [0, 1] images already at image_size
 
     def encode_pixel_values(self, pixel_values: torch.Tensor) -> EmbeddedImage:
         """Embed already-normalised pixel values (b, 3, s, s), e.g. a CLIPImageProcessor's `pixel_values`."""
