@@ -7,6 +7,12 @@ read from the memory-mapped files (`safetensors.safe_open`), renamed or reshaped
 to the wanted dtype and device one at a time, and assigned (`load_state_dict(assign=True)`): a tensor
 that needs no cast stays a view of the mapped file. The key map is checked before any tensor is read:
 each source tensor is used exactly once, each target is filled exactly once, and shapes agree.
+A tensor that is cast or combined is read through a memory map of its own, released with it, so the
+peak stays near the size of the loaded weights (`benchmarks/karlo_memory.py`).
+
+Values are bit-identical to a plain load. A tensor left as a view of the file is only as aligned as
+safetensors' layout (16 bytes), where CPU kernels may vectorise differently from a fresh allocation:
+outputs can then differ from a plain load's at float rounding (1e-7 in `tests/test_hf_clip_adapter.py`).
 """
 
 from __future__ import annotations
