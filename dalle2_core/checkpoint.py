@@ -50,6 +50,7 @@ _CLASSES = {
     "XClipAdapter": ("dalle2_core.clip",),
     "OpenClipAdapter": ("dalle2_core.clip",),
     "OpenAIClipAdapter": ("dalle2_core.clip",),
+    "HFClipAdapter": ("dalle2_core.clip",),
     "DiffusionPriorNetwork": ("dalle2_core.prior",),
     "DiffusionPrior": ("dalle2_core.prior",),
     "Unet": ("dalle2_core.decoder",),

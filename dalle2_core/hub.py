@@ -235,16 +235,121 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
     )
 
 
+# --- diffusers UnCLIP pipelines (Karlo) ----------------------------------------------------------------
+
+UNCLIP_PIPELINES = ("UnCLIPPipeline", "UnCLIPImageVariationPipeline")
+KARLO_REPO = "kakaobrain/karlo-v1-alpha"
+KARLO_IMAGE_VARIATIONS_REPO = "kakaobrain/karlo-v1-alpha-image-variations"
+# The commits to pin these repos at. No public source at hand states them, so they are unset: a
+# download then takes the default branch, and `ResolvedModel.revision` records the commit it got.
+KARLO_REVISION: str | None = None
+KARLO_IMAGE_VARIATIONS_REVISION: str | None = None
+UNCLIP_REVISIONS = {KARLO_REPO: KARLO_REVISION, KARLO_IMAGE_VARIATIONS_REPO: KARLO_IMAGE_VARIATIONS_REVISION}
+# weights that are pickles (they can run code when opened) or for other frameworks: never fetched
+NEVER_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.msgpack", "*.h5", "*.onnx"]
+
+
+def unclip_file_patterns(variant: str | None = None) -> tuple[list[str], list[str]]:
+    """(allow_patterns, ignore_patterns) for `snapshot_download` of a diffusers UnCLIP pipeline repo.
+
+    Allowed: every JSON file (model_index.json, component / scheduler / preprocessor / tokenizer configs,
+    shard indices, the tokenizer's vocab.json), the tokenizer's merges.txt, and the safetensors weights
+    of `variant` (e.g. "fp16": `model.fp16.safetensors`) or, without one, the plain weights only.
+    Ignored whatever the patterns: `NEVER_DOWNLOADED`.
+    """
+    from dalle2_core.convert.diffusers_folder import WEIGHT_NAMES
+
+    tag = f".{variant}" if exists(variant) else ""
+    weights = [f"*/{stem}{tag}{shard}.safetensors" for stem in WEIGHT_NAMES for shard in ("", "-*-of-*")]
+    return ["*.json", "*/merges.txt", *weights], list(NEVER_DOWNLOADED)
+
+
+def unclip_pipeline_class(folder: str | os.PathLike) -> str | None:
+    """`UnCLIPPipeline` / `UnCLIPImageVariationPipeline` when `folder` is such a diffusers folder, else None."""
+    from dalle2_core.convert.diffusers_folder import pipeline_class
+
+    name = pipeline_class(folder)
+    return name if name in UNCLIP_PIPELINES else None
+
+
+def hub_pipeline_class(repo_id: str, revision: str | None = None, *, cache_dir=None) -> str | None:
+    """The `_class_name` of a Hub repo's model_index.json (only that file is fetched); None without one."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from dalle2_core.convert.diffusers_folder import PIPELINE_INDEX, pipeline_class
+
+    try:
+        index = hf_hub_download(
+            repo_id, PIPELINE_INDEX, revision=revision, cache_dir=cache_dir, local_files_only=_offline(),
+            library_name="dream-dalle2",
+        )
+    except LocalEntryNotFoundError as err:
+        raise _hub_error(err, f"{PIPELINE_INDEX} of Hugging Face repo {repo_id!r}", revision) from None
+    except EntryNotFoundError:
+        return None
+    except Exception as err:  # huggingface_hub raises many types, all mapped to one line
+        raise _hub_error(err, f"Hugging Face repo {repo_id!r}", revision) from None
+    return pipeline_class(Path(index).parent)
+
+
+def download_unclip(
+    repo_id: str = KARLO_REPO,
+    revision: str | None = None,
+    *,
+    variant: str | None = None,
+    progress: bool = False,
+    cache_dir=None,
+) -> ResolvedModel:
+    """A diffusers UnCLIP pipeline repo (Karlo's by default) from the Hugging Face cache, downloading what is
+    missing: configs, tokenizer files and safetensors weights, never pickles (`unclip_file_patterns`).
+
+    `revision` (branch, tag or commit) defaults to the repo's pin in `UNCLIP_REVISIONS`, else the default
+    branch; `ResolvedModel.revision` is the commit used. A repo that is not an UnCLIP pipeline raises
+    `ModelNotFoundError`.
+    """
+    from huggingface_hub import snapshot_download
+
+    revision = revision or UNCLIP_REVISIONS.get(repo_id)
+    allow, ignore = unclip_file_patterns(variant)
+    try:
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=allow, ignore_patterns=ignore,
+                local_files_only=_offline(), tqdm_class=None if progress else _quiet_tqdm(), library_name="dream-dalle2",
+            )
+        )
+    except Exception as err:  # huggingface_hub raises many types, all mapped to one line
+        raise _hub_error(err, f"Hugging Face repo {repo_id!r}", revision) from None
+    spec = repo_id + (f"@{revision}" if exists(revision) else "")
+    if not exists(unclip_pipeline_class(path)):
+        from dalle2_core.convert.diffusers_folder import pipeline_class
+
+        raise ModelNotFoundError(
+            f"Hugging Face repo {spec!r} is not a diffusers UnCLIP pipeline: its {INDEX_FILE} names "
+            f"{pipeline_class(path)!r}; expected {' or '.join(UNCLIP_PIPELINES)}"
+        )
+    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name)
+
+
 __all__ = [
     "DEFAULT_MODEL",
+    "KARLO_IMAGE_VARIATIONS_REPO",
+    "KARLO_IMAGE_VARIATIONS_REVISION",
+    "KARLO_REPO",
+    "KARLO_REVISION",
     "LAION_FILES",
     "ModelNotFoundError",
     "ResolvedModel",
     "bundled_path",
     "default_model_spec",
+    "download_unclip",
     "dream_cache_dir",
+    "hub_pipeline_class",
     "parse_hub_id",
     "resolve_hub",
     "resolve_laion",
     "resolve_model",
+    "unclip_file_patterns",
+    "unclip_pipeline_class",
 ]

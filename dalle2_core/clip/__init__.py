@@ -2,6 +2,7 @@
 
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText, resize_center_crop
 from .config import CLIPConfig, CLIPLossConfig, TextEncoderConfig, VisualEncoderConfig
+from .hf_clip_adapter import HFClipAdapter as HFClipAdapter, HFClipConfig as HFClipConfig
 from .model import CLIP
 from .open_clip_adapter import ClipWeightsUnavailable, OpenAIClipAdapter, OpenClipAdapter, OpenClipConfig
 from .tokenizer import PromptTruncatedWarning

@@ -1,0 +1,123 @@
+"""Downloading diffusers UnCLIP pipeline repos (Karlo): file patterns, pinned commits, detection; offline, on a
+Hugging Face cache laid out as huggingface_hub lays it out (blobs, snapshots, refs, cached tree listings)."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub.utils import filter_repo_objects
+
+from dalle2_core import hub
+from dalle2_core.hub import (
+    KARLO_REPO,
+    ModelNotFoundError,
+    download_unclip,
+    hub_pipeline_class,
+    unclip_file_patterns,
+    unclip_pipeline_class,
+)
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+# a Karlo-like repo listing: what the Hub holds (pickles and fp16 variants included)
+LISTING = [
+    ".gitattributes", "README.md", "model_index.json",
+    "prior/config.json", "prior/diffusion_pytorch_model.safetensors", "prior/diffusion_pytorch_model.bin",
+    "prior/diffusion_pytorch_model.fp16.safetensors",
+    "decoder/config.json", "decoder/diffusion_pytorch_model-00001-of-00002.safetensors",
+    "decoder/diffusion_pytorch_model-00002-of-00002.safetensors", "decoder/diffusion_pytorch_model.safetensors.index.json",
+    "decoder/diffusion_pytorch_model.bin",
+    "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+    "text_proj/config.json", "text_proj/diffusion_pytorch_model.safetensors", "text_proj/diffusion_pytorch_model.bin",
+    "tokenizer/merges.txt", "tokenizer/vocab.json", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "prior_scheduler/scheduler_config.json", "decoder/diffusion_flax_model.msgpack",
+]
+NEEDED = {
+    "model_index.json", "prior/config.json", "prior/diffusion_pytorch_model.safetensors", "decoder/config.json",
+    "decoder/diffusion_pytorch_model-00001-of-00002.safetensors", "decoder/diffusion_pytorch_model-00002-of-00002.safetensors",
+    "decoder/diffusion_pytorch_model.safetensors.index.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_proj/config.json", "text_proj/diffusion_pytorch_model.safetensors", "tokenizer/merges.txt", "tokenizer/vocab.json",
+    "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "prior_scheduler/scheduler_config.json",
+}
+
+
+def content(path: str, class_name: str) -> bytes:
+    if path == "model_index.json":
+        return json.dumps({"_class_name": class_name, "prior": ["diffusers", "PriorTransformer"]}).encode()
+    return f"{path}\n".encode()
+
+
+def cached_repo(cache: Path, repo_id: str, commit: str, files: set[str], class_name: str = "UnCLIPPipeline") -> Path:
+    """One commit of `repo_id` in the cache: `files` downloaded, the whole LISTING in its tree listing."""
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    for path in sorted(files):
+        data = content(path, class_name)
+        blob = storage / "blobs" / hashlib.sha256(data + commit.encode()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = storage / "snapshots" / commit / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    tree = {p: {"size": len(content(p, class_name)), "blob_id": hashlib.sha1(p.encode()).hexdigest()} for p in LISTING}
+    (storage / "trees").mkdir(exist_ok=True)
+    (storage / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
+    (storage / "refs").mkdir(exist_ok=True)
+    return storage
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    storage = cached_repo(tmp_path / "hub", KARLO_REPO, COMMIT_A, NEEDED)
+    cached_repo(tmp_path / "hub", KARLO_REPO, COMMIT_B, NEEDED)
+    (storage / "refs" / "main").write_text(COMMIT_A)
+    return tmp_path / "hub"
+
+
+def test_patterns_keep_configs_tokenizer_and_safetensors_never_pickles():
+    allow, ignore = unclip_file_patterns()
+    assert set(filter_repo_objects(LISTING, allow_patterns=allow, ignore_patterns=ignore)) == NEEDED
+    allow, ignore = unclip_file_patterns("fp16")
+    kept = set(filter_repo_objects(LISTING, allow_patterns=allow, ignore_patterns=ignore))
+    assert {p for p in kept if p.endswith(".safetensors")} == {"prior/diffusion_pytorch_model.fp16.safetensors"}
+    assert not any(p.endswith((".bin", ".msgpack")) for p in kept) and "tokenizer/merges.txt" in kept
+
+
+def test_download_reads_the_cache_at_the_default_branch_or_a_pinned_commit(cache, monkeypatch):
+    resolved = download_unclip(cache_dir=cache)  # no pin known: the default branch, commit recorded
+    assert resolved.path == cache / "models--kakaobrain--karlo-v1-alpha" / "snapshots" / COMMIT_A
+    assert (resolved.spec, resolved.source, resolved.revision) == (KARLO_REPO, "hub", COMMIT_A)
+    assert unclip_pipeline_class(resolved.path) == "UnCLIPPipeline"
+    monkeypatch.setitem(hub.UNCLIP_REVISIONS, KARLO_REPO, COMMIT_B)  # what a pinned KARLO_REVISION does
+    pinned = download_unclip(KARLO_REPO, cache_dir=cache)
+    assert pinned.revision == COMMIT_B and pinned.spec == f"{KARLO_REPO}@{COMMIT_B}"
+    assert download_unclip(KARLO_REPO, COMMIT_A, cache_dir=cache).revision == COMMIT_A  # an explicit revision wins
+
+
+def test_the_cached_tree_listing_would_demand_the_pickles_without_the_patterns(cache):
+    # huggingface_hub checks a cached snapshot against its tree listing: only the patterns make it complete
+    with pytest.raises(LocalEntryNotFoundError, match=r"is incomplete: \d+ file\(s\) are missing"):
+        snapshot_download(KARLO_REPO, revision=COMMIT_A, cache_dir=cache, local_files_only=True)
+    shutil.rmtree(cache / "models--kakaobrain--karlo-v1-alpha" / "snapshots" / COMMIT_A / "tokenizer")
+    with pytest.raises(ModelNotFoundError, match=r"^Hugging Face repo 'kakaobrain/karlo-v1-alpha' is not in the local Hugging Face cache"):
+        download_unclip(KARLO_REPO, COMMIT_A, cache_dir=cache)
+
+
+def test_repos_that_are_not_unclip_pipelines_or_not_cached(cache):
+    other = cached_repo(cache, "org/sd", COMMIT_A, NEEDED, class_name="StableDiffusionPipeline")
+    (other / "refs" / "main").write_text(COMMIT_A)
+    with pytest.raises(ModelNotFoundError, match=(
+        r"^Hugging Face repo 'org/sd' is not a diffusers UnCLIP pipeline: its model_index\.json names "
+        r"'StableDiffusionPipeline'; expected UnCLIPPipeline or UnCLIPImageVariationPipeline$"
+    )):
+        download_unclip("org/sd", cache_dir=cache)
+    assert hub_pipeline_class("org/sd", cache_dir=cache) == "StableDiffusionPipeline"
+    assert hub_pipeline_class(KARLO_REPO, COMMIT_B, cache_dir=cache) == "UnCLIPPipeline"
+    assert unclip_pipeline_class(other / "snapshots" / COMMIT_A) is None
+    with pytest.raises(ModelNotFoundError, match=r"'org/missing' is not in the local Hugging Face cache"):
+        download_unclip("org/missing", cache_dir=cache)
+    with pytest.raises(ModelNotFoundError, match=r"^Hugging Face repo 'kakaobrain/karlo-v1-alpha' is not in the local Hugging Face cache"):
+        download_unclip(KARLO_REPO, "c" * 40, cache_dir=cache)  # a commit never downloaded
