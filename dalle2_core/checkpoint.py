@@ -58,7 +58,6 @@ _CLASSES = {
     "VQGanVAE": ("dalle2_core.vqgan",),
     "PriorTransformer": ("dalle2_core.prior",),
     "StandardizedPrior": ("dalle2_core.prior",),
-    "AdmUnet": ("dalle2_core.adm",),
     "TextProj": ("dalle2_core.adm",),
     "KarloCascade": ("dalle2_core.adm",),
 }

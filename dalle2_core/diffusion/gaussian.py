@@ -38,6 +38,27 @@ class PMeanVariance(NamedTuple):
     pred_eps: torch.Tensor
 
 
+def _schedule(betas, alphas_cumprod, float32_schedule: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(betas, alphas_cumprod or None) as float64 CPU tensors, from either or both (see `GaussianDiffusion`)."""
+    if not exists(betas) and not exists(alphas_cumprod):
+        raise ValueError("give betas, alphas_cumprod, or both")
+    if exists(betas) and float32_schedule and not exists(alphas_cumprod):
+        betas32 = torch.as_tensor(betas, device="cpu").detach().to(torch.float32)
+        betas, alphas_cumprod = betas32, torch.cumprod(1.0 - betas32, dim=0)
+    if exists(alphas_cumprod):
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu").detach()
+    if not exists(betas):
+        betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu").detach()
+    if betas.ndim != 1 or betas.numel() == 0:
+        raise ValueError(f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}")
+    if not bool(((betas > 0) & (betas <= 1)).all()):
+        raise ValueError(f"betas must lie in (0, 1], got min {betas.min().item()} max {betas.max().item()}")
+    if exists(alphas_cumprod) and alphas_cumprod.shape != betas.shape:
+        raise ValueError(f"alphas_cumprod has shape {tuple(alphas_cumprod.shape)}, betas {tuple(betas.shape)}")
+    return betas, alphas_cumprod
+
+
 class GaussianDiffusion:
     """Forward process, posterior, parameterisations and losses of a discrete-time Gaussian diffusion."""
 
@@ -70,22 +91,7 @@ class GaussianDiffusion:
             raise ValueError(
                 f"unknown posterior_log_variance {posterior_log_variance!r}; accepted: {', '.join(POSTERIOR_LOG_VARIANCES)}"
             )
-        if not exists(betas) and not exists(alphas_cumprod):
-            raise ValueError("give betas, alphas_cumprod, or both")
-        if exists(betas) and float32_schedule and not exists(alphas_cumprod):
-            betas32 = torch.as_tensor(betas, device="cpu").detach().to(torch.float32)
-            betas, alphas_cumprod = betas32, torch.cumprod(1.0 - betas32, dim=0)
-        if exists(alphas_cumprod):
-            alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu").detach()
-        if not exists(betas):
-            betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu").detach()
-        if betas.ndim != 1 or betas.numel() == 0:
-            raise ValueError(f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError(f"betas must lie in (0, 1], got min {betas.min().item()} max {betas.max().item()}")
-        if exists(alphas_cumprod) and alphas_cumprod.shape != betas.shape:
-            raise ValueError(f"alphas_cumprod has shape {tuple(alphas_cumprod.shape)}, betas {tuple(betas.shape)}")
+        betas, alphas_cumprod = _schedule(betas, alphas_cumprod, float32_schedule)
         self.objective = objective
         self.learned_variance = bool(learned_variance)
         self.float32_schedule = bool(float32_schedule)

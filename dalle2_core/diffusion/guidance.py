@@ -53,12 +53,7 @@ def classifier_free_guidance(
     if uncond is None and "cond_drop_mask" in cond:
         raise ValueError("cond_drop_mask is set by classifier_free_guidance itself; pass uncond= to give both halves explicitly")
     guided_batch = 1 if scale == 1.0 else 2
-    if scale == 1.0:
-        branch_cond = cond
-    elif uncond is None:
-        branch_cond = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-    else:
-        branch_cond = _paired(cond, uncond)
+    branch_cond = _branches(cond, uncond, guided_batch)
     encoded: dict = {}
 
     def net_kwargs(b: int, device: torch.device) -> dict:
@@ -94,6 +89,15 @@ def classifier_free_guidance(
         return torch.cat([mixed[:, :c], cond_out[:, c:]], dim=1)
 
     return guided
+
+
+def _branches(cond: dict, uncond: dict | None, guided_batch: int) -> dict:
+    """The batched conditions: `cond` alone, `cond` twice (learned null), or [cond, uncond]."""
+    if guided_batch == 1:
+        return cond
+    if uncond is None:
+        return {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    return _paired(cond, uncond)
 
 
 def _paired(cond: dict, uncond: dict) -> dict:
