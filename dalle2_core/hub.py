@@ -17,8 +17,9 @@ from dalle2_core.atomic import temp_dir_beside
 from dalle2_core.checkpoint import INDEX_FILE, ModelLoadError
 from dalle2_core.helpers import exists
 
-DEFAULT_MODEL = "laion"
+DEFAULT_MODEL = "karlo"
 BUNDLED = ("shapes",)
+PRESETS = ("karlo", "laion")  # downloaded and converted once into the dream cache
 # the public LAION weights (see /work/shared/spec/laion-checkpoints.md): key -> (repo, file)
 LAION_FILES = {
     "prior": ("laion/DALLE2-PyTorch", "prior/latest.pth"),
@@ -48,7 +49,7 @@ class ResolvedModel:
 
 
 def default_model_spec() -> str:
-    """`$DREAM_MODEL` if set, else the LAION preset."""
+    """`$DREAM_MODEL` if set, else the Karlo preset."""
     return os.environ.get("DREAM_MODEL") or DEFAULT_MODEL
 
 
@@ -137,9 +138,15 @@ def _snapshot(repo_id: str, revision: str | None, progress: bool, cache_dir) -> 
 
 
 def resolve_hub(repo_id: str, revision: str | None = None, *, progress: bool = False, cache_dir=None) -> ResolvedModel:
-    """A Hub repo holding a model folder, downloaded (or found) in the Hugging Face cache."""
+    """A Hub repo holding a model folder, downloaded (or found) in the Hugging Face cache; a diffusers UnCLIP
+    pipeline repo is downloaded in full (safetensors only) and converted once."""
     path = _snapshot(repo_id, revision, progress, cache_dir)
     spec = repo_id + (f"@{revision}" if exists(revision) else "")
+    if exists(unclip_pipeline_class(path)):
+        from dalle2_core.presets import converted_unclip
+
+        snapshot = download_unclip(repo_id, revision, progress=progress, cache_dir=cache_dir)
+        return converted_unclip(snapshot.path, spec, revision=snapshot.revision, source="hub")
     if not (path / INDEX_FILE).is_file():
         raise ModelNotFoundError(
             f"Hugging Face repo {spec!r} is not a dream model folder: it has no {INDEX_FILE} at its root"
@@ -203,13 +210,13 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
     if not isinstance(spec, str) or not spec.strip():
         raise ModelNotFoundError(
             f"model {spec!r} is empty; expected a model folder, a Hugging Face repo id org/name[@revision], "
-            f"or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
+            f"or one of: {', '.join((*BUNDLED, *PRESETS))}"
         )
     spec = spec.strip()
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", spec):
         raise ModelNotFoundError(
             f"model {spec!r} is a URL; models are named by a folder path, a Hugging Face repo id "
-            f"org/name[@revision], or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
+            f"org/name[@revision], or one of: {', '.join((*BUNDLED, *PRESETS))}"
         )
     if spec in BUNDLED:
         path = bundled_path(spec)
@@ -219,19 +226,27 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
                 "train one with `dream train` and pass its folder to --model"
             )
         return ResolvedModel(path=path, spec=spec, source="bundled")
-    if spec == DEFAULT_MODEL:
+    if spec == "laion":
         return resolve_laion(progress=progress, cache_dir=cache_dir)
+    if spec == "karlo":
+        from dalle2_core.presets import resolve_karlo
+
+        return resolve_karlo(progress=progress, cache_dir=cache_dir)
     local = Path(spec).expanduser()
     if local.exists() or _looks_like_path(spec):
         if not local.exists():
             raise ModelNotFoundError(f"model folder {str(local)!r} does not exist")
+        if exists(unclip_pipeline_class(local)):  # a diffusers UnCLIP pipeline folder: converted once
+            from dalle2_core.presets import converted_unclip
+
+            return converted_unclip(local, spec)
         return ResolvedModel(path=local, spec=spec, source="local")
     hub = parse_hub_id(spec)
     if exists(hub):
         return resolve_hub(*hub, progress=progress, cache_dir=cache_dir)
     raise ModelNotFoundError(
         f"model {spec!r} not found: expected a model folder path, a Hugging Face repo id "
-        f"org/name[@revision], or one of: {', '.join((*BUNDLED, DEFAULT_MODEL))}"
+        f"org/name[@revision], or one of: {', '.join((*BUNDLED, *PRESETS))}"
     )
 
 
@@ -249,18 +264,19 @@ UNCLIP_REVISIONS = {KARLO_REPO: KARLO_REVISION, KARLO_IMAGE_VARIATIONS_REPO: KAR
 NEVER_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.msgpack", "*.h5", "*.onnx"]
 
 
-def unclip_file_patterns(variant: str | None = None) -> tuple[list[str], list[str]]:
+def unclip_file_patterns(variant: str | None = None, components: tuple[str, ...] | None = None) -> tuple[list[str], list[str]]:
     """(allow_patterns, ignore_patterns) for `snapshot_download` of a diffusers UnCLIP pipeline repo.
 
     Allowed: every JSON file (model_index.json, component / scheduler / preprocessor / tokenizer configs,
     shard indices, the tokenizer's vocab.json), the tokenizer's merges.txt, and the safetensors weights
-    of `variant` (e.g. "fp16": `model.fp16.safetensors`) or, without one, the plain weights only.
-    Ignored whatever the patterns: `NEVER_DOWNLOADED`.
+    of `variant` (e.g. "fp16": `model.fp16.safetensors`) or, without one, the plain weights only — of every
+    component, or only of `components`. Ignored whatever the patterns: `NEVER_DOWNLOADED`.
     """
     from dalle2_core.convert.diffusers_folder import WEIGHT_NAMES
 
     tag = f".{variant}" if exists(variant) else ""
-    weights = [f"*/{stem}{tag}{shard}.safetensors" for stem in WEIGHT_NAMES for shard in ("", "-*-of-*")]
+    folders = components if exists(components) else ("*",)
+    weights = [f"{c}/{stem}{tag}{shard}.safetensors" for c in folders for stem in WEIGHT_NAMES for shard in ("", "-*-of-*")]
     return ["*.json", "*/merges.txt", *weights], list(NEVER_DOWNLOADED)
 
 
@@ -298,6 +314,7 @@ def download_unclip(
     revision: str | None = None,
     *,
     variant: str | None = None,
+    components: tuple[str, ...] | None = None,
     progress: bool = False,
     cache_dir=None,
 ) -> ResolvedModel:
@@ -311,7 +328,7 @@ def download_unclip(
     from huggingface_hub import snapshot_download
 
     revision = revision or UNCLIP_REVISIONS.get(repo_id)
-    allow, ignore = unclip_file_patterns(variant)
+    allow, ignore = unclip_file_patterns(variant, components)
     try:
         path = Path(
             snapshot_download(
@@ -334,6 +351,7 @@ def download_unclip(
 
 __all__ = [
     "DEFAULT_MODEL",
+    "PRESETS",
     "KARLO_IMAGE_VARIATIONS_REPO",
     "KARLO_IMAGE_VARIATIONS_REVISION",
     "KARLO_REPO",

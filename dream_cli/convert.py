@@ -45,3 +45,32 @@ def laion(prior: Path, prior_config: Path, decoder: Path, upsampler: Path | None
         for note in result.notes:
             click.echo(f"Note: {note}", err=True)
     click.echo(str(result.path))
+
+
+@convert.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New or empty folder for the model.")
+@click.option("--image-variations", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="An UnCLIPImageVariationPipeline folder: its CLIP vision tower lets the model embed pictures.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Store the weights in this precision. [as given]")
+@click.option("-q", "--quiet", is_flag=True, help="No notes on stderr (the folder path is still printed).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def diffusers(src: Path, out: Path, image_variations: Path | None, precision: str | None, quiet: bool, debug: bool) -> None:
+    """Convert a diffusers UnCLIPPipeline folder SRC (Karlo v1-alpha, a fine-tune) into a model folder.
+
+    Only safetensors weights are read; a component with only .bin pickles is refused.
+    """
+    import torch
+
+    from dalle2_core.convert.diffusers_unclip import convert_unclip
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    try:
+        result = convert_unclip(src, out, image_variations=image_variations, dtype=dtype)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        raise DreamError(one_line(err)) from None
+    if not quiet:
+        for note in result.notes:
+            click.echo(f"Note: {note}", err=True)
+    click.echo(str(result.path))

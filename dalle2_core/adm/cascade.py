@@ -156,12 +156,13 @@ class KarloCascade(nn.Module):
         """Images (b, channels, image_size, image_size) in [0, 1] from CLIP embeddings.
 
         image_embed, text_embed (b, clip_dim); text_encodings (b, n, clip_dim); text_mask (b, n) bool.
-        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask), 1 row or b (a mapping or a
-        3-tuple), needed when the decoder's `cond_scale != 1`. `cond_scale`, `steps`, `sampler` are
-        one value or (decoder, super-resolution); the super-resolution stage is unconditioned, so its
-        scale must be 1; `steps` default to the config's `sample_steps`. `on_step(stage_number, i,
-        total, x)` as in `Decoder.sample` (1 = decoder, 2 = super-resolution). `generator`: one
-        generator or one per image (an image's noise is then the same alone or in a batch).
+        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask), 1 row or b (a mapping or a 3-tuple),
+        needed when the decoder's `cond_scale != 1`; a mapping may add an `image_embed` (a negative prompt's prior
+        embedding, Kandinsky-style) in place of the learned null image embedding. `cond_scale`, `steps`, `sampler` are
+        one value or (decoder, super-resolution); the super-resolution stage is unconditioned, so its scale must be 1;
+        `steps` default to the config's `sample_steps`. `on_step(stage_number, i, total, x)` as in `Decoder.sample` (1
+        = decoder, 2 = super-resolution). `generator`: one generator or one per image (an image's noise is then the
+        same alone or in a batch).
         """
         scales = self._per_stage(cond_scale, "cond_scale", scalar_second=1.0)
         if float(scales[1]) != 1.0:
@@ -205,7 +206,9 @@ class KarloCascade(nn.Module):
                 raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's (text_embed, text_encodings, text_mask)")
             empty = expand_rows(text_conditioning(uncond, "uncond"), b, "uncond")
             empty["text_mask"] = default(empty["text_mask"], lambda: torch.ones_like(text_mask))
-            null = dict(image_embed=self.text_proj.null_image_embeds(b).to(image_embed.dtype), **empty)
+            negative = uncond.get("image_embed") if isinstance(uncond, dict) else None
+            null_image = negative if exists(negative) else self.text_proj.null_image_embeds(b)
+            null = dict(image_embed=null_image.to(image_embed.dtype), **empty)
             # the context and added time embedding depend on neither x_t nor t: projected once per run
             model = classifier_free_guidance(self.decoder, cond_scale, encode=lambda **kw: self.text_proj(**kw), uncond=null, **cond)
         c = self.config
@@ -217,6 +220,19 @@ class KarloCascade(nn.Module):
             denoise_fn=c.decoder_diffusion.denoise_fn(), generator=generator, on_step=on_step,
         )
         return x.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def upscale(self, images: torch.Tensor, *, steps=None, sampler: str = "ddpm", generator=None, on_step=None) -> torch.Tensor:
+        """The super-resolution stage alone on [0, 1] images at the decoder's size (b, c, s, s); [0, 1] out.
+        `on_step(2, i, total, x)` as in `sample`."""
+        stage = (lambda i, total, x: on_step(2, i, total, x)) if exists(on_step) else None  # noqa: E731
+        was_training = self.training
+        self.eval()
+        try:
+            image = self._sample_super_res(images * 2 - 1, steps=steps, sampler=sampler, generator=generator, on_step=stage)
+        finally:
+            self.train(was_training)
+        return unnormalize_zero_to_one(image).clamp(0.0, 1.0)
 
     def _sample_super_res(self, small: torch.Tensor, *, steps, sampler, generator, on_step) -> torch.Tensor:
         """64 -> 256 px: `super_res_first` for every step but the last, `super_res_last` for the last."""

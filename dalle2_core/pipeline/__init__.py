@@ -9,6 +9,7 @@ from dalle2_core.pipeline.base import (
     StageDefaults,
     TextCondition,
 )
+from dalle2_core.pipeline.karlo import KarloPipeline
 from dalle2_core.pipeline.loading import PIPELINES, load_pipeline
 from dalle2_core.pipeline.unclip import UnclipPipeline
 
@@ -16,6 +17,7 @@ __all__ = [
     "PIPELINES",
     "PRIOR_STAGE",
     "ImageEdit",
+    "KarloPipeline",
     "NonFiniteOutputError",
     "Pipeline",
     "SettingError",

@@ -94,6 +94,7 @@ class Pipeline(nn.Module, abc.ABC):
 
     family: str = ""
     defaults: SamplingSettings
+    unit_embeddings: bool = True  # image embeddings on the unit sphere (unCLIP); False: raw projections whose norms matter
 
     # ---- what a family implements ---------------------------------------------------------------
 
@@ -238,7 +239,12 @@ class Pipeline(nn.Module, abc.ABC):
         s = self.resolve(settings)
         embeds, conds = self._embed_ends([item for item, _ in items], s, seed, on_step)
         weights = [w for _, w in items]
-        mixed = mix_embeddings(torch.cat(embeds), weights).expand(num_images, -1)  # (n, d)
+        embeds = torch.cat(embeds)
+        mixed = mix_embeddings(embeds, weights)
+        if not self.unit_embeddings:  # keep the weighted mean norm of the items
+            w = torch.tensor(weights, dtype=embeds.dtype, device=embeds.device)
+            mixed = mixed * (w * embeds.norm(dim=-1)).sum() / w.sum()
+        mixed = mixed.expand(num_images, -1)  # (n, d)
         heaviest = max((i for i, c in enumerate(conds) if c is not None), key=lambda i: weights[i], default=None)
         cond = None if heaviest is None else _stack_conditions([conds[heaviest]] * num_images, self._null_text)
         return self.decode(mixed, cond, s, generator=generator, on_step=on_step)
@@ -285,17 +291,24 @@ class Pipeline(nn.Module, abc.ABC):
             raise ValueError(f"num_frames must be >= 2 (both ends included), got {num_frames}")
         s = self.resolve(settings)
         embeds, conds = self._embed_ends(ends, s, seed, on_step)
-        from dalle2_core.dalle2 import slerp
-
         frames = []
         for start in range(0, num_frames, batch_size):
             ts = [i / (num_frames - 1) for i in range(start, min(start + batch_size, num_frames))]
-            embed = torch.cat([slerp(embeds[0], embeds[1], t) for t in ts])  # (f, d)
+            embed = torch.cat([self._slerp(embeds[0], embeds[1], t) for t in ts])  # (f, d)
             nearer = [conds[0 if t < 0.5 else 1] for t in ts]
             cond = None if all(c is None for c in nearer) else _stack_conditions(nearer, self._null_text)
             generators = [torch.Generator(device=self.device).manual_seed(seed) for _ in ts]
             frames.append(self.decode(embed, cond, s, generator=generators, on_step=on_step))
         return torch.cat(frames)
+
+    def _slerp(self, a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+        """slerp between two embeddings; raw embeddings keep the interpolated norm of their ends."""
+        from dalle2_core.dalle2 import slerp
+
+        out = slerp(a, b, t)
+        if self.unit_embeddings:
+            return out
+        return out * torch.lerp(a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True), t)
 
     def _embed_ends(self, ends, s: SamplingSettings, seed: int, on_step):
         """Image embeddings (1, d) and text conditions (or None) of prompts and pictures (interpolate, mix)."""

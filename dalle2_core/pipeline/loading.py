@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -20,8 +21,22 @@ def _load_unclip(folder, *, device=None, dtype=None) -> Pipeline:
     return UnclipPipeline(clip=model.clip, prior=model.prior, decoder=model.decoder, defaults=model.defaults).eval()
 
 
+def _load_karlo(folder, *, device=None, dtype=None) -> Pipeline:
+    from dalle2_core.checkpoint import load_component
+    from dalle2_core.pipeline.karlo import KarloPipeline
+
+    folder = Path(folder)
+    index = read_index(folder)
+    missing = [c for c in ("clip", "decoder") if c not in index.components]
+    if missing:
+        raise ModelLoadError(f"{folder} is a karlo model without {', '.join(missing)}; it needs clip, prior and decoder")
+    load = lambda name: load_component(folder / name, device=device, dtype=dtype).eval()  # noqa: E731
+    prior = load("prior") if "prior" in index.components else None
+    return KarloPipeline(clip=load("clip"), prior=prior, decoder=load("decoder"), defaults=index.defaults).eval()
+
+
 # family name -> loader(folder, *, device, dtype) -> Pipeline; a new architecture family registers here
-PIPELINES: dict[str, Callable[..., Pipeline]] = {"unclip": _load_unclip}
+PIPELINES: dict[str, Callable[..., Pipeline]] = {"unclip": _load_unclip, "karlo": _load_karlo}
 
 
 def load_pipeline(folder: str | os.PathLike, *, device: torch.device | str | None = None,

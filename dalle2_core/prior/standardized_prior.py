@@ -80,12 +80,14 @@ class StandardizedPrior(nn.Module):
         sampler: str = "ddpm",
         generator=None,
         uncond=None,
+        on_step=None,
     ) -> torch.Tensor:
         """All candidates (b, num_samples_per_batch, embed_dim): CLIP image embeddings in CLIP's own scale.
 
-        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask), 1 row or b, a mapping or a
-        3-tuple; required when `cond_scale != 1`. `steps` default: the config's `sample_steps`.
-        `generator`: one generator, or one per prompt (its candidates' noise is then drawn from it).
+        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask) — or a negative prompt's —,
+        1 row or b, a mapping or a 3-tuple; required when `cond_scale != 1`. `steps` default: the config's
+        `sample_steps`. `generator`: one generator, or one per prompt (its candidates' noise is then drawn
+        from it). `on_step(i, total, x)` runs after every step.
         """
         if isinstance(num_samples_per_batch, bool) or not isinstance(num_samples_per_batch, int) or num_samples_per_batch < 1:
             raise ValueError(f"num_samples_per_batch must be an int >= 1, got {num_samples_per_batch!r}")
@@ -108,7 +110,7 @@ class StandardizedPrior(nn.Module):
         try:
             x = sample(
                 model, self.diffusion, noise, sampler=sampler, steps=default(steps, self.config.diffusion.sample_steps),
-                denoise_fn=self.config.diffusion.denoise_fn(), generator=generator,
+                denoise_fn=self.config.diffusion.denoise_fn(), generator=generator, on_step=on_step,
             )
         finally:
             self.net.train(was_training)

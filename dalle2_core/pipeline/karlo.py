@@ -1,0 +1,159 @@
+"""The Karlo family (Kakao Brain's Karlo v1-alpha, an unCLIP replication): OpenAI CLIP ViT-L/14 towers with raw
+(unnormalised) embeddings, a `StandardizedPrior`, and a `KarloCascade` (64 px ADM decoder -> 256 px super-resolution).
+
+Karlo learns no null text condition: the unconditional branch of guidance is CLIP's encoding of the empty
+prompt (a negative prompt takes its place), and the decoder's text-free condition is that same encoding.
+The empty prompt is encoded in the same forward as the first batch of prompts and kept per device and dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from dalle2_core.adm.cascade import KarloCascade
+from dalle2_core.checkpoint import SamplingSettings
+from dalle2_core.clip.adapter import ClipAdapter
+from dalle2_core.helpers import default, exists
+from dalle2_core.pipeline.base import (
+    PRIOR_STAGE,
+    Generator,
+    ImageEdit,
+    OnStep,
+    Pipeline,
+    StageDefaults,
+    TextCondition,
+    check_finite,
+)
+from dalle2_core.prior.prior import rerank_by_similarity
+from dalle2_core.prior.standardized_prior import StandardizedPrior
+
+STAGE_NAMES = ("decoder", "super-res")
+
+
+class KarloPipeline(Pipeline):
+    """Text -> CLIP ViT-L/14 text embedding and states -> Karlo prior -> image embedding -> 64 px decoder -> 256 px."""
+
+    family = "karlo"
+    unit_embeddings = False  # Karlo's prior and decoder read CLIP's raw projections
+
+    def __init__(self, *, clip: ClipAdapter, prior: StandardizedPrior | None, decoder: KarloCascade,
+                 defaults: SamplingSettings | None = None):
+        super().__init__()
+        if not isinstance(decoder, KarloCascade):
+            raise TypeError(f"decoder must be a KarloCascade, got {type(decoder).__name__}")
+        if exists(prior) and not isinstance(prior, StandardizedPrior):
+            raise TypeError(f"prior must be a StandardizedPrior, got {type(prior).__name__}")
+        self.clip, self.prior, self.decoder = clip, prior, decoder
+        self.defaults = default(defaults, SamplingSettings(cond_scale=(8.0, 1.0), prior_cond_scale=4.0, prior_samples=1,
+                                                           steps=(25, 7), prior_steps=25))
+        self._empty: dict[tuple, TextCondition] = {}  # the empty prompt's encoding, per (device, dtype)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return STAGE_NAMES
+
+    @property
+    def has_prior(self) -> bool:
+        return exists(self.prior)
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.image_size
+
+    def stage_defaults(self) -> StageDefaults:
+        c = self.decoder.config
+        stages = (c.decoder_diffusion, c.super_res_diffusion)
+        decoder = tuple((default(d.sample_steps, d.timesteps), d.timesteps) for d in stages)
+        prior = None
+        if exists(self.prior):
+            d = self.prior.config.diffusion
+            prior = (default(d.sample_steps, d.timesteps), d.timesteps)
+        return StageDefaults(prior=prior, decoder=decoder)
+
+    # ---- text ---------------------------------------------------------------------------------------
+
+    def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition:
+        """The prompts' raw CLIP text embeddings, 77 token states and masks (with the empty prompt, if not yet known)."""
+        if isinstance(text, torch.Tensor):
+            raise ValueError("the karlo family takes prompts as strings (its tokenizer pads with '!', id 0)")
+        prompts = list(text)
+        key = self._key()
+        extra = [""] if key not in self._empty else []
+        with torch.no_grad():
+            embed, encodings, mask = self.clip.embed_text([*prompts, *extra])
+        if extra:
+            self._empty[key] = TextCondition(embed[-1:], encodings[-1:], mask[-1:], [""])
+        n = len(prompts)
+        return TextCondition(embed[:n], encodings[:n], mask[:n], prompts)
+
+    def _key(self) -> tuple:
+        param = next(self.clip.parameters())
+        return (param.device, param.dtype)
+
+    def _empty_prompt(self) -> TextCondition:
+        if self._key() not in self._empty:
+            self.encode_text([])
+        return self._empty[self._key()]
+
+    def _null_text(self, like: TextCondition) -> TextCondition:
+        return self._empty_prompt()
+
+    # ---- the stages ---------------------------------------------------------------------------------
+
+    def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
+                     on_step: OnStep | None = None, negative: TextCondition | None = None) -> torch.Tensor:
+        if not exists(self.prior):
+            raise ValueError("this model has no prior, so it cannot embed text")
+        uncond = negative if exists(negative) else self._empty_prompt()
+        step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
+        candidates = self.prior.sample_embeds(
+            text.text_embed, text.text_encodings, text.text_mask, num_samples_per_batch=settings.prior_samples,
+            cond_scale=settings.prior_cond_scale, steps=settings.prior_steps, sampler=settings.sampler, generator=generator,
+            uncond=tuple(uncond[:3]), on_step=step,
+        )
+        check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
+        return rerank_by_similarity(candidates, text.text_embed)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        param = next(self.clip.parameters())
+        return self.clip.embed_image(images.to(device=param.device, dtype=param.dtype)).image_embed
+
+    def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
+               batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
+               edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
+        if exists(edit):
+            raise ValueError("the karlo family does not start from pictures yet (img2img, inpainting); use --image for variations")
+        b = image_embed.shape[0]
+        rows = lambda t: t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731  (the empty prompt is one row)
+        text_embed, encodings, mask = (rows(t) for t in (text if exists(text) else self._empty_prompt())[:3])
+        uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), self._empty_prompt()[:3]))
+        if exists(negative):
+            negative_embed, negative_text = negative
+            uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), negative_text[:3]), image_embed=negative_embed)
+        return self.decoder.sample(image_embed, encodings, mask, text_embed=text_embed, cond_scale=settings.cond_scale,
+                                   steps=settings.steps, sampler=settings.sampler, generator=generator, uncond=uncond,
+                                   on_step=self._stage_hook(settings, on_step))
+
+    def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
+                generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
+        """The super-resolution stage on [0, 1] images, resized (antialiased, centre crop) to the decoder's 64 px."""
+        from dalle2_core.clip import resize_center_crop
+
+        small = resize_center_crop(images, self.decoder.config.decoder.sample_size, "bicubic").clamp(0.0, 1.0)
+        return self.decoder.upscale(small, steps=settings.steps[1], sampler=settings.sampler, generator=generator,
+                                    on_step=self._stage_hook(settings, on_step))
+
+    def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
+        def step(stage_number: int, i: int, total: int, x: torch.Tensor) -> None:
+            name = STAGE_NAMES[stage_number - 1]
+            if i == total - 1:
+                check_finite(x, name, settings.cond_scale[stage_number - 1])
+            if exists(on_step):
+                on_step(name, i, total, x)
+
+        return step
+
+
+__all__ = ["KarloPipeline"]

@@ -1,0 +1,178 @@
+"""Karlo behind the pipeline seam: conversion of a diffusers UnCLIPPipeline folder, the karlo pipeline against its
+modules chained by hand, the CLI on it, the `karlo` preset from a Hugging Face cache, and the refusals."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from fixtures.karlo import loader as kf
+from karlo_tiny import tiny_unclip_folder
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
+from dalle2_core.convert.diffusers_unclip import KARLO_DEFAULTS, convert_unclip
+from dalle2_core.pipeline import KarloPipeline, load_pipeline
+from dalle2_core.prior import rerank_by_similarity
+from dream_cli.main import cli
+from dream_cli.output import SETTINGS_CHUNK, read_png_text
+
+HF_CLIP = Path(__file__).parent / "fixtures" / "hf_clip"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return tiny_unclip_folder(tmp_path_factory.mktemp("karlo") / "src")
+
+
+@pytest.fixture(scope="module")
+def converted(source, tmp_path_factory):
+    return convert_unclip(source, tmp_path_factory.mktemp("karlo") / "model").path
+
+
+@pytest.fixture(scope="module")
+def pipeline(converted):
+    return load_pipeline(converted)
+
+
+def gens(n=2, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_conversion_holds_every_tensor_of_the_diffusers_components(pipeline, converted):
+    assert isinstance(pipeline, KarloPipeline) and pipeline.stage_names == ("decoder", "super-res")
+    for ours, theirs in ((pipeline.prior, kf.prior()), (pipeline.decoder, kf.cascade())):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    index = json.loads((converted / "model_index.json").read_text())
+    assert index["family"] == "karlo" and index["components"] == ["clip", "prior", "decoder"]
+    assert pipeline.resolve() == pipeline.resolve(**KARLO_DEFAULTS.to_dict())
+    assert pipeline.stages(pipeline.resolve()) == [("prior", 25), ("decoder", 25), ("super-res", 7)]
+
+
+def test_generate_equals_the_modules_chained_and_encodes_text_once_per_batch(pipeline, monkeypatch):
+    s = pipeline.resolve(steps=(3, 2), prior_steps=3)
+    calls = []
+    original = HFClipAdapter._embed_tokens
+    monkeypatch.setattr(HFClipAdapter, "_embed_tokens", lambda self, tokens: calls.append(len(tokens)) or original(self, tokens))
+    pipeline._empty.clear()
+    prompts = ["a red cube", "a dog"]
+    images = pipeline.generate(prompts, s, generator=gens())
+    again = pipeline.generate(prompts, s, generator=gens())
+    assert calls == [3, 2]  # the prompts and the empty prompt in one forward, then the prompts alone
+    assert torch.equal(images, again) and images.shape == (2, 3, 16, 16)
+    # by hand: CLIP's raw embeddings, the prior guided against the empty prompt, the cascade against it and its null image
+    clip, prior, cascade = pipeline.clip, pipeline.prior, pipeline.decoder
+    embed, states, mask = clip.embed_text([*prompts, ""])
+    empty = (embed[2:], states[2:], mask[2:])
+    generators = gens()
+    candidates = prior.sample_embeds(embed[:2], states[:2], mask[:2], num_samples_per_batch=1, cond_scale=4.0, steps=3,
+                                     generator=generators, uncond=empty)
+    image_embed = rerank_by_similarity(candidates, embed[:2])
+    direct = cascade.sample(image_embed, states[:2], mask[:2], text_embed=embed[:2], cond_scale=(8.0, 1.0), steps=(3, 2),
+                            generator=generators, uncond=dict(zip(("text_embed", "text_encodings", "text_mask"), empty)))
+    torch.testing.assert_close(images, direct, rtol=0, atol=1e-6)
+
+
+def test_image_i_is_the_image_of_seed_plus_i_and_a_negative_prompt_steers(pipeline):
+    s = pipeline.resolve(steps=(3, 2), prior_steps=3)
+    batch = pipeline.generate(["a red cube"] * 2, s, generator=gens(2, seed=5))
+    alone = pipeline.generate(["a red cube"], s, generator=gens(1, seed=6))
+    torch.testing.assert_close(batch[1:], alone, rtol=0, atol=1e-5)
+    negative = pipeline.generate(["a red cube"], s, generator=gens(1, seed=6), negative_prompts=["a dog"])
+    assert (negative - alone).abs().max() > 1e-3
+
+
+def test_dream_samples_a_converted_folder_and_a_diffusers_folder_directly(converted, source, tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "cache"))
+    fast = ("--steps", "2,2", "--prior-steps", "2", "--seed", 3, "-q")
+    result = CliRunner().invoke(cli, ["--model", str(converted), *map(str, fast), "--outdir", str(tmp_path / "a"), "a red cube"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(read_png_text(tmp_path / "a" / "a-red-cube-3-0.png")[SETTINGS_CHUNK])
+    assert info["steps"] == [2, 2] and info["cond_scale"] == [8.0, 1.0] and info["prior_cond_scale"] == 4.0
+    result = CliRunner().invoke(cli, ["--model", str(source), *map(str, fast), "--outdir", str(tmp_path / "b"), "a red cube"])
+    assert result.exit_code == 0, result.output  # converted once into the cache, then sampled
+    assert len(list((tmp_path / "cache" / "models" / "unclip").iterdir())) == 1
+    a, b = (read_png_text(tmp_path / d / "a-red-cube-3-0.png") for d in "ab")
+    assert json.loads(a[SETTINGS_CHUNK])["steps"] == json.loads(b[SETTINGS_CHUNK])["steps"]
+
+
+def test_refusals_name_the_component_or_the_tensor(source, tmp_path):
+    pickled = shutil.copytree(source, tmp_path / "pickled")
+    weights = pickled / "text_proj" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    result = CliRunner().invoke(cli, ["convert", "diffusers", str(pickled), "--out", str(tmp_path / "o1")])
+    assert result.exit_code == 1 and "text_proj" in result.output and "pickle" in result.output
+    assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
+    wrong = shutil.copytree(source, tmp_path / "wrong")
+    path = wrong / "decoder" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    state["conv_in.weight"] = torch.zeros(3, 3, 3, 3)
+    save_file(state, str(path))
+    result = CliRunner().invoke(cli, ["convert", "diffusers", str(wrong), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 1 and "conv_in.weight" in result.output and "(3, 3, 3, 3)" in result.output
+    assert result.output.count("\n") == 1
+
+
+# --- the `karlo` preset, from a Hugging Face cache laid out as huggingface_hub lays it out -------------------
+
+
+def cache_folder(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
+    """`folder`'s files as one commit of `repo_id` (blobs, snapshot links, the main ref, a tree listing)."""
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    tree = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        rel = path.relative_to(folder).as_posix()
+        link = storage / "snapshots" / commit / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+        tree[rel] = {"size": len(data), "blob_id": hashlib.sha1(data).hexdigest()}
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / "main").write_text(commit)
+    (storage / "trees").mkdir(exist_ok=True)
+    (storage / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
+
+
+def image_variations_folder(dest: Path) -> Path:
+    """The parts of Karlo's image-variations repo the preset takes: its CLIP vision tower and feature extractor."""
+    dest.mkdir()
+    shutil.copytree(HF_CLIP / "image_encoder", dest / "image_encoder")
+    shutil.copytree(HF_CLIP / "feature_extractor", dest / "feature_extractor")
+    index = {"_class_name": "UnCLIPImageVariationPipeline", "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+             "feature_extractor": ["transformers", "CLIPImageProcessor"]}
+    (dest / "model_index.json").write_text(json.dumps(index))
+    return dest
+
+
+def test_the_karlo_preset_downloads_once_converts_once_and_embeds_pictures(source, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from dalle2_core.hub import KARLO_IMAGE_VARIATIONS_REPO, KARLO_REPO, resolve_model
+
+    hub_cache = tmp_path / "hf" / "hub"
+    cache_folder(hub_cache, KARLO_REPO, source, "c" * 40)
+    cache_folder(hub_cache, KARLO_IMAGE_VARIATIONS_REPO, image_variations_folder(tmp_path / "iv"), "d" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "dream"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    resolved = resolve_model("karlo")
+    assert resolved.source == "preset" and resolved.revision == "c" * 40
+    provenance = json.loads((resolved.path / "source.json").read_text())
+    assert provenance["commit"] == "c" * 40 and provenance["image_variations_commit"] == "d" * 40
+    stamp = (resolved.path / "model_index.json").stat().st_mtime_ns
+    assert resolve_model("karlo").path == resolved.path and (resolved.path / "model_index.json").stat().st_mtime_ns == stamp
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
+    result = CliRunner().invoke(cli, ["--model", "karlo", "--image", str(picture), "--steps", "2,2", "--seed", "1", "-q",
+                                      "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    info = json.loads(read_png_text(tmp_path / "out" / "photo-1-0.png")[SETTINGS_CHUNK])
+    assert info["model"] == "karlo" and info["model_revision"] == "c" * 40
