@@ -157,3 +157,46 @@ def test_mix_of_a_prompt_and_an_image(model_dir, tmp_path):
     assert len(paths) == 2 and settings(paths[0])["mix"] == ["a red cube:0.7", f"{image}:0.3"]
     bad = dream("mix", "a red cube:0", "--model", model_dir)
     assert bad.exit_code == 2 and "with a weight > 0" in bad.output
+
+
+@pytest.fixture(scope="module")
+def laion_model(tmp_path_factory):
+    """The LAION fixture (DALLE2-pytorch 1.1.0 prior, decoder and upsampler at toy widths) converted with a tiny CLIP."""
+    from pathlib import Path
+
+    from dalle2_core.clip import CLIP
+    from dalle2_core.convert import convert_laion
+
+    fixtures = Path(__file__).parent / "fixtures" / "laion"
+    files = {n: fixtures / f"{n}.{'json' if n.endswith('config') else 'pth'}"
+             for n in ("prior", "prior_config", "decoder", "upsampler", "upsampler_config")}
+    torch.manual_seed(0)
+    clip = CLIP(dim_text=16, dim_image=16, dim_latent=16, num_text_tokens=49408, text_enc_depth=1, text_seq_len=6,
+                text_heads=2, visual_enc_depth=1, visual_image_size=16, visual_patch_size=8, visual_heads=2)
+    return convert_laion(files, tmp_path_factory.mktemp("laion") / "model", clip=clip).path
+
+
+def test_every_feature_on_a_converted_laion_model(laion_model, tmp_path):
+    fast = ("--model", laion_model, "--steps", "3,2", "--prior-steps", "3", "--sampler", "ddim", "-q", "--seed", 4)
+    assert dream(*fast, "--outdir", tmp_path / "plain", "a red cube").exit_code == 0
+    plain = only_png(tmp_path / "plain")
+    size = Image.open(plain).size
+    result = dream(*fast, "--outdir", tmp_path / "neg", "--negative-prompt", "a blue ball", "a red cube")
+    assert result.exit_code == 0, result.output
+    negative = only_png(tmp_path / "neg")
+    assert (pixels(negative) - pixels(plain)).abs().mean() > 0.5 and settings(negative)["negative_prompt"] == "a blue ball"
+    source = tmp_path / "source.png"
+    Image.new("RGB", size, (40, 170, 60)).save(source)
+    assert dream(*fast, "--init-image", source, "--strength", 0, "--outdir", tmp_path / "same", "a red cube").exit_code == 0
+    assert torch.equal(pixels(only_png(tmp_path / "same")), pixels(source))
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", size, 0)
+    m.paste(255, (0, 0, size[0] // 2, size[1]))  # regenerate the left half
+    m.save(mask)
+    assert dream(*fast, "--init-image", source, "--mask", mask, "--outdir", tmp_path / "inpaint", "a red cube").exit_code == 0
+    out, src = pixels(only_png(tmp_path / "inpaint")).view(size[1], size[0], 3), pixels(source).view(size[1], size[0], 3)
+    assert torch.equal(out[:, size[0] // 2:], src[:, size[0] // 2:])
+    result = dream("upscale", plain, "--model", laion_model, "--steps", "3,2", "-q", "--seed", 0, "--outdir", tmp_path / "up",
+                   "--prompt", "a red cube")
+    assert result.exit_code == 0, result.output
+    assert Image.open(only_png(tmp_path / "up")).size == size
