@@ -197,7 +197,8 @@ def test_unet_block_recomputes_norm_and_film_with_the_same_gradients():
 
 
 def test_unet_attention_keeps_the_input_memory_layout():
-    from dalle2_core.decoder.unet_attention import ChanLayerNorm, LinearAttention, SpatialCrossAttention, SpatialSelfAttention
+    from dalle2_core.decoder.unet_attention import LinearAttention, SpatialCrossAttention, SpatialSelfAttention
+    from dalle2_core.nn import ChanLayerNorm
 
     torch.manual_seed(0)
     x, context = torch.randn(2, 16, 8, 8), torch.randn(2, 3, 8)
