@@ -10,7 +10,6 @@ open_clip's cache, with LAION's inference defaults.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalle2_core.atomic import atomic_path
-from dalle2_core.checkpoint import CONFIG_FILE, FORMAT, FORMAT_VERSION, INDEX_FILE, SamplingDefaults, save_model
+from dalle2_core.checkpoint import SamplingDefaults, read_json, save_model, write_json
 from dalle2_core.clip.open_clip_adapter import OpenClipConfig
 from dalle2_core.convert.laion_config import (
     Notes,
@@ -60,18 +58,6 @@ class LaionConversion:
 
     path: Path
     notes: tuple[str, ...]
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what} {str(path)!r} is not a JSON file ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {str(path)!r} holds a {type(data).__name__}; expected a JSON object")
-    return data
 
 
 def _state_dict(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -123,7 +109,7 @@ def convert_prior(
     """A LAION prior (`prior/latest.pth` + `prior/prior_config.json`) as a `DiffusionPrior` (no CLIP)."""
     notes = default(notes, Notes)
     prior_file = Path(prior_file)
-    config = prior_configs(_read_json(Path(prior_config_file), "prior config"), notes)
+    config = prior_configs(read_json(prior_config_file, "a LAION prior config"), notes)
     state = _state_dict(load_checkpoint(prior_file), prior_file, "prior")
     stray = sorted({k.split(".")[0] for k in state} - {"net", "noise_scheduler", "clip"})
     if stray:
@@ -218,7 +204,7 @@ def convert_decoder(
     timesteps = default(schedule_length(split_prefix(base_state, "noise_schedulers.0.")), base_opts["timesteps"])
     if exists(upsampler_file):
         upsampler_file = Path(upsampler_file)
-        up = decoder_section(_read_json(Path(upsampler_config_file), "upsampler config"), "upsampler config")
+        up = decoder_section(read_json(upsampler_config_file, "a LAION upsampler config"), "upsampler config")
         up_opts = decoder_options(up, "upsampler config")
         up_sizes, index = image_sizes(up), len(up["unets"]) - 1
         if index < 1 or len(up_sizes) != len(up["unets"]):
@@ -300,21 +286,6 @@ def laion_defaults(decoder: Decoder, prior: DiffusionPrior) -> SamplingDefaults:
     )
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _write_pretrained_clip(folder: Path, name: str, pretrained: str) -> None:
-    """The CLIP component as a name only (weights from open_clip's cache at load time), listed in the index."""
-    config = OpenClipConfig(name, pretrained).to_dict()
-    _write_json(folder / "clip" / CONFIG_FILE, {"class": "OpenClipAdapter", "config": config})
-    # save_model keeps the components an existing index lists; the prior and decoder join it next
-    index = {"format": FORMAT, "version": FORMAT_VERSION, "components": ["clip"], "defaults": {}}
-    _write_json(folder / INDEX_FILE, index)
-
-
 def convert_laion(files: dict, out_dir: str | os.PathLike, *, clip: nn.Module | None = None) -> LaionConversion:
     """Convert LAION's files into the model folder `out_dir` (new or empty).
 
@@ -336,22 +307,19 @@ def convert_laion(files: dict, out_dir: str | os.PathLike, *, clip: nn.Module | 
         raise FileExistsError(f"output folder {str(out)!r} is not empty; give a new or empty folder")
 
     notes = Notes()
-    name, pretrained = clip_name(_section_of(_read_json(files["prior_config"], "prior config"), "prior"))
+    name, pretrained = clip_name(_section_of(read_json(files["prior_config"], "a LAION prior config"), "prior"))
     prior = convert_prior(files["prior"], files["prior_config"], notes)
     decoder = convert_decoder(files["decoder"], files.get("upsampler"), files.get("upsampler_config"), notes)
-    out.mkdir(parents=True, exist_ok=True)
-    if exists(clip):
-        save_model(out, clip=clip, prior=prior, decoder=decoder, defaults=laion_defaults(decoder, prior))
-    else:
-        _write_pretrained_clip(out, name, pretrained)
-        save_model(out, prior=prior, decoder=decoder, defaults=laion_defaults(decoder, prior))
+    # without clip=, the CLIP is stored as its open_clip name: its weights come from open_clip's cache
+    save_model(out, clip=default(clip, OpenClipConfig(name, pretrained)), prior=prior, decoder=decoder,
+               defaults=laion_defaults(decoder, prior))
     report = {
         "source": "LAION DALLE2-pytorch 1.0-1.1 checkpoints",
         "files": {k: {"name": p.name, "bytes": p.stat().st_size} for k, p in files.items()},
         "clip": {"name": name, "pretrained": pretrained} if not exists(clip) else type(clip).__name__,
         "notes": notes.lines,
     }
-    _write_json(out / NOTES_FILE, report)
+    write_json(out / NOTES_FILE, report)
     return LaionConversion(out, tuple(notes.lines))
 
 
