@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dalle2_core.helpers import exists
 
@@ -27,7 +28,14 @@ def _to_tuples(value):
 
 @dataclass(frozen=True)
 class Config:
-    """Base of every network config: frozen, JSON round-trippable, buildable from flat keywords."""
+    """Base of every network config: frozen, JSON round-trippable, buildable from flat keywords.
+
+    `ALIASES` maps alternative keyword spellings (DALLE2-pytorch's, the seed README's) to
+    `(option, convert)`: `build` reads `alias=value` as `option=convert(value)` (`value` when
+    `convert` is None); an alias of None means "not given".
+    """
+
+    ALIASES: ClassVar[dict[str, tuple[str, Callable[[Any], Any] | None]]] = {}
 
     @classmethod
     def _sub_configs(cls) -> dict[str, type[Config]]:
@@ -53,6 +61,7 @@ class Config:
         Keywords may name a field of this config or of any nested sub-config; anything else is an
         error that lists what is accepted.
         """
+        kwargs = cls._resolve_aliases(kwargs)
         if isinstance(config, dict):
             config = cls.from_dict(config)
         if exists(config) and not isinstance(config, cls):
@@ -86,6 +95,20 @@ class Config:
             return dataclasses.replace(config, **top) if exists(config) else cls(**top)
         except TypeError as err:  # missing required options
             raise TypeError(f"{owner or cls.__name__}: {err}") from None
+
+    @classmethod
+    def _resolve_aliases(cls, kwargs: dict) -> dict:
+        """`kwargs` with every alias replaced by the option it spells; a contradiction is an error."""
+        out = dict(kwargs)
+        for alias, (name, convert) in cls.ALIASES.items():
+            value = out.pop(alias, None)
+            if value is None:
+                continue
+            value = convert(value) if exists(convert) else value
+            if name in out and _to_tuples(out[name]) != _to_tuples(value):
+                raise ValueError(f"{alias}={kwargs[alias]!r} contradicts {name}={out[name]!r}")
+            out[name] = value
+        return out
 
     @classmethod
     def from_dict(cls: type[C], data: dict) -> C:

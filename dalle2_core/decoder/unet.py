@@ -28,7 +28,7 @@ from .unet_blocks import (
     ResnetBlock,
     rearrange_tokens,
 )
-from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig, resolve_aliases
+from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig
 
 
 def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.device) -> torch.Tensor:
@@ -50,7 +50,7 @@ class Unet(nn.Module):
 
     def __init__(self, config: UnetConfig | dict | None = None, **kwargs):
         super().__init__()
-        self.config = cfg = UnetConfig.build(config, owner="Unet", **resolve_aliases(kwargs))
+        self.config = cfg = UnetConfig.build(config, owner="Unet", **kwargs)
         cond, attn, blocks = cfg.conditioning, cfg.attention, cfg.blocks
         dim = cfg.dim
         init_dim = default(blocks.init_dim, dim)
@@ -203,7 +203,7 @@ class Unet(nn.Module):
         Returns `self` (weights kept) when the overrides change nothing, like DALLE2-pytorch's
         `cast_model_parameters`, so a Decoder does not re-initialise a correctly built unet.
         """
-        config = UnetConfig.build(self.config, owner="Unet", **resolve_aliases(overrides))
+        config = UnetConfig.build(self.config, owner="Unet", **overrides)
         return self if config == self.config else type(self)(config)
 
     # the attributes the Decoder reads
