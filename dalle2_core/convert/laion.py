@@ -174,18 +174,8 @@ def _stage_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
     return state
 
 
-def convert_decoder(
-    decoder_file: str | os.PathLike,
-    upsampler_file: str | os.PathLike | None = None,
-    upsampler_config_file: str | os.PathLike | None = None,
-    notes: Notes | None = None,
-) -> Decoder:
-    """LAION's 64 px decoder (`decoder/v1.0.2/latest.pth`, config inside), optionally with the 64 -> 256
-    upsampler (`working/latest.pth` + `working/decoder_config.json`), as one cascaded `Decoder` (no CLIP)."""
-    notes = default(notes, Notes)
-    if exists(upsampler_file) != exists(upsampler_config_file):
-        raise ValueError("the upsampler needs both its weights file and its decoder_config.json")
-    decoder_file = Path(decoder_file)
+def _base_stage(decoder_file: Path, notes: Notes) -> _Stage:
+    """The first unet of LAION's decoder file (its train config is inside the file)."""
     obj = load_checkpoint(decoder_file)
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
         raise ValueError(
@@ -199,37 +189,36 @@ def convert_decoder(
     base_state = _stage_state(_state_dict(obj, decoder_file, "decoder"), decoder_file)
     if len(base["unets"]) > 1:
         notes.add(f"{decoder_file.name}: only its first unet is used ({len(base['unets'])} in its config)")
-    stages = [_Stage(base, base_opts, 0, base_state, image_sizes(base)[0], decoder_file.name)]
+    return _Stage(base, base_opts, 0, base_state, image_sizes(base)[0], decoder_file.name)
 
-    timesteps = default(schedule_length(split_prefix(base_state, "noise_schedulers.0.")), base_opts["timesteps"])
-    if exists(upsampler_file):
-        upsampler_file = Path(upsampler_file)
-        up = decoder_section(read_json(upsampler_config_file, "a LAION upsampler config"), "upsampler config")
-        up_opts = decoder_options(up, "upsampler config")
-        up_sizes, index = image_sizes(up), len(up["unets"]) - 1
-        if index < 1 or len(up_sizes) != len(up["unets"]):
-            raise ValueError(
-                f"upsampler config has {len(up['unets'])} unet(s) for image_sizes {list(up_sizes)}; expected a cascade of 2+"
-            )
-        if up_sizes[index - 1] != stages[0].size:
-            raise ValueError(
-                f"the upsampler takes {up_sizes[index - 1]} px images but the decoder makes {stages[0].size} px"
-            )
-        up_state = _state_dict(load_checkpoint(upsampler_file), upsampler_file, "upsampler")
-        up_state = _stage_state(up_state, upsampler_file)
-        steps = schedule_length(split_prefix(up_state, f"noise_schedulers.{index}."))
-        if exists(steps) and steps != timesteps:
-            raise ValueError(
-                f"the upsampler's noise schedule has {steps} steps but the decoder's has {timesteps}; they must match"
-            )
-        if not exists(steps) and up_opts["timesteps"] != timesteps:
-            notes.add(
-                f"upsampler config says timesteps={up_opts['timesteps']} and its file has no schedule tables; "
-                f"the decoder's {timesteps} are used, as LAION's loader does"
-            )
-        stages.append(_Stage(up, up_opts, index, up_state, up_sizes[index], upsampler_file.name))
 
+def _upsampler_stage(upsampler_file: Path, config_file, base: _Stage, timesteps: int, notes: Notes) -> _Stage:
+    """The last unet of LAION's upsampler cascade, checked to fit after `base`."""
+    up = decoder_section(read_json(config_file, "a LAION upsampler config"), "upsampler config")
+    up_opts = decoder_options(up, "upsampler config")
+    up_sizes, index = image_sizes(up), len(up["unets"]) - 1
+    if index < 1 or len(up_sizes) != len(up["unets"]):
+        raise ValueError(
+            f"upsampler config has {len(up['unets'])} unet(s) for image_sizes {list(up_sizes)}; expected a cascade of 2+"
+        )
+    if up_sizes[index - 1] != base.size:
+        raise ValueError(f"the upsampler takes {up_sizes[index - 1]} px images but the decoder makes {base.size} px")
+    up_state = _stage_state(_state_dict(load_checkpoint(upsampler_file), upsampler_file, "upsampler"), upsampler_file)
+    steps = schedule_length(split_prefix(up_state, f"noise_schedulers.{index}."))
+    if exists(steps) and steps != timesteps:
+        raise ValueError(f"the upsampler's noise schedule has {steps} steps but the decoder's has {timesteps}; they must match")
+    if not exists(steps) and up_opts["timesteps"] != timesteps:
+        notes.add(
+            f"upsampler config says timesteps={up_opts['timesteps']} and its file has no schedule tables; "
+            f"the decoder's {timesteps} are used, as LAION's loader does"
+        )
+    return _Stage(up, up_opts, index, up_state, up_sizes[index], upsampler_file.name)
+
+
+def _cascade(stages: list[_Stage], timesteps: int, notes: Notes) -> Decoder:
+    """The converted unets as one `Decoder`, with the options of their source configs."""
     unets, opts = zip(*(_build_unet(stage, notes) for stage in stages))
+    base_opts = stages[0].options
     lowres = stages[-1].options  # low-res conditioning settings belong to the upsampler's config
     decoder = Decoder(
         unet=tuple(unets),
@@ -264,6 +253,26 @@ def convert_decoder(
     for i, (built, kept) in enumerate(zip(unets, decoder.unets)):
         if built is not kept:  # the decoder re-created a unet: its weights would be lost
             raise RuntimeError(f"unet {i + 1} was rebuilt by the Decoder: its converted config is not the cascade's")
+    return decoder
+
+
+def convert_decoder(
+    decoder_file: str | os.PathLike,
+    upsampler_file: str | os.PathLike | None = None,
+    upsampler_config_file: str | os.PathLike | None = None,
+    notes: Notes | None = None,
+) -> Decoder:
+    """LAION's 64 px decoder (`decoder/v1.0.2/latest.pth`, config inside), optionally with the 64 -> 256
+    upsampler (`working/latest.pth` + `working/decoder_config.json`), as one cascaded `Decoder` (no CLIP)."""
+    notes = default(notes, Notes)
+    if exists(upsampler_file) != exists(upsampler_config_file):
+        raise ValueError("the upsampler needs both its weights file and its decoder_config.json")
+    stages = [_base_stage(Path(decoder_file), notes)]
+    base_schedule = split_prefix(stages[0].state, "noise_schedulers.0.")
+    timesteps = default(schedule_length(base_schedule), stages[0].options["timesteps"])
+    if exists(upsampler_file):
+        stages.append(_upsampler_stage(Path(upsampler_file), upsampler_config_file, stages[0], timesteps, notes))
+    decoder = _cascade(stages, timesteps, notes)
     for i, stage in enumerate(stages):
         buffers = split_prefix(stage.state, f"noise_schedulers.{stage.index}.")
         check_schedule(buffers, decoder.diffusions[i], f"{stage.name} unet {stage.index + 1}")
