@@ -178,17 +178,17 @@ def _is_external(component) -> bool:
 
     `component` is a module or an `OpenClipConfig` (an open_clip CLIP named without building it).
     """
-    clip = _clip_package()
-    config = component.config if isinstance(component, clip.OpenClipAdapter) else component
-    if not isinstance(config, clip.OpenClipConfig):
+    clip_lib = _clip_package()
+    config = component.config if isinstance(component, clip_lib.OpenClipAdapter) else component
+    if not isinstance(config, clip_lib.OpenClipConfig):
         return False
     return isinstance(config.pretrained, str) and not os.path.isfile(config.pretrained)
 
 
 def _describe(component) -> tuple[str, dict]:
     """(class name, config dict) that rebuild `component` (a registered module, or an `OpenClipConfig`)."""
-    clip = _clip_package()
-    if isinstance(component, clip.OpenClipConfig):
+    clip_lib = _clip_package()
+    if isinstance(component, clip_lib.OpenClipConfig):
         if not _is_external(component):
             raise TypeError(f"an OpenClipConfig stands for a CLIP only with a pretrained tag, got {component.pretrained!r}")
         return "OpenClipAdapter", component.to_dict()
@@ -196,19 +196,19 @@ def _describe(component) -> tuple[str, dict]:
     if name not in _CLASSES:
         raise TypeError(f"cannot checkpoint a {name}; accepted classes: {', '.join(sorted(_CLASSES))}")
     config = component.config.to_dict()
-    if isinstance(component, clip.OpenClipAdapter) and not _is_external(component):
+    if isinstance(component, clip_lib.OpenClipAdapter) and not _is_external(component):
         config["pretrained"] = None  # a local weights file is stored as weights, not as a path of this machine
     return name, config
 
 
 def _dependency_prefixes(module: nn.Module) -> list[str]:
     """State-dict prefixes of the shared CLIP inside `module` (topmost `CLIP` or `ClipAdapter` submodules)."""
-    clip = _clip_package()
+    clip_lib = _clip_package()
     prefixes: list[str] = []
     for name, sub in module.named_modules():
         if not name or any(name.startswith(p) for p in prefixes):
             continue
-        if isinstance(sub, (clip.CLIP, clip.ClipAdapter)):
+        if isinstance(sub, (clip_lib.CLIP, clip_lib.ClipAdapter)):
             prefixes.append(name + ".")
     return prefixes
 
@@ -354,7 +354,7 @@ def _shared_clip(clip, prior, decoder):
         ]
         clip = found[0] if found else None
     if isinstance(clip, _clip_package().XClipAdapter):
-        clip = clip.clip
+        return clip.clip  # the adapter's project CLIP
     return clip
 
 

@@ -45,7 +45,7 @@ class Decoder(nn.Module):
     def __init__(self, unet: Unet | tuple[Unet, ...] | None = None, *, clip=None, vae=(), config=None, **kwargs):
         super().__init__()
         unets, vaes, cfg = _networks_and_config(unet, vae, config, kwargs)
-        self.clip, cfg = _frozen_clip(clip, cfg)
+        self.clip, cfg = _frozen_clip(clip, cfg)  # a ClipAdapter (a raw CLIP is wrapped), or None
         cfg.validate()
         for i, v in enumerate(vaes):
             if exists(v) and v.channels != cfg.channels:
