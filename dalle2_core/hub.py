@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dalle2_core.atomic import temp_dir_beside
-from dalle2_core.checkpoint import INDEX_FILE, ModelLoadError
+from dalle2_core.checkpoint import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ModelLoadError
 from dalle2_core.helpers import exists
 
 DEFAULT_MODEL = "laion"
@@ -29,7 +29,7 @@ LAION_FILES = {
 }
 # a Hub repo id, optionally pinned: org/name or org/name@revision (branch, tag or commit)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
-_MODEL_FILES = [INDEX_FILE, "*/config.json", "*/model.safetensors"]
+_MODEL_FILES = [INDEX_FILE, f"*/{CONFIG_FILE}", f"*/{WEIGHTS_FILE}"]
 # what to offer when nothing can be downloaded, in library terms (the CLI names its own option)
 OFFLINE_HINT = f"the bundled model {BUNDLED[0]!r} needs no download"
 
