@@ -115,7 +115,7 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist; expected {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({_one_line(err)}); expected {what}") from None
+        raise ValueError(f"{path} is not valid JSON ({one_line(err)}); expected {what}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}; expected {what}")
     return data
@@ -272,7 +272,8 @@ def _component_dir(directory: Path) -> Path:
     return previous[-1] if previous else directory
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error's message on one line, at most 300 characters: for messages that quote another error."""
     text = " ".join(str(err).split())
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -300,7 +301,7 @@ def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
         # files of earlier versions stored tied tensors once, with their other names in "aliases"
         aliases = json.loads(metadata.get("aliases", "{}"))
     except Exception as err:  # safetensors reports truncation and corruption with several types
-        raise ModelLoadError(f"{weights} is corrupted or truncated ({_one_line(err)}); re-save or re-download it") from None
+        raise ModelLoadError(f"{weights} is corrupted or truncated ({one_line(err)}); re-save or re-download it") from None
     for alias, source in aliases.items():
         if source in state:
             state[alias] = state[source]
@@ -321,9 +322,9 @@ def load_component(
     try:
         module = cls.from_config(config, **{k: v for k, v in deps.items() if exists(v)})
     except (TypeError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {_one_line(err)}") from None
+        raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {one_line(err)}") from None
     except _clip_package().ClipWeightsUnavailable as err:  # a pretrained CLIP that is not cached
-        raise ModelLoadError(f"{directory}: {_one_line(err)}") from None
+        raise ModelLoadError(f"{directory}: {one_line(err)}") from None
 
     if not _is_external(module):
         weights = directory / WEIGHTS_FILE
@@ -442,7 +443,7 @@ def read_index(folder: str | os.PathLike) -> tuple[list[str], SamplingDefaults]:
     try:
         defaults = SamplingDefaults.from_dict(index.get("defaults") or {})
     except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {_one_line(err)}") from None
+        raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {one_line(err)}") from None
     return components, defaults
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dalle2_core.atomic import temp_dir_beside
-from dalle2_core.checkpoint import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ModelLoadError
+from dalle2_core.checkpoint import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ModelLoadError, one_line
 from dalle2_core.helpers import exists
 
 DEFAULT_MODEL = "laion"
@@ -109,7 +109,7 @@ def _hub_error(err: Exception, what: str, revision: str | None) -> ModelNotFound
         return ModelNotFoundError(f"revision {revision!r} of {what} does not exist (use a branch, tag or commit)")
     if isinstance(err, RepositoryNotFoundError):
         return ModelNotFoundError(f"{what} not found on the Hugging Face Hub (private? set HF_TOKEN)")
-    return ModelNotFoundError(f"could not download {what}: {' '.join(str(err).split())[:200]}")
+    return ModelNotFoundError(f"could not download {what}: {one_line(err)}")
 
 
 def _snapshot(repo_id: str, revision: str | None, progress: bool, cache_dir) -> Path:
