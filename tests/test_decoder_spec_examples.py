@@ -33,6 +33,7 @@ def needs_ram(gb: int):
 
 
 def spec_clip(depth, image_size=256):
+    """The README's CLIP (its examples use depth 6 or 1, and 256 px)."""
     return CLIP(
         dim_text=512,
         dim_image=512,

@@ -1,24 +1,13 @@
 """The seed README's three diffusion-prior examples, as written (dalle2_pytorch → dalle2_core, no .cuda())."""
 
 import torch
+from test_decoder_spec_examples import spec_clip as readme_clip
 
-from dalle2_core import CLIP, DiffusionPrior, DiffusionPriorNetwork
+from dalle2_core import DiffusionPrior, DiffusionPriorNetwork
 
 
 def spec_clip():
-    return CLIP(
-        dim_text=512,
-        dim_image=512,
-        dim_latent=512,
-        num_text_tokens=49408,
-        text_enc_depth=6,
-        text_seq_len=256,
-        text_heads=8,
-        visual_enc_depth=6,
-        visual_image_size=256,
-        visual_patch_size=32,
-        visual_heads=8,
-    )
+    return readme_clip(depth=6)
 
 
 def spec_prior_network():

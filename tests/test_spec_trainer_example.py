@@ -10,25 +10,14 @@ import os
 
 import pytest
 import torch
+from test_decoder_spec_examples import spec_clip
 
-from dalle2_core import CLIP, Decoder, DecoderTrainer, Unet
+from dalle2_core import Decoder, DecoderTrainer, Unet
 
 
 def decoder_trainer_example(image_sizes, batch):
     torch.manual_seed(0)
-    clip = CLIP(
-        dim_text=512,
-        dim_image=512,
-        dim_latent=512,
-        num_text_tokens=49408,
-        text_enc_depth=6,
-        text_seq_len=256,
-        text_heads=8,
-        visual_enc_depth=6,
-        visual_image_size=256,
-        visual_patch_size=32,
-        visual_heads=8,
-    )
+    clip = spec_clip(depth=6)  # the README's CLIP(dim_text=512, ..., visual_heads=8)
 
     # mock data
 
