@@ -205,4 +205,4 @@ def config_dataclass(cls: type[T]) -> type[T]:
     return dataclass(frozen=True)(cls)
 
 
-__all__ = ["Config", "config_dataclass"]
+__all__ = ["Config", "check_field_types", "config_dataclass"]
