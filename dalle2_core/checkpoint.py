@@ -61,10 +61,8 @@ _CLASSES = {
     "TextProj": ("dalle2_core.adm",),
     "KarloCascade": ("dalle2_core.adm",),
 }
-# pretrained CLIPs whose weights come from open_clip's own cache: the config names them, no weights
-_EXTERNAL_WEIGHTS = frozenset({"OpenClipAdapter", "OpenAIClipAdapter"})
-# a submodule of one of these classes inside a prior/decoder is the shared frozen CLIP: saved once
-_CLIP_CLASS_NAMES = frozenset({"CLIP", "ClipAdapter", "XClipAdapter", "OpenClipAdapter", "OpenAIClipAdapter"})
+# the top-level keys of a component's config.json
+ENTRY_KEYS = ("class", "config")
 
 
 class ModelLoadError(Exception):
@@ -120,9 +118,57 @@ class Model:
     family: str = DEFAULT_FAMILY
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """`data` as indented JSON in `path`, written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in `path`; else FileNotFoundError or ValueError, one line naming the file and `what`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist; expected {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({one_line(err)}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}; expected {what}")
+    return data
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return read_json(path, what)
+    except (FileNotFoundError, ValueError) as err:
+        raise ModelLoadError(str(err)) from None
+
+
+def few(keys, n: int = 3) -> str:
+    """The first `n` of `keys` (sorted), and how many more there are: for one-line messages."""
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> str | None:
+    """What keeps `state` (from `source`, e.g. "weights") from loading into a module whose state is `expected`:
+    missing and unexpected keys and shape mismatches, in one line; None when it fits."""
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {few(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatch ({source} vs config) {few(wrong)}")
+    return "; ".join(problems) or None
 
 
 # --- class registry ---------------------------------------------------------------------------------
@@ -138,41 +184,47 @@ def _class_for(name: str) -> type[nn.Module]:
     raise ModelLoadError(f"component class {name!r} is not available in this build of dalle2_core")
 
 
-def _is_external(module: nn.Module) -> bool:
-    """An open_clip model with a pretrained tag: open_clip's cache has the weights, don't copy them."""
-    name = type(module).__name__
-    pretrained = getattr(module, "pretrained", None)
-    return name in _EXTERNAL_WEIGHTS and isinstance(pretrained, str) and not os.path.isfile(pretrained)
+def _clip_package():
+    """`dalle2_core.clip`, imported when first needed: reading a checkpoint module imports no CLIP code."""
+    return importlib.import_module("dalle2_core.clip")
 
 
-def _describe(module: nn.Module) -> tuple[str, dict]:
-    """(class name, config dict) that rebuild `module`."""
-    name = type(module).__name__
+def _is_external(component) -> bool:
+    """An open_clip CLIP named by a pretrained tag: open_clip's cache has the weights, don't copy them.
+
+    `component` is a module or an `OpenClipConfig` (an open_clip CLIP named without building it).
+    """
+    clip_lib = _clip_package()
+    config = component.config if isinstance(component, clip_lib.OpenClipAdapter) else component
+    if not isinstance(config, clip_lib.OpenClipConfig):
+        return False
+    return isinstance(config.pretrained, str) and not os.path.isfile(config.pretrained)
+
+
+def _describe(component) -> tuple[str, dict]:
+    """(class name, config dict) that rebuild `component` (a registered module, or an `OpenClipConfig`)."""
+    clip_lib = _clip_package()
+    if isinstance(component, clip_lib.OpenClipConfig):
+        if not _is_external(component):
+            raise TypeError(f"an OpenClipConfig stands for a CLIP only with a pretrained tag, got {component.pretrained!r}")
+        return "OpenClipAdapter", component.to_dict()
+    name = type(component).__name__
     if name not in _CLASSES:
         raise TypeError(f"cannot checkpoint a {name}; accepted classes: {', '.join(sorted(_CLASSES))}")
-    config = getattr(module, "config", None)
-    if isinstance(config, Config):
-        return name, config.to_dict()
-    if name in _EXTERNAL_WEIGHTS:
-        # open_clip adapters are named, not configured; a local weights file is stored as weights
-        pretrained = module.pretrained if _is_external(module) else None
-        return "OpenClipAdapter", {"name": module.name, "pretrained": pretrained, **getattr(module, "model_kwargs", {})}
-    raise TypeError(f"cannot checkpoint this {name}: it has no typed `config` to rebuild it from")
-
-
-def _build(cls: type[nn.Module], config: dict, deps: dict) -> nn.Module:
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config, **deps)
-    return cls(**config, **deps)  # adapters named by keywords (open_clip)
+    config = component.config.to_dict()
+    if isinstance(component, clip_lib.OpenClipAdapter) and not _is_external(component):
+        config["pretrained"] = None  # a local weights file is stored as weights, not as a path of this machine
+    return name, config
 
 
 def _dependency_prefixes(module: nn.Module) -> list[str]:
-    """State-dict prefixes of the shared CLIP inside `module` (topmost CLIP-like submodules)."""
+    """State-dict prefixes of the shared CLIP inside `module` (topmost `CLIP` or `ClipAdapter` submodules)."""
+    clip_lib = _clip_package()
     prefixes: list[str] = []
     for name, sub in module.named_modules():
         if not name or any(name.startswith(p) for p in prefixes):
             continue
-        if any(c.__name__ in _CLIP_CLASS_NAMES for c in type(sub).__mro__):
+        if isinstance(sub, (clip_lib.CLIP, clip_lib.ClipAdapter)):
             prefixes.append(name + ".")
     return prefixes
 
@@ -185,40 +237,22 @@ def _own_state(module: nn.Module) -> dict[str, torch.Tensor]:
 # --- components -------------------------------------------------------------------------------------
 
 
-def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors for safetensors (which refuses shared memory) and the aliases to restore on load."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    storages: set[int] = set()
-    for key, t in state.items():
-        t = t.detach()
-        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if t.numel() and view in seen:  # the same tensor under two names (tied weights)
-            aliases[key] = seen[view]
-            continue
-        seen[view] = key
-        ptr = t.untyped_storage().data_ptr()
-        # a view overlapping another tensor's memory is stored as its own copy
-        tensors[key] = t.clone().contiguous() if (ptr in storages and t.numel()) else t.contiguous()
-        storages.add(ptr)
-    return tensors, aliases
-
-
-def _write_component(module: nn.Module, directory: Path) -> None:
-    name, config = _describe(module)
-    _write_json(directory / CONFIG_FILE, {"class": name, "config": config})
-    if _is_external(module):
+def _write_component(component, directory: Path) -> None:
+    name, config = _describe(component)
+    write_json(directory / CONFIG_FILE, {"class": name, "config": config})
+    if _is_external(component):
         return
-    tensors, aliases = _dedupe_shared(_own_state(module))
-    tensors = {k: v.cpu() for k, v in tensors.items()}
-    metadata = {"format": "pt", "aliases": json.dumps(aliases)}
+    # no network here ties weights, so every tensor is stored under its own name
+    tensors = {k: v.detach().cpu().contiguous() for k, v in _own_state(component).items()}
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def save_component(module: nn.Module, directory: str | os.PathLike) -> Path:
     """Write `module` (config + weights, without its shared CLIP) as a component folder.
+
+    `module` may also be an `OpenClipConfig` with a pretrained tag: a CLIP named without building
+    it (its weights come from open_clip's cache when it is loaded).
 
     The folder is written beside the target and swapped in with renames, so a crash at any point
     leaves either the old or the new component complete (`load_component` recovers a swap that was
@@ -254,46 +288,40 @@ def _component_dir(directory: Path) -> Path:
     return previous[-1] if previous else directory
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} is missing: {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path} is not valid JSON ({_one_line(err)}); expected {what}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} holds a {type(data).__name__}; expected {what}")
-    return data
-
-
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error's message on one line, at most 300 characters: for messages that quote another error."""
     text = " ".join(str(err).split())
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _few(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
+def _read_entry(directory: Path) -> tuple[str, dict]:
+    """(class name, config) from a component's config.json, its layout checked."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} is not a model component: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
+    entry = _read_json(path, '{"class": ..., "config": {...}}')
+    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+    if unknown:
+        raise ModelLoadError(f"{path} has unknown key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(ENTRY_KEYS)}")
+    name, config = entry.get("class"), entry.get("config")
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise ModelLoadError(f"{path} needs a string 'class' and an object 'config'")
+    return name, config
 
 
-def _check_weights(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_few(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatch (weights vs config) {_few(wrong)}")
-    if problems:
-        raise ModelLoadError(f"{path} does not match its {CONFIG_FILE}: " + "; ".join(problems))
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = load_file(str(weights), device="cpu")
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+        # files of earlier versions stored tied tensors once, with their other names in "aliases"
+        aliases = json.loads(metadata.get("aliases", "{}"))
+    except Exception as err:  # safetensors reports truncation and corruption with several types
+        raise ModelLoadError(f"{weights} is corrupted or truncated ({one_line(err)}); re-save or re-download it") from None
+    for alias, source in aliases.items():
+        if source in state:
+            state[alias] = state[source]
+    return state
 
 
 def load_component(
@@ -305,41 +333,23 @@ def load_component(
 ) -> nn.Module:
     """Rebuild a component from its config and fill in its weights; `deps` (e.g. `clip=`) are passed on."""
     directory = _component_dir(Path(directory))
-    if not (directory / CONFIG_FILE).is_file():
-        raise ModelLoadError(
-            f"{directory} is not a model component: expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE}"
-        )
-    entry = _read_json(directory / CONFIG_FILE, '{"class": ..., "config": {...}}')
-    name, config = entry.get("class"), entry.get("config")
-    if not isinstance(name, str) or not isinstance(config, dict):
-        raise ModelLoadError(f"{directory / CONFIG_FILE} needs a string 'class' and an object 'config'")
+    name, config = _read_entry(directory)
     cls = _class_for(name)
     try:
-        module = _build(cls, config, {k: v for k, v in deps.items() if exists(v)})
+        module = cls.from_config(config, **{k: v for k, v in deps.items() if exists(v)})
     except (TypeError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {_one_line(err)}") from None
-    except RuntimeError as err:
-        if type(err).__name__ != "ClipWeightsUnavailable":
-            raise
-        raise ModelLoadError(f"{directory}: {_one_line(err)}") from None  # pretrained CLIP not cached
+        raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {one_line(err)}") from None
+    except _clip_package().ClipWeightsUnavailable as err:  # a pretrained CLIP that is not cached
+        raise ModelLoadError(f"{directory}: {one_line(err)}") from None
 
     if not _is_external(module):
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelLoadError(f"{weights} is missing: the {name} component has no weights")
-        try:
-            state = load_file(str(weights), device="cpu")
-            with safe_open(str(weights), framework="pt") as f:
-                metadata = f.metadata() or {}
-            aliases = json.loads(metadata.get("aliases", "{}"))
-        except Exception as err:  # safetensors reports truncation and corruption with several types
-            raise ModelLoadError(
-                f"{weights} is corrupted or truncated ({_one_line(err)}); re-save or re-download it"
-            ) from None
-        for alias, source in aliases.items():
-            if source in state:
-                state[alias] = state[source]
-        _check_weights(weights, state, _own_state(module))
+        state = _read_weights(weights)
+        problem = state_mismatch(state, _own_state(module), "weights")
+        if exists(problem):
+            raise ModelLoadError(f"{weights} does not match its {CONFIG_FILE}: {problem}")
         module.load_state_dict(state, strict=False)  # strict check done above, CLIP excluded
     return module.to(device=device, dtype=dtype) if exists(device) or exists(dtype) else module
 
@@ -360,8 +370,8 @@ def _shared_clip(clip, prior, decoder):
             for prefix in _dependency_prefixes(module)
         ]
         clip = found[0] if found else None
-    if type(clip).__name__ == "XClipAdapter":
-        clip = clip.clip
+    if isinstance(clip, _clip_package().XClipAdapter):
+        return clip.clip  # the adapter's project CLIP
     return clip
 
 
@@ -391,6 +401,8 @@ def save_model(
 
     Without `clip=`, the CLIP inside the prior/decoder is written only if the folder has no CLIP
     with the same config yet (it is frozen there); pass `clip=` to overwrite it regardless.
+    `clip=` may be an `OpenClipConfig` with a pretrained tag: the CLIP is then stored as that name
+    without being built (nothing is downloaded).
 
     The index is written last, so an interrupted save leaves the previous index pointing at
     complete components.
@@ -421,7 +433,7 @@ def save_model(
         except (TypeError, ValueError):
             defaults = SamplingSettings()
     family = family or index.get("family") or DEFAULT_FAMILY
-    _write_json(
+    write_json(
         folder / INDEX_FILE,
         {"format": FORMAT, "version": FORMAT_VERSION, "family": family, "components": components, "defaults": defaults.to_dict()},
     )
@@ -452,7 +464,7 @@ def read_index(folder: str | os.PathLike) -> ModelIndex:
     try:
         defaults = SamplingSettings.from_dict(index.get("defaults") or {})
     except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {_one_line(err)}") from None
+        raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {one_line(err)}") from None
     family = index.get("family", DEFAULT_FAMILY)
     if not isinstance(family, str) or not family:
         raise ModelLoadError(f"{folder / INDEX_FILE} has family {family!r}; expected a family name such as {DEFAULT_FAMILY!r}")

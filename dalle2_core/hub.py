@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dalle2_core.atomic import temp_dir_beside
-from dalle2_core.checkpoint import INDEX_FILE, ModelLoadError
+from dalle2_core.checkpoint import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ModelLoadError, one_line
+from dalle2_core.choices import BUNDLED, DEFAULT_MODEL, PRESETS
 from dalle2_core.helpers import exists
 
-DEFAULT_MODEL = "karlo"
-BUNDLED = ("shapes",)
-PRESETS = ("karlo", "laion")  # downloaded and converted once into the dream cache
-# the public LAION weights (see /work/shared/spec/laion-checkpoints.md): key -> (repo, file)
+# the public LAION weights (docs/laion.md): key -> (repo, file)
 LAION_FILES = {
     "prior": ("laion/DALLE2-PyTorch", "prior/latest.pth"),
     "prior_config": ("laion/DALLE2-PyTorch", "prior/prior_config.json"),
@@ -30,12 +28,21 @@ LAION_FILES = {
 }
 # a Hub repo id, optionally pinned: org/name or org/name@revision (branch, tag or commit)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
-_MODEL_FILES = [INDEX_FILE, "*/config.json", "*/model.safetensors"]
-OFFLINE_HINT = "use --model shapes, the bundled model that needs no download"
+_MODEL_FILES = [INDEX_FILE, f"*/{CONFIG_FILE}", f"*/{WEIGHTS_FILE}"]
+# what to offer when nothing can be downloaded, in library terms (the CLI names its own option)
+OFFLINE_HINT = f"the bundled model {BUNDLED[0]!r} needs no download"
 
 
 class ModelNotFoundError(ModelLoadError):
-    """The requested model cannot be found or downloaded; the message is one line."""
+    """The requested model cannot be found or downloaded; the message is one line.
+
+    `offline` is True when the model is missing only because nothing can be downloaded: a caller
+    can then point its user to the bundled model in its own terms.
+    """
+
+    def __init__(self, message: str, *, offline: bool = False):
+        super().__init__(message)
+        self.offline = offline
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,8 @@ def _hub_error(err: Exception, what: str, revision: str | None) -> ModelNotFound
     if isinstance(err, LocalEntryNotFoundError):
         return ModelNotFoundError(
             f"{what} is not in the local Hugging Face cache and cannot be downloaded "
-            f"(offline: HF_HUB_OFFLINE is set or the Hub is unreachable); {OFFLINE_HINT}"
+            f"(offline: HF_HUB_OFFLINE is set or the Hub is unreachable); {OFFLINE_HINT}",
+            offline=True,
         )
     if isinstance(err, GatedRepoError):
         return ModelNotFoundError(f"{what} is gated: accept its terms on huggingface.co and set HF_TOKEN")
@@ -116,7 +124,7 @@ def _hub_error(err: Exception, what: str, revision: str | None) -> ModelNotFound
         return ModelNotFoundError(f"revision {revision!r} of {what} does not exist (use a branch, tag or commit)")
     if isinstance(err, RepositoryNotFoundError):
         return ModelNotFoundError(f"{what} not found on the Hugging Face Hub (private? set HF_TOKEN)")
-    return ModelNotFoundError(f"could not download {what}: {' '.join(str(err).split())[:200]}")
+    return ModelNotFoundError(f"could not download {what}: {one_line(err)}")
 
 
 def _snapshot(repo_id: str, revision: str | None, progress: bool, cache_dir) -> Path:
@@ -223,7 +231,7 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
         if not (path / INDEX_FILE).is_file():
             raise ModelNotFoundError(
                 f"the bundled model {spec!r} is not included in this build ({path} has no {INDEX_FILE}); "
-                "train one with `dream train` and pass its folder to --model"
+                "train a model and load its folder instead"
             )
         return ResolvedModel(path=path, spec=spec, source="bundled")
     if spec == "laion":

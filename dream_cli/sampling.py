@@ -161,7 +161,8 @@ def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool):
         resolved = resolve_model(spec, progress=not quiet)
         pipeline = load_pipeline(resolved.path, device=device, dtype=dtype)
     except ModelLoadError as err:
-        raise DreamError(one_line(err)) from None
+        hint = "; use --model shapes, the bundled model that needs no download" if getattr(err, "offline", False) else ""
+        raise DreamError(one_line(err) + hint) from None
     return pipeline, resolved
 
 

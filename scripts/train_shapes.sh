@@ -3,8 +3,8 @@
 # `dream train` on CPU, write the bundled folder (float16 weights + measured sampling defaults) and
 # score it with `dream eval shapes`.
 #
-#   scripts/train_shapes.sh                  # from the repository root; WORK=/tmp/shapes-run by default
-#   WORK=/somewhere OUT=/tmp/my-shapes scripts/train_shapes.sh   # keep the shipped folder untouched
+#   scripts/train_shapes.sh                  # from the repository root; WORK=$TMPDIR/shapes-run by default
+#   WORK=runs/shapes OUT=runs/my-shapes scripts/train_shapes.sh   # keep the shipped folder untouched
 #
 # Each stage is its own `dream train` call so that it gets its own batch size and learning rate; the
 # later calls pass --resume to add a stage to the same run folder. Threads: both cores (set
@@ -32,7 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORK=${WORK:-/tmp/shapes-run}
+WORK=${WORK:-${TMPDIR:-/tmp}/shapes-run}
 OUT=${OUT:-dalle2_core/bundled/shapes}
 NUM=${NUM:-16000}                     # training images (the seen split has 1,470 compositions)
 CLIP_STEPS=${CLIP_STEPS:-2000}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from checkpoint_tiny import DEFAULTS, save_tiny_model, tiny_modules
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from dalle2_core import checkpoint
 from dalle2_core.checkpoint import (
@@ -86,19 +87,62 @@ def test_dtype_and_device_are_the_callers(saved):
     assert dtypes == {torch.bfloat16}
 
 
-def test_tied_weights_are_saved_once_and_restored(tmp_path):
+def test_files_with_tied_weight_aliases_still_load(tmp_path):
+    # earlier versions stored a tensor that two names shared once, its other name in "aliases"
     torch.manual_seed(0)
     net = DiffusionPriorNetwork(dim=16, depth=1, dim_head=8, heads=2)
-    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.weight.shape == (16, 16)]
-    assert len(linears) >= 2
-    linears[1].weight = linears[0].weight  # tie two (16, 16) weights
-    save_component(net, tmp_path / "net")
-    with safe_open(str(tmp_path / "net" / "model.safetensors"), "pt") as f:
-        aliases = json.loads(f.metadata()["aliases"])
-        stored = len(list(f.keys()))
-    assert len(aliases) == 1 and stored == len(net.state_dict()) - 1
-    loaded = load_component(tmp_path / "net")
+    first, second = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.weight.shape == (16, 16)][:2]
+    with torch.no_grad():
+        second.weight.copy_(first.weight * 0 + 0.25)
+        first.weight.fill_(0.25)
+    folder = save_component(net, tmp_path / "net")
+    names = {id(m.weight): n + ".weight" for n, m in net.named_modules() if m in (first, second)}
+    kept, alias = names[id(first.weight)], names[id(second.weight)]
+    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k != alias}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", "aliases": json.dumps({alias: kept})})
+    loaded = load_component(folder)
     _assert_same_state(net, loaded)
+    assert loaded.state_dict()[alias].sum().item() == 0.25 * 256
+    with safe_open(str(save_component(loaded, tmp_path / "again") / "model.safetensors"), "pt") as f:
+        assert alias in f.keys() and "aliases" not in f.metadata()  # new files store every name
+
+
+def test_an_unknown_key_beside_class_and_config_is_an_error(tmp_path):
+    folder = save_tiny_model(tmp_path / "m")
+    path = folder / "prior" / "config.json"
+    entry = json.loads(path.read_text())
+    path.write_text(json.dumps({**entry, "weights_dtype": "float16"}))
+    with pytest.raises(ModelLoadError, match=r"prior/config.json has unknown key\(s\) 'weights_dtype'; accepted: class, config"):
+        load_model(folder)
+
+
+def test_an_open_clip_named_by_its_tag_is_stored_without_building_or_weights(tmp_path):
+    from dalle2_core.clip import OpenClipConfig
+
+    _, prior, _ = tiny_modules()
+    folder = save_model(tmp_path / "m", clip=OpenClipConfig("ViT-L-14", "openai"), prior=prior)
+    assert sorted(p.name for p in (folder / "clip").iterdir()) == ["config.json"]
+    entry = json.loads((folder / "clip" / "config.json").read_text())
+    assert entry == {"class": "OpenClipAdapter", "config": {"name": "ViT-L-14", "pretrained": "openai", "model_kwargs": {}}}
+    with pytest.raises(TypeError, match="only with a pretrained tag, got None"):
+        save_model(tmp_path / "n", clip=OpenClipConfig("ViT-B-32", None))
+
+
+def test_an_open_clip_from_a_local_file_is_stored_as_weights_not_as_its_path(tmp_path):
+    from dalle2_core.clip import OpenClipAdapter
+
+    tiny = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+                text_cfg=dict(context_length=8, vocab_size=49408, width=32, heads=2, layers=1))
+    torch.manual_seed(0)
+    source = OpenClipAdapter("ViT-B-32", pretrained=None, **tiny)
+    weights = tmp_path / "mine.pt"
+    torch.save(source.clip.state_dict(), weights)
+    clip = OpenClipAdapter("ViT-B-32", pretrained=str(weights), **tiny)
+    folder = save_model(tmp_path / "m", clip=clip)
+    entry = json.loads((folder / "clip" / "config.json").read_text())
+    assert entry["config"]["pretrained"] is None and str(tmp_path) not in json.dumps(entry)
+    weights.unlink()  # the folder does not need the file
+    _assert_same_state(source, load_model(folder).clip)
 
 
 def test_not_a_model_folder(tmp_path):

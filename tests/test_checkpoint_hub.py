@@ -42,3 +42,16 @@ def test_local_folders_and_unknown_names(tmp_path, monkeypatch):
         resolve_model("no_such")
     with pytest.raises(ModelNotFoundError, match=r"model '  ' is empty"):
         resolve_model("  ")
+
+
+def test_offline_errors_speak_library_terms_and_say_they_are_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("someone/not-cached", cache_dir=tmp_path / "hf")
+    message = str(info.value)
+    assert info.value.offline is True
+    assert "'someone/not-cached' is not in the local Hugging Face cache" in message
+    assert message.endswith("the bundled model 'shapes' needs no download") and "--" not in message
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("no_such")
+    assert info.value.offline is False

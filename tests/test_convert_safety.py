@@ -115,7 +115,7 @@ def test_files_that_do_not_fit_their_config_name_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="upsampler's noise schedule has 100 steps but the decoder's has 1000"):
         convert_laion({**FILES, "upsampler": schedule}, tmp_path / "c")
     extra = _resave(upsampler, lambda s: s.__setitem__("unets.1.surprise", torch.zeros(1)))
-    with pytest.raises(ValueError, match="unexpected surprise"):
+    with pytest.raises(ValueError, match="unexpected keys surprise"):
         convert_laion({**FILES, "upsampler": extra}, tmp_path / "d")
     config = tmp_path / "prior_config.json"
     config.write_text(FILES["prior_config"].read_text().replace('"normformer"', '"flash_attn": true, "normformer"'))

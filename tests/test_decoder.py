@@ -31,16 +31,16 @@ def embed(b=1, seed=1):
 
 @pytest.fixture(scope="module")
 def overfit():
-    """x0 objective, no learned variance, no condition dropout; 150 Adam steps on one image (~5 s)."""
+    """x0 objective, no learned variance, no condition dropout; 100 Adam steps on 4 copies of one image."""
     torch.manual_seed(0)
     decoder = Decoder(
         unet=tiny_unet(), image_size=16, timesteps=100, predict_x_start=True, learned_variance=False,
         image_cond_drop_prob=0.0, text_cond_drop_prob=0.0,
     )
-    images, e = target_image().repeat(8, 1, 1, 1), embed().repeat(8, 1)
+    images, e = target_image().repeat(4, 1, 1, 1), embed().repeat(4, 1)
     opt = torch.optim.Adam(decoder.parameters(), lr=3e-3)
     losses = []
-    for _ in range(150):
+    for _ in range(100):
         loss = decoder(images, image_embed=e)
         opt.zero_grad()
         loss.backward()
@@ -294,6 +294,39 @@ def test_bad_options_raise_clear_errors():
         Decoder(unet=tiny_unet(), image_size=16, beta_schedule="nope")
     with pytest.raises(ValueError, match="image_embed_dim=8, but the decoder's embeddings are 16"):
         Decoder(unet=tiny_unet(), image_size=16, image_embed_dim=16)
+
+
+def test_per_unet_options_take_one_value_or_one_per_unet():
+    decoder = two_stage(sample_timesteps=(4,), p2_loss_weight_gamma=0.5, predict_v=(False, True), learned_variance=(True,))
+    config = decoder.config
+    assert config.option_per_unet("diffusion", "sample_timesteps") == (4, 4)  # one value serves every unet
+    assert config.option_per_unet("diffusion", "p2_loss_weight_gamma") == (0.5, 0.5)
+    assert config.objectives() == ("eps", "v") and [d.objective for d in decoder.diffusions] == ["eps", "v"]
+    # learned_variance alone (bare or as the one value of a tuple) is the base unet's, as in the paper
+    assert decoder.learned_variance == (True, False) and decoder.unets[0].channels_out == 6
+    assert config.per_unet([1.5], "cond_scale") == (1.5, 1.5) and config.per_unet((1, 2), "steps") == (1, 2)
+    with pytest.raises(ValueError, match=r"^cond_scale \(1, 2, 3\) needs one value or one per unet \(2\), got 3$"):
+        config.per_unet((1, 2, 3), "cond_scale")
+    with pytest.raises(ValueError, match=r"beta_schedule \('cosine', 'linear', 'cosine'\) needs one value or one per unet"):
+        two_stage(beta_schedule=("cosine", "linear", "cosine"))
+    with pytest.raises(ValueError, match=r"steps \(3, 3, 3\) needs one value or one per unet \(2\)"):
+        decoder.sample(embed(1), steps=(3, 3, 3))
+
+
+def test_dalle2_pytorch_spellings_map_onto_options_and_must_agree():
+    decoder = Decoder(unet=tiny_unet(), image_size=16, use_dynamic_thres=False, dynamic_thres_percentile=0.9)
+    c = decoder.config
+    assert c.image_sizes == (16,) and not c.conditioning.dynamic_thresholding
+    assert c.conditioning.dynamic_thresholding_percentile == 0.9
+    assert Decoder(unet=tiny_unet(), image_size=16, image_sizes=[16]).config.image_sizes == (16,)
+    with pytest.raises(ValueError, match=r"image_size=32 contradicts image_sizes=\(16,\)"):
+        Decoder(unet=tiny_unet(), image_size=32, image_sizes=(16,))
+    with pytest.raises(ValueError, match="use_dynamic_thres=True contradicts dynamic_thresholding=False"):
+        Decoder(unet=tiny_unet(), image_size=16, use_dynamic_thres=True, dynamic_thresholding=False)
+    with pytest.raises(ValueError, match="use_convnext=True contradicts block_type='resnet'"):
+        tiny_unet(use_convnext=True, block_type="resnet")
+    assert tiny_unet(use_convnext=True).config.blocks.block_type == "convnext"
+    assert tiny_unet(learned_sigma=True).learned_variance
 
 
 def test_one_unet_in_gpu_on_cpu_is_harmless():

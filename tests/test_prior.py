@@ -166,6 +166,11 @@ def test_raw_clip_is_wrapped_frozen_and_embeds_text_and_images():
     assert out.shape == (2, 16)
     rebuilt = DiffusionPrior.from_config(prior.config.to_dict(), clip=prior.clip)
     assert rebuilt.clip is prior.clip
+    # DALLE2-pytorch's XClipAdapter stored clip_adapter_overrides and never read them (only its CoCa
+    # adapter did); the adapter here takes every size from the CLIP, so the option does not exist
+    for overrides in ({"image_size": 32}, {}):
+        with pytest.raises(TypeError, match=r"DiffusionPrior got unknown option\(s\) 'clip_adapter_overrides'; accepted: "):
+            DiffusionPrior(net, clip=clip, clip_adapter_overrides=overrides)
 
 
 def test_bad_arguments_name_what_is_wrong():

@@ -1,24 +1,13 @@
 """The seed README's three diffusion-prior examples, as written (dalle2_pytorch → dalle2_core, no .cuda())."""
 
 import torch
+from test_decoder_spec_examples import spec_clip as readme_clip
 
-from dalle2_core import CLIP, DiffusionPrior, DiffusionPriorNetwork
+from dalle2_core import DiffusionPrior, DiffusionPriorNetwork
 
 
 def spec_clip():
-    return CLIP(
-        dim_text=512,
-        dim_image=512,
-        dim_latent=512,
-        num_text_tokens=49408,
-        text_enc_depth=6,
-        text_seq_len=256,
-        text_heads=8,
-        visual_enc_depth=6,
-        visual_image_size=256,
-        visual_patch_size=32,
-        visual_heads=8,
-    )
+    return readme_clip(depth=6)
 
 
 def spec_prior_network():
@@ -40,8 +29,15 @@ def test_prior_with_clip_from_text_and_images():
     assert prior_network.learned_query.grad.abs().sum() > 0
     assert all(p.grad is None for p in clip.parameters())  # CLIP is frozen inside the prior
 
-    image_embeds = diffusion_prior.sample(text[:1], cond_scale=2.0, steps=2)
+    image_embeds = diffusion_prior.sample(text[:1], cond_scale=2.0, steps=2, generator=torch.Generator().manual_seed(1))
     assert image_embeds.shape == (1, 512) and torch.isfinite(image_embeds).all()
+    # of its two candidates (the same noise), sampling keeps the one closest to the CLIP text embedding
+    text_embed, text_encodings, text_mask = diffusion_prior.clip.embed_text(text[:1])
+    candidates = diffusion_prior.sample_embeds(text_embed, text_encodings, text_mask, cond_scale=2.0, steps=2,
+                                               generator=torch.Generator().manual_seed(1))[0]  # (2, 512)
+    similarity = torch.nn.functional.cosine_similarity(candidates, text_embed, dim=-1)
+    assert torch.equal(image_embeds[0], candidates[similarity.argmax()])
+    assert not torch.equal(candidates[0], candidates[1])  # two different candidates to choose from
 
 
 def test_prior_on_precomputed_clip_embeddings():
@@ -58,6 +54,8 @@ def test_prior_on_precomputed_clip_embeddings():
     clip_image_embeds = diffusion_prior.clip.embed_image(images).image_embed
     clip_text_embeds = diffusion_prior.clip.embed_text(text).text_embed
     assert clip_image_embeds.shape == clip_text_embeds.shape == (4, 512)
+    for embeds in (clip_image_embeds, clip_text_embeds):  # CLIP embeddings are l2-normalised
+        torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(4), rtol=0, atol=1e-5)
 
     loss = diffusion_prior(text_embed=clip_text_embeds, image_embed=clip_image_embeds)
     loss.backward()
@@ -84,8 +82,13 @@ def test_prior_without_clip():
     clip_text_embeds = torch.randn(4, 512)
     given = clip_image_embeds.clone()
 
+    torch.manual_seed(1)
     loss = diffusion_prior(text_embed=clip_text_embeds, image_embed=clip_image_embeds)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert torch.equal(clip_image_embeds, given)  # the peer scaled this tensor in place
     assert diffusion_prior.clip is None
+    # one optimiser step lowers the loss of the same draw (timesteps, noise, condition dropout)
+    torch.optim.Adam(prior_network.parameters(), lr=1e-4).step()
+    torch.manual_seed(1)
+    assert diffusion_prior(text_embed=clip_text_embeds, image_embed=clip_image_embeds).item() < loss.item()

@@ -7,6 +7,7 @@ sampling steps are respaced to 4 (`sample_timesteps`) so the 256 px cascade samp
 
 import pytest
 import torch
+from test_decoder_spec_examples import assert_only_the_heads_learned
 
 from dalle2_core import DALLE2, Decoder, DiffusionPrior, DiffusionPriorNetwork, OpenAIClipAdapter, Unet
 from dalle2_core.clip import ClipWeightsUnavailable
@@ -44,7 +45,11 @@ def test_readme_openai_clip_example():
         loss = decoder(images, unet_number=unet_number)
         loss.backward()
         assert torch.isfinite(loss)
+    assert_only_the_heads_learned(decoder, (1, 2))
+    embeds = clip.embed_text(text[:2]).text_embed, clip.embed_image(images[:2]).image_embed
+    for embed in embeds:  # OpenAI CLIP embeddings, l2-normalised
+        torch.testing.assert_close(embed.norm(dim=-1), torch.ones(2), rtol=0, atol=1e-5)
 
     dalle2 = DALLE2(prior=diffusion_prior, decoder=decoder)
     images = dalle2(["a butterfly trying to escape a tornado"], cond_scale=2.0)
-    assert images.shape == (1, 3, 256, 256)
+    assert images.shape == (1, 3, 256, 256) and 0 <= images.min() and images.max() <= 1

@@ -51,22 +51,32 @@ SEED_README_UNETS = [  # every Unet(...) of the seed README
 ]
 
 
-@pytest.mark.parametrize("kwargs", SEED_README_UNETS)
-def test_seed_readme_unets_construct(kwargs):
+# their parameter counts (1.1.0's layout; the first is also checked when it runs at 64 px below)
+SEED_README_PARAMETERS = [189_553_603, 16_265_923, 51_212_099, 16_592_067, 17_871_427, 48_826_883, 48_268_739,
+                          189_553_603, 16_690_499]
+
+
+@pytest.mark.parametrize("kwargs, count", list(zip(SEED_README_UNETS, SEED_README_PARAMETERS)))
+def test_seed_readme_unets_construct(kwargs, count):
     with torch.device("meta"):  # structure only: no memory, no init cost
         unet = Unet(**kwargs)
+        rebuilt = Unet.from_config(unet.config.to_dict())
     assert unet.channels_out == 3 and unet.config.dim == kwargs["dim"]
-    assert Unet.from_config(unet.config.to_dict()).config == unet.config
+    assert rebuilt.config == unet.config
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in rebuilt.parameters()) == count
 
 
 def test_seed_readme_base_unet_runs_at_64px():
     torch.manual_seed(0)
     unet = Unet(**SEED_README_UNETS[0])
     assert sum(p.numel() for p in unet.parameters()) == 189_553_603
+    x, embed = torch.randn(1, 3, 64, 64).expand(2, -1, -1, -1), torch.randn(1, 512).expand(2, -1)
     with torch.no_grad():
         unet.to_out.weight.normal_(0, 0.02)
-        out = unet(torch.randn(1, 3, 64, 64), torch.tensor([10]), image_embed=torch.randn(1, 512))
-    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+        # the same input twice, the second with the image embedding dropped for its learned null
+        out = unet(x, torch.tensor([10, 10]), image_embed=embed, cond_drop_mask=torch.tensor([False, True]))
+    assert out.shape == (2, 3, 64, 64) and torch.isfinite(out).all()
+    assert (out[0] - out[1]).abs().mean() > 1e-3 * out[0].abs().mean()  # the embedding reaches the output
 
 
 # LAION's public checkpoints (shared/spec/laion-checkpoints.md); the counts equal DALLE2-pytorch 1.1.0's

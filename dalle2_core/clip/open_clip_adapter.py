@@ -86,6 +86,7 @@ class OpenClipAdapter(ClipAdapter):
         _check_model_name(name)
         self.config = OpenClipConfig(name, pretrained, dict(model_kwargs))
         self.name, self.pretrained = name, pretrained
+        # the open_clip model itself (not a dalle2_core CLIP); its weights are named clip.*
         self.clip = self._create_model(name, pretrained, cache_dir, model_kwargs).eval()
 
         preprocess = self.clip.visual.preprocess_cfg

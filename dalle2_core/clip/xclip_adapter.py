@@ -1,4 +1,8 @@
-"""`XClipAdapter`: the project's trainable CLIP behind the `ClipAdapter` interface."""
+"""`XClipAdapter`: the project's trainable `CLIP` behind the `ClipAdapter` interface.
+
+The name is DALLE2-pytorch's, after x-clip (lucidrains), the CLIP library whose options
+`dalle2_core.CLIP` reimplements; stored model folders and DALLE2-pytorch users know it by it.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ class XClipAdapter(ClipAdapter):
         super().__init__()
         if not isinstance(clip, CLIP):
             raise TypeError(f"XClipAdapter wraps a dalle2_core CLIP, got {type(clip).__name__}")
-        self.clip = clip
+        self.clip = clip  # the wrapped project CLIP (what checkpoints store, as `clip/`)
         self.dim_latent = clip.dim_latent
         self.dim_text = clip.dim_text
         self.image_size = clip.image_size

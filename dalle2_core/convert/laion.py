@@ -10,7 +10,6 @@ open_clip's cache, with LAION's inference defaults.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalle2_core.atomic import atomic_path
-from dalle2_core.checkpoint import CONFIG_FILE, FORMAT, FORMAT_VERSION, INDEX_FILE, SamplingSettings, save_model
+from dalle2_core.checkpoint import SamplingSettings, read_json, save_model, write_json
 from dalle2_core.clip.open_clip_adapter import OpenClipConfig
 from dalle2_core.convert.laion_config import (
     Notes,
@@ -60,18 +58,6 @@ class LaionConversion:
 
     path: Path
     notes: tuple[str, ...]
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what} {str(path)!r} is not a JSON file ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {str(path)!r} holds a {type(data).__name__}; expected a JSON object")
-    return data
 
 
 def _state_dict(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -123,7 +109,7 @@ def convert_prior(
     """A LAION prior (`prior/latest.pth` + `prior/prior_config.json`) as a `DiffusionPrior` (no CLIP)."""
     notes = default(notes, Notes)
     prior_file = Path(prior_file)
-    config = prior_configs(_read_json(Path(prior_config_file), "prior config"), notes)
+    config = prior_configs(read_json(prior_config_file, "a LAION prior config"), notes)
     state = _state_dict(load_checkpoint(prior_file), prior_file, "prior")
     stray = sorted({k.split(".")[0] for k in state} - {"net", "noise_scheduler", "clip"})
     if stray:
@@ -188,18 +174,8 @@ def _stage_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
     return state
 
 
-def convert_decoder(
-    decoder_file: str | os.PathLike,
-    upsampler_file: str | os.PathLike | None = None,
-    upsampler_config_file: str | os.PathLike | None = None,
-    notes: Notes | None = None,
-) -> Decoder:
-    """LAION's 64 px decoder (`decoder/v1.0.2/latest.pth`, config inside), optionally with the 64 -> 256
-    upsampler (`working/latest.pth` + `working/decoder_config.json`), as one cascaded `Decoder` (no CLIP)."""
-    notes = default(notes, Notes)
-    if exists(upsampler_file) != exists(upsampler_config_file):
-        raise ValueError("the upsampler needs both its weights file and its decoder_config.json")
-    decoder_file = Path(decoder_file)
+def _base_stage(decoder_file: Path, notes: Notes) -> _Stage:
+    """The first unet of LAION's decoder file (its train config is inside the file)."""
     obj = load_checkpoint(decoder_file)
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
         raise ValueError(
@@ -213,37 +189,36 @@ def convert_decoder(
     base_state = _stage_state(_state_dict(obj, decoder_file, "decoder"), decoder_file)
     if len(base["unets"]) > 1:
         notes.add(f"{decoder_file.name}: only its first unet is used ({len(base['unets'])} in its config)")
-    stages = [_Stage(base, base_opts, 0, base_state, image_sizes(base)[0], decoder_file.name)]
+    return _Stage(base, base_opts, 0, base_state, image_sizes(base)[0], decoder_file.name)
 
-    timesteps = default(schedule_length(split_prefix(base_state, "noise_schedulers.0.")), base_opts["timesteps"])
-    if exists(upsampler_file):
-        upsampler_file = Path(upsampler_file)
-        up = decoder_section(_read_json(Path(upsampler_config_file), "upsampler config"), "upsampler config")
-        up_opts = decoder_options(up, "upsampler config")
-        up_sizes, index = image_sizes(up), len(up["unets"]) - 1
-        if index < 1 or len(up_sizes) != len(up["unets"]):
-            raise ValueError(
-                f"upsampler config has {len(up['unets'])} unet(s) for image_sizes {list(up_sizes)}; expected a cascade of 2+"
-            )
-        if up_sizes[index - 1] != stages[0].size:
-            raise ValueError(
-                f"the upsampler takes {up_sizes[index - 1]} px images but the decoder makes {stages[0].size} px"
-            )
-        up_state = _state_dict(load_checkpoint(upsampler_file), upsampler_file, "upsampler")
-        up_state = _stage_state(up_state, upsampler_file)
-        steps = schedule_length(split_prefix(up_state, f"noise_schedulers.{index}."))
-        if exists(steps) and steps != timesteps:
-            raise ValueError(
-                f"the upsampler's noise schedule has {steps} steps but the decoder's has {timesteps}; they must match"
-            )
-        if not exists(steps) and up_opts["timesteps"] != timesteps:
-            notes.add(
-                f"upsampler config says timesteps={up_opts['timesteps']} and its file has no schedule tables; "
-                f"the decoder's {timesteps} are used, as LAION's loader does"
-            )
-        stages.append(_Stage(up, up_opts, index, up_state, up_sizes[index], upsampler_file.name))
 
+def _upsampler_stage(upsampler_file: Path, config_file, base: _Stage, timesteps: int, notes: Notes) -> _Stage:
+    """The last unet of LAION's upsampler cascade, checked to fit after `base`."""
+    up = decoder_section(read_json(config_file, "a LAION upsampler config"), "upsampler config")
+    up_opts = decoder_options(up, "upsampler config")
+    up_sizes, index = image_sizes(up), len(up["unets"]) - 1
+    if index < 1 or len(up_sizes) != len(up["unets"]):
+        raise ValueError(
+            f"upsampler config has {len(up['unets'])} unet(s) for image_sizes {list(up_sizes)}; expected a cascade of 2+"
+        )
+    if up_sizes[index - 1] != base.size:
+        raise ValueError(f"the upsampler takes {up_sizes[index - 1]} px images but the decoder makes {base.size} px")
+    up_state = _stage_state(_state_dict(load_checkpoint(upsampler_file), upsampler_file, "upsampler"), upsampler_file)
+    steps = schedule_length(split_prefix(up_state, f"noise_schedulers.{index}."))
+    if exists(steps) and steps != timesteps:
+        raise ValueError(f"the upsampler's noise schedule has {steps} steps but the decoder's has {timesteps}; they must match")
+    if not exists(steps) and up_opts["timesteps"] != timesteps:
+        notes.add(
+            f"upsampler config says timesteps={up_opts['timesteps']} and its file has no schedule tables; "
+            f"the decoder's {timesteps} are used, as LAION's loader does"
+        )
+    return _Stage(up, up_opts, index, up_state, up_sizes[index], upsampler_file.name)
+
+
+def _cascade(stages: list[_Stage], timesteps: int, notes: Notes) -> Decoder:
+    """The converted unets as one `Decoder`, with the options of their source configs."""
     unets, opts = zip(*(_build_unet(stage, notes) for stage in stages))
+    base_opts = stages[0].options
     lowres = stages[-1].options  # low-res conditioning settings belong to the upsampler's config
     decoder = Decoder(
         unet=tuple(unets),
@@ -278,6 +253,26 @@ def convert_decoder(
     for i, (built, kept) in enumerate(zip(unets, decoder.unets)):
         if built is not kept:  # the decoder re-created a unet: its weights would be lost
             raise RuntimeError(f"unet {i + 1} was rebuilt by the Decoder: its converted config is not the cascade's")
+    return decoder
+
+
+def convert_decoder(
+    decoder_file: str | os.PathLike,
+    upsampler_file: str | os.PathLike | None = None,
+    upsampler_config_file: str | os.PathLike | None = None,
+    notes: Notes | None = None,
+) -> Decoder:
+    """LAION's 64 px decoder (`decoder/v1.0.2/latest.pth`, config inside), optionally with the 64 -> 256
+    upsampler (`working/latest.pth` + `working/decoder_config.json`), as one cascaded `Decoder` (no CLIP)."""
+    notes = default(notes, Notes)
+    if exists(upsampler_file) != exists(upsampler_config_file):
+        raise ValueError("the upsampler needs both its weights file and its decoder_config.json")
+    stages = [_base_stage(Path(decoder_file), notes)]
+    base_schedule = split_prefix(stages[0].state, "noise_schedulers.0.")
+    timesteps = default(schedule_length(base_schedule), stages[0].options["timesteps"])
+    if exists(upsampler_file):
+        stages.append(_upsampler_stage(Path(upsampler_file), upsampler_config_file, stages[0], timesteps, notes))
+    decoder = _cascade(stages, timesteps, notes)
     for i, stage in enumerate(stages):
         buffers = split_prefix(stage.state, f"noise_schedulers.{stage.index}.")
         check_schedule(buffers, decoder.diffusions[i], f"{stage.name} unet {stage.index + 1}")
@@ -298,21 +293,6 @@ def laion_defaults(decoder: Decoder, prior: DiffusionPrior) -> SamplingSettings:
         prior_steps=default(prior.config.sample_timesteps, DEFAULT_PRIOR_STEPS),
         sampler="ddpm",
     )
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _write_pretrained_clip(folder: Path, name: str, pretrained: str) -> None:
-    """The CLIP component as a name only (weights from open_clip's cache at load time), listed in the index."""
-    config = OpenClipConfig(name, pretrained).to_dict()
-    _write_json(folder / "clip" / CONFIG_FILE, {"class": "OpenClipAdapter", "config": config})
-    # save_model keeps the components an existing index lists; the prior and decoder join it next
-    index = {"format": FORMAT, "version": FORMAT_VERSION, "components": ["clip"], "defaults": {}}
-    _write_json(folder / INDEX_FILE, index)
 
 
 def convert_laion(files: dict, out_dir: str | os.PathLike, *, clip: nn.Module | None = None) -> LaionConversion:
@@ -336,22 +316,19 @@ def convert_laion(files: dict, out_dir: str | os.PathLike, *, clip: nn.Module | 
         raise FileExistsError(f"output folder {str(out)!r} is not empty; give a new or empty folder")
 
     notes = Notes()
-    name, pretrained = clip_name(_section_of(_read_json(files["prior_config"], "prior config"), "prior"))
+    name, pretrained = clip_name(_section_of(read_json(files["prior_config"], "a LAION prior config"), "prior"))
     prior = convert_prior(files["prior"], files["prior_config"], notes)
     decoder = convert_decoder(files["decoder"], files.get("upsampler"), files.get("upsampler_config"), notes)
-    out.mkdir(parents=True, exist_ok=True)
-    if exists(clip):
-        save_model(out, clip=clip, prior=prior, decoder=decoder, defaults=laion_defaults(decoder, prior))
-    else:
-        _write_pretrained_clip(out, name, pretrained)
-        save_model(out, prior=prior, decoder=decoder, defaults=laion_defaults(decoder, prior))
+    # without clip=, the CLIP is stored as its open_clip name: its weights come from open_clip's cache
+    save_model(out, clip=default(clip, OpenClipConfig(name, pretrained)), prior=prior, decoder=decoder,
+               defaults=laion_defaults(decoder, prior))
     report = {
         "source": "LAION DALLE2-pytorch 1.0-1.1 checkpoints",
         "files": {k: {"name": p.name, "bytes": p.stat().st_size} for k, p in files.items()},
         "clip": {"name": name, "pretrained": pretrained} if not exists(clip) else type(clip).__name__,
         "notes": notes.lines,
     }
-    _write_json(out / NOTES_FILE, report)
+    write_json(out / NOTES_FILE, report)
     return LaionConversion(out, tuple(notes.lines))
 
 

@@ -11,6 +11,7 @@ import re
 
 import torch
 
+from dalle2_core.checkpoint import few, state_mismatch
 from dalle2_core.diffusion import GaussianDiffusion
 from dalle2_core.helpers import exists
 
@@ -26,11 +27,6 @@ SCHEDULE_BUFFERS = (
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
     "p2_loss_weight",
 )
-
-
-def _few(keys, n: int = 4) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 def split_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -56,7 +52,7 @@ def check_schedule(buffers: dict[str, torch.Tensor], diffusion: GaussianDiffusio
     """The file's noise-schedule tables must be the ones the converted config computes."""
     unknown = set(buffers) - set(SCHEDULE_BUFFERS)
     if unknown:
-        raise ValueError(f"{what}: unknown noise-schedule buffers {_few(unknown)}; expected {', '.join(SCHEDULE_BUFFERS)}")
+        raise ValueError(f"{what}: unknown noise-schedule buffers {few(unknown)}; expected {', '.join(SCHEDULE_BUFFERS)}")
     betas = buffers.get("betas")
     if not exists(betas):
         return
@@ -134,19 +130,10 @@ def unet_state(
 
 
 def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
-             if state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatch (file vs config) {_few(wrong)}")
-    if problems:
-        raise ValueError(f"{what} weights do not match the converted config: " + "; ".join(problems))
+    """The mapped file tensors must be exactly the module's: no key missing, extra or of another shape."""
+    problem = state_mismatch(state, expected, "file")
+    if exists(problem):
+        raise ValueError(f"{what} weights do not match the converted config: {problem}")
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dalle2_core.clip.adapter import ClipAdapter
 from dalle2_core.clip.xclip_adapter import as_clip_adapter
 from dalle2_core.decoder.decoder_config import DecoderConfig
 from dalle2_core.decoder.decoder_lowres import LowresConditioner, crop, random_crop_params, resize_image_to
@@ -38,122 +39,87 @@ from dalle2_core.helpers import (
 )
 from dalle2_core.vqgan.vae import NullVQGanVAE, VQGanVAE
 
-# DALLE2-pytorch keyword spellings accepted by the constructor
-ALIASES = {
-    "use_dynamic_thres": "dynamic_thresholding",
-    "dynamic_thres_percentile": "dynamic_thresholding_percentile",
-}
-OBJECTIVE_NAMES = {(False, False): "eps", (True, False): "x0", (False, True): "v"}
-
 
 class Decoder(nn.Module):
     """Cascade of diffusion unets from a CLIP image embedding to an image (unCLIP decoder, Sec. 2.1)."""
 
     def __init__(self, unet: Unet | tuple[Unet, ...] | None = None, *, clip=None, vae=(), config=None, **kwargs):
         super().__init__()
-        kwargs = _resolve_aliases(kwargs)
-        if exists(unet):
-            unets = cast_tuple(unet)
-            for i, u in enumerate(unets):
-                if not isinstance(u, Unet):
-                    raise TypeError(f"unet {i + 1} must be a dalle2_core Unet, got {type(u).__name__}")
-            vaes = tuple(v.copy_for_eval() if isinstance(v, VQGanVAE) else None for v in cast_tuple(default(vae, ())))
-            if len(vaes) > len(unets):
-                raise ValueError(f"{len(vaes)} VQ-GAN VAEs given for {len(unets)} unet(s)")
-            vaes += (None,) * (len(unets) - len(vaes))
-            kwargs.update(unets=tuple(u.config for u in unets), vaes=tuple(v.config if exists(v) else None for v in vaes))
-        cfg = DecoderConfig.build(config, owner="Decoder", **kwargs)
-        if not cfg.unets:
-            raise ValueError("Decoder needs unet= (one Unet or a tuple, lowest resolution first)")
-        if not exists(unet):  # rebuilding from a saved config
-            unets = tuple(Unet.from_config(c) for c in cfg.unets)
-            vaes = tuple(VQGanVAE.from_config(c) if exists(c) else None for c in cfg.vaes)
-
-        self.clip = None
-        if exists(clip):
-            if cfg.conditioning.unconditional:
-                raise ValueError("clip must not be given to an unconditional decoder")
-            self.clip = as_clip_adapter(clip).eval().requires_grad_(False)
-            if self.clip.image_channels != cfg.channels:
-                raise ValueError(f"channels={cfg.channels} but the CLIP takes {self.clip.image_channels}-channel images")
-            if not cfg.image_sizes:  # default: generate at the CLIP's resolution
-                size = cast_tuple(self.clip.image_size)
-                if len(set(size)) != 1:
-                    raise ValueError(f"the CLIP's image size {size} is not square; pass image_sizes")
-                cfg = DecoderConfig.build(cfg, image_sizes=(size[0],))
-        if not cfg.image_sizes:
-            raise ValueError("give image_size, image_sizes, or a clip (whose image size is then used)")
+        unets, vaes, cfg = _networks_and_config(unet, vae, config, kwargs)
+        self.clip, cfg = _frozen_clip(clip, cfg)  # a ClipAdapter (a raw CLIP is wrapped), or None
         cfg.validate()
         for i, v in enumerate(vaes):
             if exists(v) and v.channels != cfg.channels:
                 raise ValueError(f"VQ-GAN of unet {i + 1} takes {v.channels} channels, the decoder {cfg.channels}")
-        n, channels = len(unets), cfg.channels
-        self.vaes = nn.ModuleList([v if exists(v) else NullVQGanVAE(channels) for v in vaes])
+        self.vaes = nn.ModuleList([v if exists(v) else NullVQGanVAE(cfg.channels) for v in vaes])
         self.vaes.eval().requires_grad_(False)  # frozen: trained beforehand, never by the decoder loss
 
-        # adapt each unet to its place in the cascade (returns the same unet when nothing changes)
-        cond = cfg.conditioning
-        learned_variance = self._learned_variance(cfg)
-        use_noise = cfg.per_unet(cfg.lowres.use_noise_for_lowres_cond, False)
-        use_blur = cfg.per_unet(cfg.lowres.use_blur_for_lowres_cond, True)
-        # text conditioning: as each unet declares it; the decoder flag alone conditions the base unet
-        declared = [u.cond_on_text_encodings for u in unets]
-        if cond.condition_on_text_encodings and not any(declared):
-            declared[0] = True
-        adapted = []
-        for i, (u, v) in enumerate(zip(unets, self.vaes)):
-            text_cond = not cond.unconditional and declared[i]
-            overrides = dict(
-                lowres_cond=i > 0,
-                lowres_noise_cond=i > 0 and bool(use_noise[i]),
-                # the paper's upsamplers see only the low-res image (as DALLE2-pytorch does)
-                cond_on_image_embeds=not cond.unconditional and i == 0,
-                cond_on_text_encodings=text_cond,
-                channels=v.encoded_dim,
-                channels_out=v.encoded_dim * (2 if learned_variance[i] else 1),
-                learned_variance=learned_variance[i],
-            )
-            ucond = u.config.conditioning
-            for on, name, known in (
-                (overrides["cond_on_image_embeds"], "image_embed_dim", self.clip.dim_latent if exists(self.clip) else cfg.image_embed_dim),
-                (text_cond, "text_embed_dim", self.clip.dim_text if exists(self.clip) else cfg.text_embed_dim),
-            ):
-                own = getattr(ucond, name)
-                if on and exists(own) and exists(known) and own != known:
-                    raise ValueError(f"unet {i + 1} has {name}={own}, but the decoder's embeddings are {known} wide")
-                if on and exists(default(own, known)):
-                    overrides[name] = default(own, known)
-            adapted.append(u.with_options(**overrides))
-        self.unets = nn.ModuleList(adapted)
+        self.unets = nn.ModuleList(self._adapted_unets(unets, cfg))
         # the stored flag says whether sampling needs text (and rebuilds the same unets)
-        on_text = any(u.cond_on_text_encodings for u in adapted)
-        self.config = cfg = DecoderConfig.build(cfg, unets=tuple(u.config for u in adapted), condition_on_text_encodings=on_text)
+        on_text = any(u.cond_on_text_encodings for u in self.unets)
+        self.config = cfg = DecoderConfig.build(cfg, unets=tuple(u.config for u in self.unets), condition_on_text_encodings=on_text)
 
-        d = cfg.diffusion
-        schedules = cfg.per_unet(d.beta_schedule, None)
-        objectives = [
-            OBJECTIVE_NAMES[(bool(x0), bool(v))]
-            for x0, v in zip(cfg.per_unet(d.predict_x_start, False), cfg.per_unet(d.predict_v, False))
-        ]
+        d, lowres = cfg.diffusion, cfg.lowres
         self.diffusions = [
             GaussianDiffusion.from_schedule(default(s, "cosine"), d.timesteps, objective=o, learned_variance=lv)
-            for s, o, lv in zip(schedules, objectives, learned_variance)
+            for s, o, lv in zip(cfg.option_per_unet("diffusion", "beta_schedule"), cfg.objectives(), self.learned_variance)
         ]
-        lr = cfg.lowres
+        use_blur, use_noise = cfg.option_per_unet("lowres", "use_blur_for_lowres_cond"), self._noised_lowres(cfg)
         self.lowres_conds = [None] + [
             LowresConditioner(
-                downsample_first=lr.lowres_downsample_first,
+                downsample_first=lowres.lowres_downsample_first,
                 use_blur=bool(use_blur[i]),
-                blur_prob=lr.blur_prob,
-                blur_sigma=lr.blur_sigma,
-                blur_kernel_size=lr.blur_kernel_size,
-                use_noise=bool(use_noise[i]),
-                noise_sample_level=lr.lowres_noise_sample_level,
+                blur_prob=lowres.blur_prob,
+                blur_sigma=lowres.blur_sigma,
+                blur_kernel_size=lowres.blur_kernel_size,
+                use_noise=use_noise[i],
+                noise_sample_level=lowres.lowres_noise_sample_level,
             )
-            for i in range(1, n)
+            for i in range(1, len(self.unets))
         ]
         # tracks where `.to()` put the decoder, so `one_unet_in_gpu` knows the accelerator
         self.register_buffer("_device_tracker", torch.zeros(()), persistent=False)
+
+    @staticmethod
+    def _noised_lowres(cfg: DecoderConfig) -> tuple[bool, ...]:
+        return tuple(bool(v) for v in cfg.option_per_unet("lowres", "use_noise_for_lowres_cond"))
+
+    def _adapted_unets(self, unets: tuple[Unet, ...], cfg: DecoderConfig) -> list[Unet]:
+        """Each unet adapted to its place in the cascade (the same unet when nothing changes)."""
+        # text conditioning: as each unet declares it; the decoder flag alone conditions the base unet
+        declared = [u.cond_on_text_encodings for u in unets]
+        if cfg.conditioning.condition_on_text_encodings and not any(declared):
+            declared[0] = True
+        text_cond = [not cfg.conditioning.unconditional and on for on in declared]
+        return [
+            u.with_options(**self._stage_options(i, u, vae, cfg, text_cond[i]))
+            for i, (u, vae) in enumerate(zip(unets, self.vaes))
+        ]
+
+    def _stage_options(self, i: int, unet: Unet, vae: nn.Module, cfg: DecoderConfig, text_cond: bool) -> dict:
+        """The config options unet `i` needs in this cascade: low-res input, conditions, channels."""
+        learned_variance = cfg.learned_variance_per_unet()[i]
+        options = dict(
+            lowres_cond=i > 0,
+            lowres_noise_cond=i > 0 and self._noised_lowres(cfg)[i],
+            # the paper's upsamplers see only the low-res image (as DALLE2-pytorch does)
+            cond_on_image_embeds=not cfg.conditioning.unconditional and i == 0,
+            cond_on_text_encodings=text_cond,
+            channels=vae.encoded_dim,
+            channels_out=vae.encoded_dim * (2 if learned_variance else 1),
+            learned_variance=learned_variance,
+        )
+        adapter = self.clip
+        for on, name, known in (
+            (options["cond_on_image_embeds"], "image_embed_dim", adapter.dim_latent if exists(adapter) else cfg.image_embed_dim),
+            (text_cond, "text_embed_dim", adapter.dim_text if exists(adapter) else cfg.text_embed_dim),
+        ):
+            own = getattr(unet.config.conditioning, name)
+            if on and exists(own) and exists(known) and own != known:
+                raise ValueError(f"unet {i + 1} has {name}={own}, but the decoder's embeddings are {known} wide")
+            if on and exists(default(own, known)):
+                options[name] = default(own, known)
+        return options
 
     def train(self, mode: bool = True) -> Decoder:
         """Train mode for the unets only: the CLIP and the VQ-GANs stay frozen in eval mode."""
@@ -162,13 +128,6 @@ class Decoder(nn.Module):
         if exists(self.clip):
             self.clip.eval()
         return self
-
-    @staticmethod
-    def _learned_variance(cfg: DecoderConfig) -> tuple[bool, ...]:
-        lv = cfg.diffusion.learned_variance
-        if isinstance(lv, bool):  # the paper learns the variance of the base model only
-            return (lv,) + (False,) * (cfg.num_unets - 1)
-        return tuple(bool(v) for v in cfg.per_unet(lv, False))
 
     @classmethod
     def from_config(cls, config: DecoderConfig | dict, clip=None) -> Decoder:
@@ -204,7 +163,7 @@ class Decoder(nn.Module):
 
     @property
     def learned_variance(self) -> tuple[bool, ...]:
-        return self._learned_variance(self.config)
+        return self.config.learned_variance_per_unet()
 
     def get_unet(self, unet_number: int) -> Unet:
         return self.unets[self._unet_index(unet_number)]
@@ -331,7 +290,7 @@ class Decoder(nn.Module):
         if exists(lowres):
             lowres_img, lowres_level = lowres.for_training(images, target_size=size, lowres_size=self.image_sizes[index - 1])
         target = resize_image_to(images, size)
-        crop_size = self.config.per_unet(self.config.lowres.random_crop_sizes)[index]
+        crop_size = self.config.option_per_unet("lowres", "random_crop_sizes")[index]
         if exists(crop_size):
             # the same window for the target and its condition (a super-resolution unet is convolutional)
             top, left = random_crop_params(target, crop_size)
@@ -356,7 +315,7 @@ class Decoder(nn.Module):
             t,
             model_kwargs=cond,
             loss_type=d.loss_type,
-            p2_gamma=float(self.config.per_unet(d.p2_loss_weight_gamma, 0.0)[index]),
+            p2_gamma=float(self.config.option_per_unet("diffusion", "p2_loss_weight_gamma")[index]),
             p2_k=d.p2_loss_weight_k,
             vb_weight=d.vb_loss_weight,
         )
@@ -418,9 +377,9 @@ class Decoder(nn.Module):
                 raise ValueError(f"start_image_or_video has batch {start_image_or_video.shape[0]}, expected {batch_size}")
             img = resize_image_to(start_image_or_video, self.image_sizes[start - 1])
 
-        scales = self._per_unet_arg(cond_scale, "cond_scale")
+        scales = self.config.per_unet(cond_scale, "cond_scale")
         default_steps = self.config.per_unet(self.config.diffusion.sample_timesteps)
-        steps = self._per_unet_arg(steps, "steps") if exists(steps) else default_steps
+        steps = self.config.per_unet(steps, "steps") if exists(steps) else default_steps
         was_training = self.training
         self.eval()
         try:
@@ -505,13 +464,26 @@ class Decoder(nn.Module):
             diffusion = truncated
         return unnormalize_zero_to_one(vae.decode(diffusion_sample(model, diffusion, noise, **opts))).clamp(0.0, 1.0)
 
-    def _per_unet_arg(self, value, name: str) -> tuple:
-        values = cast_tuple(value)
-        if len(values) == 1:
-            return values * self.num_unets
-        if len(values) != self.num_unets:
-            raise ValueError(f"{name} needs one value or one per unet ({self.num_unets}), got {value!r}")
-        return values
+
+def _networks_and_config(unet, vae, config, kwargs: dict) -> tuple[tuple[Unet, ...], tuple, DecoderConfig]:
+    """The unets and VQ-GANs (None = pixel stage) as given, or rebuilt from a saved config, and the config."""
+    if exists(unet):
+        unets = cast_tuple(unet)
+        for i, u in enumerate(unets):
+            if not isinstance(u, Unet):
+                raise TypeError(f"unet {i + 1} must be a dalle2_core Unet, got {type(u).__name__}")
+        vaes = tuple(v.copy_for_eval() if isinstance(v, VQGanVAE) else None for v in cast_tuple(default(vae, ())))
+        if len(vaes) > len(unets):
+            raise ValueError(f"{len(vaes)} VQ-GAN VAEs given for {len(unets)} unet(s)")
+        vaes += (None,) * (len(unets) - len(vaes))
+        kwargs = dict(kwargs, unets=tuple(u.config for u in unets), vaes=tuple(v.config if exists(v) else None for v in vaes))
+    cfg = DecoderConfig.build(config, owner="Decoder", **kwargs)
+    if not cfg.unets:
+        raise ValueError("Decoder needs unet= (one Unet or a tuple, lowest resolution first)")
+    if not exists(unet):  # rebuilding from a saved config
+        unets = tuple(Unet.from_config(c) for c in cfg.unets)
+        vaes = tuple(VQGanVAE.from_config(c) if exists(c) else None for c in cfg.vaes)
+    return unets, vaes, cfg
 
 
 class _Edit(NamedTuple):
@@ -546,19 +518,23 @@ def sdedit_diffusion(diffusion: GaussianDiffusion, strength: float) -> GaussianD
                              learned_variance=diffusion.learned_variance, timestep_map=diffusion.timestep_map[:keep])
 
 
-def _resolve_aliases(kwargs: dict) -> dict:
-    """DALLE2-pytorch spellings onto config fields; `image_size` is one-stage `image_sizes`."""
-    out = dict(kwargs)
-    for alias, name in ALIASES.items():
-        if alias in out:
-            out[name] = out.pop(alias)
-    if "image_size" in out:
-        size = out.pop("image_size")
-        if exists(size) and exists(out.get("image_sizes")):
-            raise ValueError("give only one of image_size and image_sizes")
-        if exists(size):
-            out["image_sizes"] = (size,)
-    return out
+def _frozen_clip(clip, cfg: DecoderConfig) -> tuple[ClipAdapter | None, DecoderConfig]:
+    """The CLIP as a frozen adapter, and the config with the CLIP's image size when none was given."""
+    if not exists(clip):
+        if not cfg.image_sizes:
+            raise ValueError("give image_size, image_sizes, or a clip (whose image size is then used)")
+        return None, cfg
+    if cfg.conditioning.unconditional:
+        raise ValueError("clip must not be given to an unconditional decoder")
+    adapter = as_clip_adapter(clip).eval().requires_grad_(False)
+    if adapter.image_channels != cfg.channels:
+        raise ValueError(f"channels={cfg.channels} but the CLIP takes {adapter.image_channels}-channel images")
+    if not cfg.image_sizes:  # default: generate at the CLIP's resolution
+        size = cast_tuple(adapter.image_size)
+        if len(set(size)) != 1:
+            raise ValueError(f"the CLIP's image size {size} is not square; pass image_sizes")
+        cfg = DecoderConfig.build(cfg, image_sizes=(size[0],))
+    return adapter, cfg
 
 
 __all__ = ["Decoder"]

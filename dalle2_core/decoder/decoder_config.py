@@ -9,15 +9,27 @@ alone.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Any, ClassVar
 
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.decoder.unet_config import UnetConfig
-from dalle2_core.helpers import cast_tuple, exists
+from dalle2_core.diffusion import BETA_SCHEDULES
+from dalle2_core.diffusion.losses import SIMPLE_LOSSES
+from dalle2_core.helpers import exists
 from dalle2_core.vqgan.vae import VQGanVAEConfig
 
-BETA_SCHEDULES = ("cosine", "linear", "quadratic", "sigmoid", "jsd")
-LOSS_TYPES = ("l1", "l2", "huber")
+# the options that take one value for every unet or one per unet: (sub-config, field)
+PER_UNET_OPTIONS = (
+    ("diffusion", "sample_timesteps"),
+    ("diffusion", "beta_schedule"),
+    ("diffusion", "predict_x_start"),
+    ("diffusion", "predict_v"),
+    ("diffusion", "learned_variance"),
+    ("diffusion", "p2_loss_weight_gamma"),
+    ("lowres", "use_blur_for_lowres_cond"),
+    ("lowres", "use_noise_for_lowres_cond"),
+    ("lowres", "random_crop_sizes"),
+)
 
 
 @config_dataclass
@@ -30,7 +42,7 @@ class DecoderDiffusionConfig(Config):
     loss_type: str = "l2"
     predict_x_start: Any = False  # x0 objective, bool or one per unet
     predict_v: Any = False  # v objective (Salimans & Ho 2022), bool or one per unet
-    learned_variance: Any = True  # a bare bool applies to the first unet only, as in the paper
+    learned_variance: Any = True  # a bare bool (or one value in a tuple) is the first unet only, as in the paper
     learned_variance_constrain_frac: bool = False
     vb_loss_weight: float = 1e-3
     p2_loss_weight_gamma: Any = 0.0  # float or one per unet (Choi et al. 2022)
@@ -67,6 +79,13 @@ class DecoderLowresConfig(Config):
 
 @config_dataclass
 class DecoderConfig(Config):
+    # DALLE2-pytorch's spellings; `image_size` is a one-stage `image_sizes`
+    ALIASES: ClassVar[dict] = {
+        "use_dynamic_thres": ("dynamic_thresholding", None),
+        "dynamic_thres_percentile": ("dynamic_thresholding_percentile", None),
+        "image_size": ("image_sizes", lambda size: (size,)),
+    }
+
     unets: tuple = ()  # one unet config per stage, lowest resolution first
     vaes: tuple = ()  # one VQ-GAN config (latent stage) or None (pixel stage) per unet
     image_sizes: tuple = ()  # output resolution of each stage, strictly ascending
@@ -81,17 +100,35 @@ class DecoderConfig(Config):
     def num_unets(self) -> int:
         return len(self.unets)
 
-    def per_unet(self, value, fill=None) -> tuple:
-        """A per-stage option as one value per unet; a short tuple is padded with `fill`."""
-        values = cast_tuple(value)
-        if len(values) == 1 and not isinstance(value, (tuple, list)):
+    def per_unet(self, value, name: str = "value") -> tuple:
+        """`value` as one value per unet: a single value (bare or the one item of a list) serves every
+        unet, else there must be exactly one per unet; `name` is the option an error names."""
+        values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if len(values) == 1:
             return values * self.num_unets
-        if len(values) > self.num_unets:
-            raise ValueError(f"{len(values)} values {values!r} given for {self.num_unets} unet(s)")
-        return values + (fill,) * (self.num_unets - len(values))
+        if len(values) != self.num_unets:
+            raise ValueError(f"{name} {value!r} needs one value or one per unet ({self.num_unets}), got {len(values)}")
+        return values
+
+    def option_per_unet(self, sub: str, name: str) -> tuple:
+        """A per-unet option of sub-config `sub` (see `PER_UNET_OPTIONS`), one value per unet."""
+        return self.per_unet(getattr(getattr(self, sub), name), name)
+
+    def learned_variance_per_unet(self) -> tuple[bool, ...]:
+        lv = self.diffusion.learned_variance
+        if isinstance(lv, (tuple, list)) and len(lv) == 1:
+            lv = lv[0]
+        if isinstance(lv, bool):  # the paper learns the variance of the base model only
+            return (lv,) + (False,) * (self.num_unets - 1)
+        return tuple(bool(v) for v in self.per_unet(lv, "learned_variance"))
+
+    def objectives(self) -> tuple[str, ...]:
+        """Each unet's diffusion objective: "v" (predict_v), "x0" (predict_x_start) or "eps"."""
+        pairs = zip(self.option_per_unet("diffusion", "predict_x_start"), self.option_per_unet("diffusion", "predict_v"))
+        return tuple("v" if v else "x0" if x0 else "eps" for x0, v in pairs)
 
     def validate(self) -> None:
-        d, c, lr = self.diffusion, self.conditioning, self.lowres
+        d, c = self.diffusion, self.conditioning
         n = self.num_unets
         if n == 0:
             raise ValueError("Decoder needs at least one unet")
@@ -101,18 +138,20 @@ class DecoderConfig(Config):
             raise ValueError(f"image_sizes must be unique and ascending, got {self.image_sizes!r}")
         if len(self.vaes) != n:
             raise ValueError(f"expected {n} VQ-GAN entries (None for pixel stages), got {len(self.vaes)}")
-        if d.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type {d.loss_type!r} is not supported; accepted: {', '.join(LOSS_TYPES)}")
-        for name in self.per_unet(d.beta_schedule):
+        if d.loss_type not in SIMPLE_LOSSES:
+            raise ValueError(f"loss_type {d.loss_type!r} is not supported; accepted: {', '.join(SIMPLE_LOSSES)}")
+        for sub, name in PER_UNET_OPTIONS:
+            self.option_per_unet(sub, name)  # one value or one per unet
+        for name in self.option_per_unet("diffusion", "beta_schedule"):
             if exists(name) and name not in BETA_SCHEDULES:
                 raise ValueError(f"beta_schedule {name!r} is not supported; accepted: {', '.join(BETA_SCHEDULES)}")
-        for steps in self.per_unet(d.sample_timesteps):
+        for steps in self.option_per_unet("diffusion", "sample_timesteps"):
             if exists(steps) and not 0 < steps <= d.timesteps:
                 raise ValueError(f"sample_timesteps {steps} must be in 1..timesteps ({d.timesteps})")
-        for x0, v in zip(self.per_unet(d.predict_x_start, False), self.per_unet(d.predict_v, False)):
+        for x0, v in zip(self.option_per_unet("diffusion", "predict_x_start"), self.option_per_unet("diffusion", "predict_v")):
             if x0 and v:
                 raise ValueError("predict_x_start and predict_v cannot both be set for the same unet")
-        if exists(self.per_unet(lr.random_crop_sizes)[0]):
+        if exists(self.option_per_unet("lowres", "random_crop_sizes")[0]):
             raise ValueError("the first unet generates from noise; it cannot be trained on random crops")
         for p, name in ((c.image_cond_drop_prob, "image_cond_drop_prob"), (c.text_cond_drop_prob, "text_cond_drop_prob")):
             if not 0.0 <= p <= 1.0:

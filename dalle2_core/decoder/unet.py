@@ -28,7 +28,7 @@ from .unet_blocks import (
     ResnetBlock,
     rearrange_tokens,
 )
-from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig, resolve_aliases
+from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig
 
 
 def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.device) -> torch.Tensor:
@@ -50,36 +50,49 @@ class Unet(nn.Module):
 
     def __init__(self, config: UnetConfig | dict | None = None, **kwargs):
         super().__init__()
-        self.config = cfg = UnetConfig.build(config, owner="Unet", **resolve_aliases(kwargs))
-        cond, attn, blocks = cfg.conditioning, cfg.attention, cfg.blocks
-        dim = cfg.dim
-        init_dim = default(blocks.init_dim, dim)
-        dims = [init_dim, *(dim * m for m in cfg.dim_mults)]
-        in_out = list(zip(dims[:-1], dims[1:]))  # (width in, width out) per stage
-        cond_dim = default(cond.cond_dim, dim)
-        efficient = blocks.memory_efficient
+        self.config = cfg = UnetConfig.build(config, owner="Unet", **kwargs)
+        blocks = cfg.blocks
+        init_dim = default(blocks.init_dim, cfg.dim)
+        dims = [init_dim, *(cfg.dim * m for m in cfg.dim_mults)]  # stage widths, stem first
+        cond_dim = default(cfg.conditioning.cond_dim, cfg.dim)
 
         # stem: the low-res image (cascaded diffusion, Ho et al. 2021) is stacked on the channels
-        in_channels = cfg.channels * (2 if cond.lowres_cond else 1)
+        in_channels = cfg.channels * (2 if cfg.conditioning.lowres_cond else 1)
         if blocks.init_cross_embed:
             self.init_conv = CrossEmbedLayer(in_channels, blocks.init_cross_embed_kernel_sizes, init_dim, stride=1)
         else:
             k = blocks.init_conv_kernel_size
             self.init_conv = nn.Conv2d(in_channels, init_dim, k, padding=k // 2)
 
-        self._build_conditioning(cond_dim, time_cond_dim=dim * 4)
+        self._build_conditioning(cond_dim, time_cond_dim=cfg.dim * 4)
 
         # Imagen's skip scaling keeps the variance of concatenated skips in check
         self.skip_connect_scale = 2**-0.5 if blocks.scale_skip_connection else 1.0
+        first_groups = cfg.per_stage("resnet_groups")[0]
+        self.init_resnet_block = self._block(init_dim, init_dim, groups=first_groups) if blocks.memory_efficient else None
+        skip_dims = self._build_downs(dims, cond_dim)
+        self._build_middle(dims[-1], cond_dim)
+        self._build_ups(dims, cond_dim, skip_dims)
+
+        up_out = init_dim if blocks.memory_efficient else dims[1]
+        self.final_resnet_block = self._block(up_out + init_dim, cfg.dim, groups=first_groups)
+        k = blocks.final_conv_kernel_size
+        # the low-res image is offered again at the output, as in 1.1.0
+        out_in = cfg.dim + (cfg.channels if cfg.conditioning.lowres_cond else 0)
+        self.to_out = nn.Conv2d(out_in, cfg.resolved_channels_out, k, padding=k // 2)
+        # a zero head makes the untrained net predict 0 (OpenAI's ADM does the same)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def _build_downs(self, dims: list[int], cond_dim: int) -> list[int]:
+        """The encoder stages; returns the width of each stage's skip connections."""
+        cfg, efficient = self.config, self.config.blocks.memory_efficient
         groups, num_blocks = cfg.per_stage("resnet_groups"), cfg.per_stage("num_resnet_blocks")
         attends = list(zip(cfg.per_stage("self_attn"), cfg.per_stage("sparse_attn")))
-
-        self.init_resnet_block = self._block(init_dim, init_dim, groups=groups[0]) if efficient else None
-
         self.downs = nn.ModuleList()
         skip_dims = []
-        for i, (d_in, d_out) in enumerate(in_out):
-            is_last = i == len(in_out) - 1
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            is_last = i == len(dims) - 2
             # the first stage skips cross-attention: at full resolution it costs the most
             stage_cond = None if i == 0 else cond_dim
             d_layer = d_out if efficient else d_in  # the efficient U-Net works after downsampling
@@ -95,20 +108,28 @@ class Unet(nn.Module):
                     nn.Conv2d(d_layer, d_out, 1) if is_last or efficient else self._downsample(d_layer, d_out)
                 ),
             )))
+        return skip_dims
 
-        mid_dim = dims[-1]
-        self.mid_block1 = self._block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups[-1])
+    def _build_middle(self, mid_dim: int, cond_dim: int):
+        attn, groups = self.config.attention, self.config.per_stage("resnet_groups")[-1]
+        self.mid_block1 = self._block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups)
         self.mid_attn = (
             SpatialSelfAttention(mid_dim, heads=attn.attn_heads, dim_head=attn.attn_dim_head)
             if attn.attend_at_middle
             else nn.Identity()
         )
-        self.mid_block2 = self._block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups[-1])
+        self.mid_block2 = self._block(mid_dim, mid_dim, cond_dim=cond_dim, groups=groups)
 
-        upsample = PixelShuffleUpsample if blocks.pixel_shuffle_upsample else NearestUpsample
+    def _build_ups(self, dims: list[int], cond_dim: int, skip_dims: list[int]):
+        """The decoder stages, lowest resolution first; each concatenates the matching skips."""
+        cfg, efficient = self.config, self.config.blocks.memory_efficient
+        groups, num_blocks = cfg.per_stage("resnet_groups"), cfg.per_stage("num_resnet_blocks")
+        attends = list(zip(cfg.per_stage("self_attn"), cfg.per_stage("sparse_attn")))
+        upsample = PixelShuffleUpsample if cfg.blocks.pixel_shuffle_upsample else NearestUpsample
+        skip_dims = list(skip_dims)
         self.ups = nn.ModuleList()
-        for i in reversed(range(len(in_out))):
-            d_in, d_out = in_out[i]
+        for i in reversed(range(len(dims) - 1)):
+            d_in, d_out = dims[i], dims[i + 1]
             stage_cond = None if i == 0 else cond_dim
             d_cat = d_out + skip_dims.pop()
             self.ups.append(nn.ModuleDict(dict(
@@ -119,16 +140,6 @@ class Unet(nn.Module):
                 attn=self._stage_attention(d_out, *attends[i]),
                 upsample=upsample(d_out, d_in) if efficient or i > 0 else nn.Identity(),
             )))
-
-        up_out = init_dim if efficient else dims[1]
-        self.final_resnet_block = self._block(up_out + init_dim, dim, groups=groups[0])
-        k = blocks.final_conv_kernel_size
-        # the low-res image is offered again at the output, as in 1.1.0
-        out_in = dim + (cfg.channels if cond.lowres_cond else 0)
-        self.to_out = nn.Conv2d(out_in, cfg.resolved_channels_out, k, padding=k // 2)
-        # a zero head makes the untrained net predict 0 (OpenAI's ADM does the same)
-        nn.init.zeros_(self.to_out.weight)
-        nn.init.zeros_(self.to_out.bias)
 
     def _build_conditioning(self, cond_dim: int, time_cond_dim: int):
         """Time FiLM vector and tokens, image tokens (+ FiLM), text projection, their learned nulls."""
@@ -203,7 +214,7 @@ class Unet(nn.Module):
         Returns `self` (weights kept) when the overrides change nothing, like DALLE2-pytorch's
         `cast_model_parameters`, so a Decoder does not re-initialise a correctly built unet.
         """
-        config = UnetConfig.build(self.config, owner="Unet", **resolve_aliases(overrides))
+        config = UnetConfig.build(self.config, owner="Unet", **overrides)
         return self if config == self.config else type(self)(config)
 
     # the attributes the Decoder reads
@@ -235,25 +246,10 @@ class Unet(nn.Module):
         cond_drop_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The objective's prediction (b, channels_out, h, w) for x_t at timesteps t (b,)."""
-        cfg, cond = self.config, self.config.conditioning
-        b, c, h, w = x.shape
-        if c != cfg.channels:
-            raise ValueError(f"x has {c} channels, this Unet takes channels={cfg.channels}")
-        f = self.downsample_factor
-        if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} must be a multiple of {f} for dim_mults={cfg.dim_mults}")
-        t = t.expand(b) if t.ndim == 0 else t
-        if t.shape != (b,):
-            raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
-
-        if cond.lowres_cond:
-            if not exists(lowres_cond_img):
-                raise ValueError("this Unet has lowres_cond=True: pass lowres_cond_img (the upsampled low-res image)")
-            if lowres_cond_img.shape != x.shape:
-                raise ValueError(f"lowres_cond_img has shape {tuple(lowres_cond_img.shape)}, expected {tuple(x.shape)}")
+        t = self._check_inputs(x, t, lowres_cond_img)
+        lowres_cond = self.config.conditioning.lowres_cond
+        if lowres_cond:
             x = torch.cat((x, lowres_cond_img), dim=1)
-        elif exists(lowres_cond_img):
-            raise ValueError("lowres_cond_img given but this Unet has lowres_cond=False")
 
         run = partial(_call, self._checkpointing(x))
         x = self.init_conv(x)
@@ -292,9 +288,30 @@ class Unet(nn.Module):
             x = stage["upsample"](x)
 
         x = run(self.final_resnet_block, torch.cat((x, r), dim=1), film)
-        if cond.lowres_cond:
+        if lowres_cond:
             x = torch.cat((x, lowres_cond_img), dim=1)
         return self.to_out(x)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, lowres_cond_img: torch.Tensor | None) -> torch.Tensor:
+        """Checks x, t and the low-res image against the config; returns t as (b,) (a 0-dim t is broadcast)."""
+        cfg = self.config
+        b, c, h, w = x.shape
+        if c != cfg.channels:
+            raise ValueError(f"x has {c} channels, this Unet takes channels={cfg.channels}")
+        f = self.downsample_factor
+        if h % f or w % f:
+            raise ValueError(f"image size {h}x{w} must be a multiple of {f} for dim_mults={cfg.dim_mults}")
+        t = t.expand(b) if t.ndim == 0 else t
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
+        if cfg.conditioning.lowres_cond:
+            if not exists(lowres_cond_img):
+                raise ValueError("this Unet has lowres_cond=True: pass lowres_cond_img (the upsampled low-res image)")
+            if lowres_cond_img.shape != x.shape:
+                raise ValueError(f"lowres_cond_img has shape {tuple(lowres_cond_img.shape)}, expected {tuple(x.shape)}")
+        elif exists(lowres_cond_img):
+            raise ValueError("lowres_cond_img given but this Unet has lowres_cond=False")
+        return t
 
     def _conditioning(
         self, t, image_embed, text_encodings, text_mask, lowres_noise_level,
@@ -342,8 +359,6 @@ class Unet(nn.Module):
             return False
         setting = self.config.blocks.gradient_checkpointing
         return setting if exists(setting) else x.shape[0] * x.shape[-2] * x.shape[-1] >= AUTO_CHECKPOINT_PIXELS
-
-
 
     def _text_tokens(self, text_encodings, text_mask, text_keep, dtype) -> torch.Tensor:
         """Text encodings projected to (b, max_text_len, cond_dim); padding and dropped rows take null tokens."""

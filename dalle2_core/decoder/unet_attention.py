@@ -1,7 +1,7 @@
-"""Attention layers of the decoder U-Net: self, cross, linear (Shen et al.) and window/grid (MaxViT).
+"""Attention layers of the decoder U-Net over feature maps: self, cross, linear (Shen et al.), window/grid (MaxViT).
 
-Every softmax attention goes through `F.scaled_dot_product_attention`, so no (n, n) map is built by
-hand. Module and parameter names follow DALLE2-pytorch 1.1.0 (`norm`, `null_kv`, `to_q`, `to_kv`,
+The softmax attentions are `dalle2_core.nn.Attention` (through SDPA, so no (n, n) map is built by
+hand). Module and parameter names follow DALLE2-pytorch 1.1.0 (`norm`, `null_kv`, `to_q`, `to_kv`,
 `to_out`) so the LAION importer can map its weights one to one. 1.1.0 computes its logits with the
 "PB-relax" trick (subtract the row max, scale by alpha); that is the same softmax in exact arithmetic,
 so SDPA with the plain 1/sqrt(d) scale reproduces it.
@@ -9,98 +9,31 @@ so SDPA with the plain 1/sqrt(d) scale reproduces it.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..helpers import l2norm
+from ..nn.attention import Attention
+from ..nn.norm import ChanLayerNorm
+
+# the U-Net's norms are torch's bias-free LayerNorm (weights `norm.weight`, as the LAION decoder's)
+_layer_norm = partial(nn.LayerNorm, bias=False)
 
 
-class ChanLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of a (b, c, h, w) map, gain only (as DALLE2-pytorch's)."""
+class SpatialCrossAttention(nn.Module):
+    """Multi-head attention from every pixel of a (b, c, h, w) map to conditioning tokens, residual included.
 
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, None, self.eps)  # (b, h, w, c)
-        # back in x's memory layout: a channels-last map would make the next conv copy its weights
-        return torch.empty_like(x).copy_(out.permute(0, 3, 1, 2))  # (b, c, h, w)
-
-
-def _null_kv(null_kv: torch.Tensor, b: int, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    nk, nv = null_kv.to(dtype).unbind(dim=-2)
-    return repeat(nk, "d -> b h 1 d", b=b, h=heads), repeat(nv, "d -> b h 1 d", b=b, h=heads)
-
-
-class Attention(nn.Module):
-    """Multi-query self-attention over a sequence (Shazeer 2019), with a learned null key/value.
-
-    One key/value head is shared by all query heads, as in the 1.1.0 U-Net's middle attention.
-    """
-
-    def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 64):
-        super().__init__()
-        self.heads = heads
-        inner_dim = heads * dim_head
-        self.norm = nn.LayerNorm(dim, bias=False)
-        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
-        self.to_q = nn.Linear(dim, inner_dim, bias=False)
-        self.to_kv = nn.Linear(dim, dim_head * 2, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, dim, bias=False), nn.LayerNorm(dim, bias=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        x = self.norm(x)
-        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
-        k, v = self.to_kv(x).chunk(2, dim=-1)  # (b, n, d) each: one shared head
-        k, v = (repeat(t, "b n d -> b h n d", h=self.heads) for t in (k, v))
-        nk, nv = _null_kv(self.null_kv, b, self.heads, x.dtype)
-        k, v = torch.cat((nk, k), dim=-2), torch.cat((nv, v), dim=-2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out)
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from image features to conditioning tokens, with a learned null key/value.
-
-    The null key/value lets a query attend to "nothing" when every token is a null token
+    The learned null key/value lets a query attend to "nothing" when every token is a null token
     (classifier-free guidance, Ho & Salimans 2022).
     """
 
     def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
         super().__init__()
-        self.heads = heads
-        inner_dim = heads * dim_head
-        self.norm = nn.LayerNorm(dim, bias=False)
-        self.null_kv = nn.Parameter(torch.randn(2, dim_head))
-        self.to_q = nn.Linear(dim, inner_dim, bias=False)
-        self.to_kv = nn.Linear(context_dim, inner_dim * 2, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, dim, bias=False), nn.LayerNorm(dim, bias=False))
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        x = self.norm(x)
-        q, k, v = (self.to_q(x), *self.to_kv(context).chunk(2, dim=-1))
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        nk, nv = _null_kv(self.null_kv, b, self.heads, x.dtype)
-        k, v = torch.cat((nk, k), dim=-2), torch.cat((nv, v), dim=-2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out)
-
-
-class SpatialCrossAttention(nn.Module):
-    """`CrossAttention` applied to every pixel of a (b, c, h, w) map, residual included."""
-
-    def __init__(self, dim: int, *, context_dim: int, heads: int = 8, dim_head: int = 64):
-        super().__init__()
-        self.attn = CrossAttention(dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
+        self.attn = Attention(dim, context_dim=context_dim, heads=heads, kv_heads=heads, dim_head=dim_head, norm=_layer_norm)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -117,11 +50,14 @@ class SpatialCrossAttention(nn.Module):
 
 
 class SpatialSelfAttention(nn.Module):
-    """Full self-attention over all pixels of a (b, c, h, w) map, residual included."""
+    """Full self-attention over all pixels of a (b, c, h, w) map, residual included.
+
+    Multi-query (Shazeer 2019): one key/value head shared by all query heads, as in the 1.1.0 U-Net.
+    """
 
     def __init__(self, dim: int, *, heads: int = 8, dim_head: int = 64):
         super().__init__()
-        self.attn = Attention(dim, heads=heads, dim_head=dim_head)
+        self.attn = Attention(dim, heads=heads, dim_head=dim_head, norm=_layer_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -174,8 +110,8 @@ class WindowGridAttention(nn.Module):
     def __init__(self, dim: int, *, window: int, heads: int = 8, dim_head: int = 64):
         super().__init__()
         self.window = window
-        self.block_attn = Attention(dim, heads=heads, dim_head=dim_head)
-        self.grid_attn = Attention(dim, heads=heads, dim_head=dim_head)
+        self.block_attn = Attention(dim, heads=heads, dim_head=dim_head, norm=_layer_norm)
+        self.grid_attn = Attention(dim, heads=heads, dim_head=dim_head, norm=_layer_norm)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         h, w = fmap.shape[-2:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import field
+from typing import ClassVar
 
 from ..config import Config, config_dataclass
 from ..helpers import cast_tuple, default, exists
@@ -10,9 +11,6 @@ from ..helpers import cast_tuple, default, exists
 BLOCK_TYPES = ("resnet", "convnext")
 AUTO_CHECKPOINT_PIXELS = 4 * 256 * 256  # batch x height x width
 DOWNSAMPLE_MODES = ("conv", "unshuffle")
-
-# The seed README's and DALLE2-pytorch's spellings of the same options.
-OPTION_ALIASES = {"learned_sigma": "learned_variance"}
 
 
 @config_dataclass
@@ -103,6 +101,12 @@ class UnetBlocksConfig(Config):
 class UnetConfig(Config):
     """Decoder U-Net (unCLIP, Ramesh et al. 2022, Sec. 2.1; an ADM U-Net, Nichol & Dhariwal 2021)."""
 
+    # the seed README's and DALLE2-pytorch's spellings of the same options
+    ALIASES: ClassVar[dict] = {
+        "learned_sigma": ("learned_variance", None),
+        "use_convnext": ("block_type", lambda on: "convnext" if on else "resnet"),
+    }
+
     dim: int
     dim_mults: tuple[int, ...] = (1, 2, 4, 8)
     channels: int = 3
@@ -146,26 +150,9 @@ class UnetConfig(Config):
         return cast_tuple(getattr(sub, name), self.num_stages)
 
 
-def resolve_aliases(kwargs: dict) -> dict:
-    """Map the seed's alternative spellings (`learned_sigma`, `use_convnext`) onto config fields."""
-    out = dict(kwargs)
-    for alias, name in OPTION_ALIASES.items():
-        if alias in out:
-            if name in out and out[name] != out[alias]:
-                raise ValueError(f"{alias}={out[alias]!r} contradicts {name}={out[name]!r}")
-            out[name] = out.pop(alias)
-    if "use_convnext" in out:
-        block_type = "convnext" if out.pop("use_convnext") else "resnet"
-        if out.get("block_type", block_type) != block_type:
-            raise ValueError(f"use_convnext contradicts block_type={out['block_type']!r}")
-        out["block_type"] = block_type
-    return out
-
-
 __all__ = [
     "UnetAttentionConfig",
     "UnetBlocksConfig",
     "UnetConditioningConfig",
     "UnetConfig",
-    "resolve_aliases",
 ]

@@ -1,4 +1,4 @@
-"""Layers shared by the networks: bias-free norms, SDPA attention, rotary, T5 bias, SwiGLU, embeddings."""
+"""Layers shared by the networks: layer norms, SDPA attention, rotary, T5 bias, SwiGLU, embeddings."""
 
 from dalle2_core.nn.attention import Attention, RelPosBias
 from dalle2_core.nn.embedding import MLP, SinusoidalPosEmb

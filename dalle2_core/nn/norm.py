@@ -1,4 +1,4 @@
-"""Bias-free layer norms with a learned gain `g` (the DALLE2-pytorch / LAION parameterisation)."""
+"""Layer norms: the bias-free `g` gain of DALLE2-pytorch / LAION, and one over the channels of feature maps."""
 
 from __future__ import annotations
 
@@ -26,15 +26,19 @@ class LayerNorm(nn.Module):
 
 
 class ChanLayerNorm(nn.Module):
-    """Bias-free LayerNorm over the channel dim of (b, c, h, w) feature maps; gain `g` is (1, c, 1, 1)."""
+    """LayerNorm over the channels of a (b, c, h, w) map at every pixel (Ba et al. 2016): gain `weight`
+    (c,), and a `bias` (c,) only when asked for (the decoder's is gain-only, as DALLE2-pytorch's).
 
-    def __init__(self, dim: int, eps: float = 1e-5, stable: bool = False):
+    The result has the input's memory layout: a channels-last map would make the next conv copy its
+    weights to match.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = False):
         super().__init__()
-        self.eps, self.stable = eps, stable
-        self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stable:
-            x = x / x.amax(dim=1, keepdim=True).detach()
-        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-        return (x - mean) * (var + self.eps).rsqrt() * self.g
+        out = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)  # (b, h, w, c)
+        return torch.empty_like(x).copy_(out.permute(0, 3, 1, 2))  # (b, c, h, w)

@@ -51,13 +51,13 @@ class CausalTransformerConfig(Config):
 
 
 class PrefixCache(NamedTuple):
-    """Rotated keys and values (b, p, dim_head) of a sequence's first p positions, one pair per layer."""
+    """Rotated keys and values (b, 1, p, dim_head) of a sequence's first p positions, one pair per layer."""
 
     kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
     @property
     def length(self) -> int:
-        return self.kv[0][0].shape[1]
+        return self.kv[0][0].shape[-2]
 
 
 class CausalTransformer(nn.Module):

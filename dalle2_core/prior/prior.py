@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter
+from dalle2_core.clip import CLIP, ClipAdapter, as_clip_adapter
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import BETA_SCHEDULES, GaussianDiffusion, classifier_free_guidance, sample
 from dalle2_core.diffusion.losses import SIMPLE_LOSSES
@@ -88,8 +88,6 @@ class DiffusionPrior(nn.Module):
         net: DiffusionPriorNetwork,
         clip: CLIP | ClipAdapter | None = None,
         config: DiffusionPriorConfig | dict | None = None,
-        *,
-        clip_adapter_overrides: dict | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -98,7 +96,7 @@ class DiffusionPrior(nn.Module):
         net_options = sorted(set(kwargs) & set(DiffusionPriorNetworkConfig._all_option_names()))
         if net_options:
             raise TypeError(f"DiffusionPrior got network option(s) {net_options}; give them to DiffusionPriorNetwork")
-        self.clip = _frozen_adapter(clip, clip_adapter_overrides or {})
+        self.clip = _frozen_adapter(clip)
         if exists(self.clip) and not exists(config):
             kwargs.setdefault("image_embed_dim", self.clip.dim_latent)
             kwargs.setdefault("image_size", self.clip.image_size)
@@ -335,14 +333,10 @@ class DiffusionPrior(nn.Module):
         return rerank_by_similarity(candidates, cond["text_embed"])
 
 
-def _frozen_adapter(clip, overrides: dict) -> ClipAdapter | None:
-    """A raw CLIP wrapped in XClipAdapter (with `overrides`); any adapter frozen and put in eval mode."""
+def _frozen_adapter(clip) -> ClipAdapter | None:
+    """A raw CLIP wrapped in XClipAdapter; any adapter frozen and put in eval mode."""
     if clip is None:
         return None
-    if overrides:
-        if not isinstance(clip, CLIP):
-            raise ValueError(f"clip_adapter_overrides apply only when wrapping a raw CLIP, got a {type(clip).__name__}")
-        clip = XClipAdapter(clip, **overrides)
     clip = as_clip_adapter(clip)
     clip.requires_grad_(False)
     return clip.eval()

@@ -6,10 +6,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from dalle2_core.data.folder import METADATA_FILE  # the folder format the training data loader reads
 from dalle2_core.shapes.world import WORLD_SIZE, generate
 
 FORMATS = ("txt", "jsonl")
-METADATA_FILE = "metadata.jsonl"
 
 
 def check_output_folder(out: str | Path) -> Path:

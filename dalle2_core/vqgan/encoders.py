@@ -7,39 +7,25 @@ and `last_dec_layer` (the weight the adaptive GAN weight is measured on).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from dalle2_core.helpers import cast_tuple
+from dalle2_core.nn.attention import Attention
+from dalle2_core.nn.norm import ChanLayerNorm
 
 
 def _leaky_relu() -> nn.Module:
     return nn.LeakyReLU(0.1)
 
 
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channel dim of a (b, c, h, w) feature map."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+def _attention(dim: int, heads: int, dim_head: int) -> Attention:
+    """Pre-norm multi-head self-attention over tokens (b, n, d), ViT-parameterised (fused qkv, biased output)."""
+    return Attention(dim, heads=heads, kv_heads=heads, dim_head=dim_head, norm=nn.LayerNorm, vit=True)
 
 
-class SelfAttention(nn.Module):
-    """Pre-norm multi-head self-attention over tokens (b, n, d), via `scaled_dot_product_attention`."""
-
-    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64):
-        super().__init__()
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
-        self.to_out = nn.Linear(heads * dim_head, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))  # (b, n, dim)
+def _channel_norm(dim: int) -> ChanLayerNorm:
+    return ChanLayerNorm(dim, bias=True)
 
 
 class SpatialAttention(nn.Module):
@@ -47,7 +33,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
-        self.attn = SelfAttention(dim, heads, dim_head)
+        self.attn = _attention(dim, heads, dim_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -163,7 +149,7 @@ class Transformer(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, dim_head: int, ff_mult: int):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.ModuleList([SelfAttention(dim, heads, dim_head), _feed_forward(dim, ff_mult)]) for _ in range(depth)
+            nn.ModuleList([_attention(dim, heads, dim_head), _feed_forward(dim, ff_mult)]) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
 
@@ -254,11 +240,11 @@ class ConvNextEncDec(_ConvEncDec):
         self.layers, self.encoded_dim = layers, dims[-1]
 
         encoders: list[nn.Module] = [nn.Conv2d(channels, dim, 3, padding=1)]
-        decoders: list[nn.Module] = [ChannelLayerNorm(dim), nn.Conv2d(dim, channels, 1)]
+        decoders: list[nn.Module] = [_channel_norm(dim), nn.Conv2d(dim, channels, 1)]
         for dim_in, dim_out, n in zip(dims[:-1], dims[1:], depth):
-            encoders += [ChannelLayerNorm(dim_in), nn.Conv2d(dim_in, dim_out, 2, stride=2)]
+            encoders += [_channel_norm(dim_in), nn.Conv2d(dim_in, dim_out, 2, stride=2)]
             encoders += [ConvNextBlock(dim_out, ff_mult) for _ in range(n)]
-            up = [ChannelLayerNorm(dim_out), nn.ConvTranspose2d(dim_out, dim_in, 2, stride=2)]
+            up = [_channel_norm(dim_out), nn.ConvTranspose2d(dim_out, dim_in, 2, stride=2)]
             decoders = [*(ConvNextBlock(dim_out, ff_mult) for _ in range(n)), *up, *decoders]
         self.encoder = nn.Sequential(*encoders)
         self.decoder = nn.Sequential(*decoders)
