@@ -93,7 +93,7 @@ def test_unknown_missing_and_misshapen_keys_are_errors():
     state = kf.weights("super_res_first")
     with pytest.raises(ValueError, match="no rule maps the diffusers key 'down_blocks.0.resnets.0.conv_extra.weight'"):
         dk.unet_state({**state, "down_blocks.0.resnets.0.conv_extra.weight": torch.zeros(1)}, unet.state_dict())
-    with pytest.raises(ValueError, match="missing conv_out.bias"):
+    with pytest.raises(ValueError, match="missing keys conv_out.bias"):
         dk.unet_state({k: v for k, v in state.items() if k != "conv_out.bias"}, unet.state_dict())
     with pytest.raises(ValueError, match=r"shape mismatch \(file vs config\) conv_in.weight \(4, 3, 3, 3\) vs \(4, 6, 3, 3\)"):
         dk.unet_state({**state, "conv_in.weight": torch.zeros(4, 3, 3, 3)}, unet.state_dict())
