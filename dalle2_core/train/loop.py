@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ def train(settings: TrainSettings, report: Reporter = _silent) -> Path:
     rank, world = distributed.rank_world()
     settings.check(world)
     run = RunDir(settings.out)
-    run.check(settings.resume)
+    settings = replace(settings, resume=run.check(settings.resume))
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)  # the same initial weights on every process
     models = build_models(settings, run, device)
@@ -53,8 +54,9 @@ def train(settings: TrainSettings, report: Reporter = _silent) -> Path:
     data = open_data(settings, models.architecture["image_size"], _clip_width(models),
                      text_needed="prior" in names and models.prior.config.condition_on_text_encodings)
     skipped = dict(data.skipped)
-    with run.removed_on_failure(new=not settings.resume and rank == 0):
-        if settings.resume and rank == 0:
+    new = rank == 0 and not settings.resume and not run.metrics.is_file()  # not a restart of a killed run
+    with run.removed_on_failure(new):
+        if rank == 0:
             run.remove_temporaries()  # left by a process killed while saving
         distributed.barrier()
         torch.manual_seed(settings.seed + rank)  # each process draws its own noise
@@ -82,6 +84,7 @@ def _train_stage(stage: Stage, settings: TrainSettings, run: RunDir, models: Mod
     start, read = _resume(stage, settings, run, report)
     report("stage", stage=stage.name, start=start, total=settings.steps)
     if start >= settings.steps:
+        stage.save()  # a run killed after its last state but before its model folder: write it now
         return
     batches = micro_batches(stage.source, settings, read, image_size)
     preview, clock, began = None, time.perf_counter(), time.perf_counter()
@@ -162,12 +165,14 @@ def _resume(stage: Stage, settings: TrainSettings, run: RunDir, report: Reporter
 
 
 def _checkpoint(stage: Stage, step: int, read: int, settings: TrainSettings, run: RunDir, models: Models, report: Reporter):
-    stage.save()  # the model first: a state file never names a step whose weights are missing
+    """settings.json, the state (it holds the weights: a run killed after it resumes from it), then the model."""
     state = stage.trainer.training_state()  # every process: sharded state is gathered
     rngs = distributed.gather_objects(_rng_state())
     if distributed.rank_world()[0] == 0:
         run.record(models.architecture, stage.name, _used(settings))
         run.save_state(stage.name, {"step": step, "batches": read, "trainer": state, "rng": rngs})
+    stage.save()
+    run.saved = True
     distributed.barrier()
     report("saved", stage=stage.name, step=step, path=str(run.root))
 

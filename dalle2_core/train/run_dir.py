@@ -7,7 +7,9 @@
     metrics.jsonl, tensorboard/, samples/        what the run measured and drew
 
 Only process 0 writes. Nothing is written before the first step; a new run that fails before its
-first checkpoint is removed again, so its folder is left as it was found.
+first checkpoint is removed again, so its folder is left as it was found. A checkpoint writes
+settings.json, then the state (which holds the weights), then the model folder: a process killed at
+any point resumes from the last complete state.
 """
 
 from __future__ import annotations
@@ -37,17 +39,23 @@ class RunDir:
         self.training = self.root / "training"
         self.samples = self.root / "samples"
         self.metrics = self.root / "metrics.jsonl"
-        self.saved = False  # a checkpoint has been written by this process
+        self.saved = False  # a whole checkpoint has been written by this process
 
-    def check(self, resume: bool) -> None:
-        """The folder can take this run: new or empty, or (resume) holding a run."""
+    def check(self, resume: bool) -> bool:
+        """Whether there is a run to go on with; refuses a folder that cannot take this run.
+
+        A run killed before its first checkpoint left only its log (`metrics.jsonl`): resuming it
+        starts it again."""
         if self.root.exists() and not self.root.is_dir():
             raise TrainingError(f"{self.root} is a file; the run's output must be a folder", setting="out", usage=True)
         if not resume and self.root.is_dir() and any(self.root.iterdir()):
             raise TrainingError(f"{self.root} is not empty", setting="out", code="out_not_empty")
         if resume and not (self.training / SETTINGS_FILE).is_file():
+            if self.metrics.is_file():
+                return False
             raise TrainingError(f"{self.root} holds no training run to resume (no {self.training.name}/{SETTINGS_FILE})",
                                 setting="out", code="no_run")
+        return resume
 
     def stored(self) -> dict | None:
         path = self.training / SETTINGS_FILE
@@ -76,7 +84,6 @@ class RunDir:
         self.training.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.state_path(stage)) as tmp:
             torch.save(state, tmp)
-        self.saved = True
 
     def load_state(self, stage: str) -> dict | None:
         path = self.state_path(stage)
