@@ -89,14 +89,13 @@ def replicate(module: nn.Module, net: nn.Module) -> DistributedDataParallel | No
         return None
     trained = {id(p) for p in net.parameters()}
     ignored = [name for name, p in module.named_parameters() if id(p) not in trained]
-    ignored += [name for name, _ in module.named_buffers()]  # buffers are never trained, never synced
+    ignored += [name for name, _ in module.named_buffers()]  # buffers are not trained: never synced
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
     device_ids = [next(net.parameters()).device] if next(net.parameters()).is_cuda else None
     # init_sync=False: the trainer has already broadcast the weights. find_unused_parameters: a
     # network may hold parameters a configuration never uses (the prior's null image embedding
     # without image dropout); DDP would otherwise wait for their gradients for ever
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False, init_sync=False,
-                                   find_unused_parameters=True)
+    return DistributedDataParallel(module, device_ids=device_ids, init_sync=False, find_unused_parameters=True)
 
 
 def shard(net: nn.Module) -> None:
@@ -152,7 +151,8 @@ def unsharded_copy(module: nn.Module, **deps) -> nn.Module | None:
     if rank_world()[0] != 0:
         return None
     cls = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
-    copy = cls.from_config(module.config, **deps)
+    with torch.random.fork_rng(devices=[]):  # initialising the copy must not move the noise of training
+        copy = cls.from_config(module.config, **deps)
     copy.load_state_dict(state)
     return copy
 
