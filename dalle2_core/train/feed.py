@@ -78,7 +78,9 @@ def _stream(urls: list[str], settings: TrainSettings, start: int, image_size: in
     rank, world = distributed.rank_world()
     stream = ShardStream(urls, image_size, settings.local_batch, seed=settings.seed, rank=rank, world=world,
                          shuffle_buffer=settings.shuffle_buffer, start=start)
-    yield from DataLoader(stream, batch_size=None, num_workers=settings.num_workers)
+    # its own generator, as for folders below: the global RNG belongs to the diffusion noise
+    generator = torch.Generator().manual_seed(settings.seed)
+    yield from DataLoader(stream, batch_size=None, num_workers=settings.num_workers, generator=generator)
 
 
 def _epochs(dataset, settings: TrainSettings, start: int) -> Iterator[Batch]:
