@@ -145,7 +145,8 @@ def _parse_clip(ctx, param, value):
               help="JSON overriding model sizes (sections clip, prior_network, prior, unets, decoder).")
 @click.option("--compile", "compile", flag_value="inductor", default=None,
               help="torch.compile the network being trained (first step compiles: minutes on a CPU).")
-@click.option("--fsdp", is_flag=True, help="Shard the trained network and its optimizer state across processes (FSDP2).")
+@click.option("--fsdp", is_flag=True,
+              help="Shard the prior network or decoder unet being trained, and its optimizer state, across processes (FSDP2).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial weights, the data order and the noise.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_data import TINY, TINY_ANY_WIDTH, shapes, write_config, write_embeddings, write_folder, write_shards
+from train_data import write_work
 
 from dalle2_core import checkpoint
 
@@ -25,14 +25,7 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    work = tmp_path_factory.mktemp("ddp")
-    write_folder(work / "folder", 16)
-    write_shards(work / "shards", 2, 8, corrupt={3})
-    samples = list(shapes(16))
-    write_embeddings(work / "embeddings", [k for k, _, _ in samples], [c for _, _, c in samples], dim=32)
-    write_config(work / "tiny.json", TINY)
-    write_config(work / "any_width.json", TINY_ANY_WIDTH)
-    return work
+    return write_work(tmp_path_factory.mktemp("ddp"))
 
 
 def _weights(run: Path, component: str) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_data import TINY, shapes, write_config, write_embeddings, write_folder, write_shards
+from train_data import shapes, write_embeddings, write_work
 
 from dalle2_core import checkpoint
 from dalle2_core.train.loop import TrainingError, TrainSettings, train
@@ -16,13 +16,7 @@ from dalle2_core.train.loop import TrainingError, TrainSettings, train
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sources")
-    write_folder(work / "folder", 16)
-    write_shards(work / "shards", 2, 8, corrupt={5})
-    samples = list(shapes(16))
-    write_embeddings(work / "embeddings", [k for k, _, _ in samples], [c for _, _, c in samples], dim=32)
-    write_config(work / "tiny.json", TINY)
-    return work
+    return write_work(tmp_path_factory.mktemp("sources"))
 
 
 def settings(work, out, **kw):
@@ -40,7 +34,7 @@ class Crash(Exception):
 
 def test_a_run_on_shards_resumes_mid_stream_to_the_same_weights(work, tmp_path):
     shards = str(work / "shards" / "{00000..00001}.tar")
-    kw = dict(data=shards, stage="decoder", steps=4, shuffle_buffer=4, num_workers=2)
+    kw = dict(data=shards, stage="decoder", steps=4, shuffle_buffer=4)
     events = []
     straight = train(settings(work, tmp_path / "straight", **kw), lambda e, **i: events.append((e, i)))
 

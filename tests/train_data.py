@@ -96,3 +96,15 @@ def write_embeddings(root: Path, keys: list[str], captions: list[str], dim: int,
         table = pa.table({"key": [keys[r] for r in rows], "caption": [captions[r] for r in rows]})
         pq.write_table(table, root / "metadata" / f"metadata_{p}.parquet")
     return root
+
+
+def write_work(root: Path) -> Path:
+    """The data most training tests use: folder/ (16 images), shards/ (2 x 8, sample 5 corrupt),
+    embeddings/ (width 32, keyed like the folder's files), tiny.json and any_width.json."""
+    write_folder(root / "folder", 16)
+    write_shards(root / "shards", 2, 8, corrupt={5})
+    samples = list(shapes(16))
+    write_embeddings(root / "embeddings", [k for k, _, _ in samples], [c for _, _, c in samples], dim=32)
+    write_config(root / "tiny.json", TINY)
+    write_config(root / "any_width.json", TINY_ANY_WIDTH)
+    return root

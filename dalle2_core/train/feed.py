@@ -32,20 +32,26 @@ class Data:
     skipped: dict[str, str] = field(default_factory=dict)  # source -> reason, found while scanning
 
 
-def open_data(settings: TrainSettings, image_size: int, clip_dim: int, text_needed: bool) -> Data:
-    """Open (and so check) every source the run names; `text_needed`: the prior needs captions."""
-    images = embeddings = None
+def _opened(setting: str, open_source):
     try:
-        if exists(settings.data):
-            images = expand_shards(str(settings.data)) if is_shard_spec(settings.data) else ImageTextFolder(settings.data, image_size)
-        if exists(settings.embeddings):
-            embeddings = EmbeddingFolder(settings.embeddings)
+        return open_source()
     except (FileNotFoundError, ValueError, DataError) as err:
-        raise TrainingError(str(err), setting="embeddings" if exists(images) else "data") from None
+        raise TrainingError(str(err), setting=setting) from None
+
+
+def open_data(settings: TrainSettings, image_size: int, clip_dim: int, prior: bool, text_needed: bool) -> Data:
+    """Open (and so check) every source the run names. `prior`: the prior trains in this run (it
+    reads the embedding folder's text embeddings); `text_needed`: it needs captions too."""
+    images = embeddings = None
+    if exists(settings.data):
+        images = _opened("data", lambda: expand_shards(str(settings.data)) if is_shard_spec(settings.data)
+                         else ImageTextFolder(settings.data, image_size))
+    if exists(settings.embeddings):
+        embeddings = _opened("embeddings", lambda: EmbeddingFolder(settings.embeddings, text=prior))
     if exists(embeddings) and embeddings.dim != clip_dim:
         raise TrainingError(f"the embeddings in {embeddings.root} are {embeddings.dim} wide but the run's CLIP gives {clip_dim}; "
                             "use the CLIP that computed them", setting="embeddings", usage=True)
-    if exists(embeddings) and text_needed and not any(any(c) for c in embeddings.captions):
+    if exists(embeddings) and prior and text_needed and not any(any(c) for c in embeddings.captions):
         raise TrainingError(f"{embeddings.root} has no captions (metadata 'caption' column); the prior conditions on "
                             "text encodings, which are computed from them", setting="embeddings", usage=True)
     data = Data(images, embeddings, image_size, dict(images.skipped) if isinstance(images, ImageTextFolder) else {})

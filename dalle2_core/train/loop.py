@@ -51,8 +51,8 @@ def train(settings: TrainSettings, report: Reporter = _silent) -> Path:
     torch.manual_seed(settings.seed)  # the same initial weights on every process
     models = build_models(settings, run, device)
     names = plan(settings, models)
-    data = open_data(settings, models.architecture["image_size"], _clip_width(models),
-                     text_needed="prior" in names and models.prior.config.condition_on_text_encodings)
+    data = open_data(settings, models.architecture["image_size"], _clip_width(models), prior="prior" in names,
+                     text_needed=models.prior.config.condition_on_text_encodings)
     skipped = dict(data.skipped)
     new = rank == 0 and not settings.resume and not run.metrics.is_file()  # not a restart of a killed run
     with run.removed_on_failure(new):

@@ -81,7 +81,9 @@ def clip_stage(settings: TrainSettings, models: Models, data: Data, run: RunDir,
     from dalle2_core.clip.adapter import resize_center_crop
 
     clip = models.clip.requires_grad_(True).train()  # building the prior and decoder froze it
-    trainer = CLIPTrainer(clip, **trainer_options(settings))
+    # replicated even with fsdp: the later stages call the CLIP outside its forward, which FSDP
+    # would not gather for (and the project's CLIP is small)
+    trainer = CLIPTrainer(clip, **{**trainer_options(settings), "sharded": False})
     _compile(clip, settings)
     adapter = as_clip_adapter(clip)
 

@@ -68,12 +68,7 @@ class _NetsTrainer(nn.Module):
         self.emas = nn.ModuleList(
             [EMA(net, ema_beta, ema_update_after_step, ema_update_every) for net in nets] if use_ema else []
         )
-        if sharded:  # before the optimizers: FSDP replaces the parameters with sharded ones
-            for net in nets:
-                distributed.shard(net)
-            for ema in self.emas:
-                distributed.shard(ema.ema_model)
-        self._replicas = [distributed.replicate(module, net) for net in nets] if not sharded else [None] * n
+        self._replicas = self._parallelise()
         lr, wd, eps, warmup_steps, cosine_decay_max_steps = (
             cast_tuple(v, n) for v in (lr, wd, eps, warmup_steps, cosine_decay_max_steps)
         )
@@ -91,6 +86,15 @@ class _NetsTrainer(nn.Module):
         self.register_buffer("steps", torch.zeros(n, dtype=torch.long))
         self._accumulated = [0] * n
         self.last_grad_norm: float | None = None
+
+    def _parallelise(self) -> list:
+        """Shard the networks and their EMA copies (FSDP2; before the optimizers exist, as FSDP
+        replaces the parameters), or give each network a DDP wrapper of the module (None alone)."""
+        if not self.sharded:
+            return [distributed.replicate(self.module, net) for net in self.nets]
+        for net in [*self.nets, *(ema.ema_model for ema in self.emas)]:
+            distributed.shard(net)
+        return [None] * len(self.nets)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]
