@@ -100,7 +100,7 @@ def main() -> None:
         "# Training data throughput: shards vs folder\n\n"
         f"- Command: `{result['command']}`\n- Date: {result['date']}; {result['machine']}; load average at start "
         f"{load[0]:.1f}, at end {result['load_average_end'][0]:.1f}\n"
-        f"- {args.images} shapes-world PNGs (64 px, decoded and resized to 64 px), batch {args.batch}; shards of "
+        f"- {args.images} shapes-world PNGs (64 px, decoded at 64 px), batch {args.batch}; shards of "
         f"{args.per_shard} samples, shuffle buffer {args.shuffle_buffer}; steady state over {args.batches} batches\n\n"
         "| source | loader workers | s to the first batch | images/s after |\n|---|---|---|---|\n" + table + "\n"
     )

@@ -18,13 +18,12 @@ from dalle2_core.train.loop import OpenClip, TrainSettings, train
 
 def scenarios(work: Path) -> dict:
     folder, shards = work / "folder", str(work / "shards" / "{00000..00001}.tar")
-    tiny = dict(config=work / "tiny.json", image_size=32, steps=2, batch_size=4, save_every=1)
+    tiny = dict(config=work / "tiny.json", image_size=32, steps=2, batch_size=4)
     return {
         "clip": dict(data=folder, stage="clip", **tiny),
         "prior": dict(data=folder, stage="prior", **tiny),
-        "prior_fsdp": dict(data=folder, stage="prior", fsdp=True, **tiny),
         "decoder_fsdp": dict(data=folder, stage="decoder", fsdp=True, **tiny),
-        "open_clip": dict(data=folder, clip=OpenClip("ViT-S-32-alt"), **{**tiny, "config": work / "any_width.json"}),
+        "open_clip": dict(data=folder, stage="decoder", clip=OpenClip("ViT-S-32-alt"), **{**tiny, "config": work / "any_width.json"}),
         "shards": dict(data=shards, stage="decoder", grad_accum=2, shuffle_buffer=4, **tiny),
         "embeddings": dict(embeddings=work / "embeddings", stage="prior", **tiny),
     }

@@ -33,7 +33,7 @@ def _weights(run: Path, component: str) -> dict[str, torch.Tensor]:
 
 
 def test_every_stage_and_data_source_under_torchrun(work):
-    names = ["clip", "prior", "prior_fsdp", "decoder_fsdp", "open_clip", "shards", "embeddings", "cli"]
+    names = ["clip", "prior", "decoder_fsdp", "open_clip", "shards", "embeddings", "cli"]
     result = _run([*TORCHRUN, str(ROOT / "tests" / "ddp_runs.py"), str(work), *names], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = work / "runs"
@@ -45,18 +45,17 @@ def test_every_stage_and_data_source_under_torchrun(work):
     assert len((runs / "cli" / "metrics.jsonl").read_text().splitlines()) == 2
 
     assert checkpoint.read_index(runs / "clip")[0] == ["clip"]
-    model = checkpoint.load_model(runs / "open_clip")  # a frozen open_clip CLIP: prior and decoder follow its width
-    assert type(model.clip).__name__ == "OpenClipAdapter" and model.prior.config.image_embed_dim == 256
-    embed = model.prior.sample(["a red square"], num_samples_per_batch=1, steps=2)
+    model = checkpoint.load_model(runs / "open_clip")  # a frozen open_clip CLIP: the decoder follows its width
+    assert type(model.clip).__name__ == "OpenClipAdapter" and model.decoder.unets[0].config.conditioning.image_embed_dim == 256
+    embed = model.clip.embed_text(["a red square"]).text_embed
     assert model.decoder.sample(image_embed=embed, text=["a red square"], steps=2).shape == (1, 3, 32, 32)
 
     # FSDP2 shards train the same weights as DDP replicas, and save one ordinary model folder
-    for sharded, replicated, component in (("prior_fsdp", "prior", "prior"), ("decoder_fsdp", "cli", "decoder")):
-        a, b = _weights(runs / sharded, component), _weights(runs / replicated, component)
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert sorted(p.name for p in (runs / "prior_fsdp" / "training").iterdir()) == ["prior.pt", "settings.json"]
+    a, b = _weights(runs / "decoder_fsdp", "decoder"), _weights(runs / "cli", "decoder")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert sorted(p.name for p in (runs / "decoder_fsdp" / "training").iterdir()) == ["decoder-unet1.pt", "settings.json"]
 
     assert checkpoint.load_model(runs / "shards").decoder is not None
     # the prior trained from the embedding folder alone: no image folder or shards were named

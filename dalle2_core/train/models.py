@@ -10,7 +10,7 @@ found before any work. `architecture` is what a resumed run must keep: it is sto
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from dalle2_core import checkpoint
 from dalle2_core.helpers import exists
 from dalle2_core.train.presets import load_presets, read_overrides
 from dalle2_core.train.run_dir import RunDir
-from dalle2_core.train.settings import DEFAULT_IMAGE_SIZE, TrainingError, TrainSettings
+from dalle2_core.train.settings import DEFAULT_IMAGE_SIZE, OpenClip, TrainingError, TrainSettings
 
 _SECTIONS_OF = {"clip": ("clip",), "prior": ("prior_network", "prior"), "decoder": ("unets", "decoder")}
 
@@ -182,9 +182,19 @@ def _check_resumed(settings: TrainSettings, stored: dict, presets: dict) -> None
         raise _usage("config", f"the config sets {path} to {json.dumps(new)}; this run was started with {json.dumps(old)}")
 
 
+def _stored_clip(record: str | None) -> OpenClip | None:
+    """The `OpenClip` that settings.json names as `str(OpenClip(...))`."""
+    if not record:
+        return None
+    arch, _, pretrained = record.removeprefix("open_clip:").partition("/")
+    return OpenClip(arch, pretrained or None)
+
+
 def build_models(settings: TrainSettings, run: RunDir, device: torch.device) -> Models:
     """Every component of the run, on `device` (weights identical on every process: same seed, same files)."""
     stored = run.stored() if settings.resume else None
+    if exists(stored) and not exists(settings.clip):  # the CLIP a resumed run was started with
+        settings = replace(settings, clip=_stored_clip(stored.get("clip")))
     init_record, init = _open_init(settings, stored, run, device)
     _check_init_overrides(settings, init)
     image_size = _image_size(settings, stored, init)
@@ -194,6 +204,6 @@ def build_models(settings: TrainSettings, run: RunDir, device: torch.device) -> 
         _check_resumed(settings, stored, presets)
     prior = _build_prior(presets, clip, run, init, settings.resume, device)
     decoder = _build_decoder(presets, clip, run, init, settings.resume, device)
-    clip_name = str(settings.clip) if exists(settings.clip) else (stored or {}).get("clip")
+    clip_name = str(settings.clip) if exists(settings.clip) else None
     architecture = dict(image_size=image_size, clip=clip_name, init=init_record, presets=_normal(presets))
     return Models(clip=clip, prior=prior, decoder=decoder, architecture=architecture)
