@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,4 +87,29 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path", "default_permissions", "fsync_dir", "temp_dir_beside"]
+# the names `atomic_path` (mkstemp) and `temp_dir_beside` (mkdtemp) give their temporaries:
+# `.{target}.{8 random}.tmp` and `.{target}.tmp-{8 random}`
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)(?:\.[a-z0-9_]{8}\.tmp|\.tmp-[a-z0-9_]{8})$")
+
+
+def remove_temporaries(directory: str | os.PathLike, targets: set[str] | None = None) -> list[Path]:
+    """Delete the temporaries that writes into `directory` left behind (a process killed mid-write
+    leaves them), for the target names in `targets` (all when None); returns what was removed.
+
+    Only the exact name patterns of `atomic_path` and `temp_dir_beside` are matched, so nothing
+    else in the folder is touched. Call it only when no write into the folder can be under way."""
+    directory = Path(directory)
+    removed = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
+        match = _TEMP_NAME.match(path.name)
+        if match is None or (targets is not None and match["target"] not in targets):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+__all__ = ["atomic_path", "default_permissions", "fsync_dir", "remove_temporaries", "temp_dir_beside"]

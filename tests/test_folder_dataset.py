@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from dalle2_core.data import ImageTextFolder
+from dalle2_core.data.batch import Samples, Skip, collate
 from dalle2_core.shapes import write_shapes_folder
 
 RED, BLUE = (220, 40, 40), (40, 80, 220)
@@ -55,22 +56,29 @@ def test_sidecar_layout_with_bad_data(tmp_path):
     ds[2]  # a second failure is not counted twice
     assert len(ds.skipped) == 3
 
-    images, captions = next(iter(DataLoader(ds, batch_size=4, collate_fn=ds.collate)))
-    assert images.shape == (3, 3, 8, 8) and captions == ["blue", "a red square", "grey"]
-    empty_images, empty_captions = ds.collate([None, None])
-    assert empty_images.shape == (0, 3, 8, 8) and empty_captions == []
+    batch = next(iter(DataLoader(Samples(ds), batch_size=4, collate_fn=collate)))
+    assert batch.images.shape == (3, 3, 8, 8) and batch.captions == ["blue", "a red square", "grey"]
+    assert batch.keys == ["a", "b", "grey"] and [s.reason.split(":")[0] for s in batch.skipped] == ["unreadable image"]
+    empty = collate([Skip("x", "unreadable image"), Skip("y", "unreadable image")])
+    assert empty.images is None and len(empty) == 0 and len(empty.skipped) == 2
 
 
-def test_verify_finds_corrupt_images_up_front(tmp_path):
-    solid(tmp_path / "good.png", (16, 16), RED)
-    (tmp_path / "good.txt").write_text("good")
-    solid(tmp_path / "cut.png", (64, 64), BLUE)
-    data = (tmp_path / "cut.png").read_bytes()
-    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # truncated file: header still parses
-    (tmp_path / "cut.txt").write_text("cut")
-    ds = ImageTextFolder(tmp_path, image_size=8, verify=True)
-    assert len(ds) == 1 and ds.items[0][1] == "good"
-    assert ds.skipped_counts == {"unreadable image": 1}
+def test_img2dataset_files_layout(tmp_path):
+    """img2dataset's `files` output: numbered folders of {key}.jpg + {key}.txt + {key}.json."""
+    for shard in range(2):
+        folder = tmp_path / f"{shard:05d}"
+        folder.mkdir()
+        for i in range(2):
+            key = f"{shard:05d}{i:04d}"
+            solid(folder / f"{key}.jpg", (12, 12), RED if i else BLUE)
+            (folder / f"{key}.txt").write_text(f"caption {key}")
+            (folder / f"{key}.json").write_text(json.dumps({"url": "http://x", "status": "success"}))
+    ds = ImageTextFolder(tmp_path, image_size=8)
+    assert [ds.key(i) for i in range(len(ds))] == ["000000000", "000000001", "000010000", "000010001"]
+    sample = ds.sample(3)
+    assert sample.caption == "caption 000010001" and sample.image.shape == (3, 8, 8)
+    assert (sample.image.mean((1, 2)) * 255 - torch.tensor(RED)).abs().max() < 3
+    assert ds.skipped == {}
 
 
 def test_center_crop_then_resize(tmp_path):

@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
+
+from dalle2_core.data.batch import Sample, Skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METADATA_FILE = "metadata.jsonl"
@@ -28,21 +31,37 @@ LAYOUTS = (
     f"'file_name' and 'text' per line; image types {', '.join(IMAGE_EXTENSIONS)}"
 )
 # PIL raises any of these for a truncated or malformed file, depending on the format plugin.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _clean_caption(text: str) -> str:
+def clean_caption(text: str) -> str:
     return " ".join(text.split())
+
+
+def load_image(file: str | Path | IO[bytes], size: int) -> torch.Tensor:
+    """Decode, centre-crop to square and resize (antialiased) to a (3, size, size) tensor in [0, 1]."""
+    with Image.open(file) as img:
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        # crop first: resizing with a crop box would let the filter read pixels outside it
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        if side != size:
+            img = img.resize((size, size), Image.Resampling.BICUBIC)  # antialiased when shrinking
+    array = np.array(img, dtype=np.uint8)  # (h, w, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)  # (3, h, w)
 
 
 class ImageTextFolder(Dataset):
     """(image, caption) pairs from `root`; images are RGB float tensors in [0, 1], (3, size, size).
 
     Items are sorted by path, so the order is the same on every machine and DDP rank; shard with
-    `torch.utils.data.distributed.DistributedSampler`. An image that fails to decode yields `None`;
-    pass `collate_fn=dataset.collate` to the DataLoader to drop those from the batch. With worker
-    processes, load-time skips are recorded in the workers' copies of the dataset, not this one.
-    `verify=True` decodes every image up front instead, so `skipped` is complete before training.
+    `torch.utils.data.distributed.DistributedSampler`. An image that fails to decode yields `None`
+    (drop those when batching). With worker processes, load-time skips are recorded in the workers'
+    copies of the dataset, not this one. `key(i)` is the file name without its extension, as
+    img2dataset and clip-retrieval name a sample.
     """
 
     def __init__(
@@ -51,7 +70,6 @@ class ImageTextFolder(Dataset):
         image_size: int,
         *,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-        verify: bool = False,
     ):
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
@@ -62,8 +80,6 @@ class ImageTextFolder(Dataset):
         self.extensions = tuple(e.lower() for e in extensions)
         self.skipped: dict[str, str] = {}
         self.items: list[tuple[Path, str]] = self._scan()
-        if verify:
-            self._verify()
         if not self.items:
             raise ValueError(
                 f"no captioned images in {self.root} ({len(self.skipped)} skipped: "
@@ -87,7 +103,7 @@ class ImageTextFolder(Dataset):
                 if not sidecar.is_file():
                     self.skipped[str(image)] = "no caption"
                     continue
-                caption = _clean_caption(sidecar.read_text(encoding="utf-8", errors="replace"))
+                caption = clean_caption(sidecar.read_text(encoding="utf-8", errors="replace"))
             if not caption:
                 self.skipped[str(image)] = "empty caption"
                 continue
@@ -112,20 +128,8 @@ class ImageTextFolder(Dataset):
             if path not in images:
                 self.skipped[where] = f"metadata names a missing image: {row['file_name']!r}"
                 continue
-            captions[path] = _clean_caption(row["text"])
+            captions[path] = clean_caption(row["text"])
         return captions
-
-    def _verify(self) -> None:
-        good = []
-        for path, caption in self.items:
-            try:
-                with Image.open(path) as img:
-                    img.load()
-            except _DECODE_ERRORS as err:
-                self.skipped[str(path)] = f"unreadable image: {err}"
-                continue
-            good.append((path, caption))
-        self.items = good
 
     @property
     def skipped_counts(self) -> Counter:
@@ -135,37 +139,24 @@ class ImageTextFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def load_image(self, path: Path) -> torch.Tensor:
-        """Decode, centre-crop to square and resize (antialiased) to a (3, size, size) tensor in [0, 1]."""
-        size = self.image_size
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            # crop first: resizing with a crop box would let the filter read pixels outside it
-            w, h = img.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-            if side != size:
-                img = img.resize((size, size), Image.Resampling.BICUBIC)  # antialiased when shrinking
-        array = np.array(img, dtype=np.uint8)  # (h, w, 3)
-        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)  # (3, h, w)
+    def key(self, index: int) -> str:
+        return self.items[index][0].stem
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str] | None:
         path, caption = self.items[index]
         try:
-            return self.load_image(path), caption
-        except _DECODE_ERRORS as err:
+            return load_image(path, self.image_size), caption
+        except DECODE_ERRORS as err:
             self.skipped[str(path)] = f"unreadable image: {err}"
             return None
 
-    def collate(self, batch: list[tuple[torch.Tensor, str] | None]) -> tuple[torch.Tensor, list[str]]:
-        """Stack a batch, dropping items that failed to load; the batch may come out short or empty."""
-        kept = [item for item in batch if item is not None]
-        if not kept:
-            return torch.empty(0, 3, self.image_size, self.image_size), []
-        images, captions = default_collate(kept)
-        return images, list(captions)
+    def sample(self, index: int) -> Sample | Skip:
+        """Item `index` as a training `Sample`, or the `Skip` saying why it cannot be used."""
+        path, caption = self.items[index]
+        item = self[index]
+        if item is None:
+            return Skip(str(path), self.skipped[str(path)])
+        return Sample(self.key(index), str(path), item[0], caption)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "LAYOUTS", "METADATA_FILE", "ImageTextFolder"]
+__all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "LAYOUTS", "METADATA_FILE", "ImageTextFolder", "clean_caption", "load_image"]

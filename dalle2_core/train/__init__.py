@@ -1,4 +1,4 @@
-"""Training: trainers with per-network AdamW + EMA, and the folder training loop."""
+"""Training: trainers with per-network AdamW + EMA, and the training loop behind `dream train`."""
 
 from dalle2_core.train.ema import EMA
 from dalle2_core.train.trainers import CLIPTrainer, DecoderTrainer, DiffusionPriorTrainer
