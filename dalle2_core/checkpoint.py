@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from dalle2_core.atomic import atomic_path, fsync_dir, temp_dir_beside
@@ -309,19 +308,56 @@ def _read_entry(directory: Path) -> tuple[str, dict]:
     return name, config
 
 
-def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+def _externally_weighted(name: str, config: dict) -> bool:
+    """A stored open_clip CLIP named by a pretrained tag: built by open_clip from its own cache, no weights file."""
+    pretrained = config.get("pretrained")
+    return name in ("OpenClipAdapter", "OpenAIClipAdapter") and isinstance(pretrained, str) and not os.path.isfile(pretrained)
+
+
+def _open_weights(weights: Path):
+    from dalle2_core.convert.materialize import SafetensorsWeights, WeightsError
+
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights} is missing: the component has no weights")
     try:
-        state = load_file(str(weights), device="cpu")
-        with safe_open(str(weights), framework="pt") as f:
-            metadata = f.metadata() or {}
-        # files of earlier versions stored tied tensors once, with their other names in "aliases"
-        aliases = json.loads(metadata.get("aliases", "{}"))
-    except Exception as err:  # safetensors reports truncation and corruption with several types
+        return SafetensorsWeights([weights], what=str(weights))
+    except WeightsError as err:  # a bad header: truncated or not safetensors
         raise ModelLoadError(f"{weights} is corrupted or truncated ({one_line(err)}); re-save or re-download it") from None
-    for alias, source in aliases.items():
-        if source in state:
-            state[alias] = state[source]
-    return state
+
+
+def _fill(module: nn.Module, weights: Path, *, device, dtype) -> nn.Module:
+    """`module` (built on meta, its shared CLIP real) filled from `weights` without a second copy of them."""
+    from dalle2_core.convert.materialize import Keep, TensorDict, WeightsError, identity_key_map, materialize
+
+    with _open_weights(weights) as source:
+        # files of earlier versions stored tied tensors once, with their other names in "aliases"
+        aliases = json.loads(source.metadata().get("aliases", "{}"))
+        tensors = source
+        if aliases:
+            state = {k: source.get(k) for k in source.keys()}
+            tensors = TensorDict({**state, **{a: state[o].clone() for a, o in aliases.items() if o in state}}, what=str(weights))
+        own = _own_state(module)
+        problem = state_mismatch({k: torch.empty(tensors.shape(k), device="meta") for k in tensors.keys()}, own, "weights")
+        if exists(problem):
+            raise ModelLoadError(f"{weights} does not match its {CONFIG_FILE}: {problem}")
+        key_map = [*identity_key_map(own), *(Keep(k) for k in module.state_dict() if k not in own)]  # Keep: the shared CLIP
+        try:
+            return materialize(lambda: module, tensors, key_map, dtype=dtype, device=device, what=str(weights))
+        except WeightsError as err:
+            raise ModelLoadError(f"{weights} does not match its {CONFIG_FILE}: {one_line(err)}") from None
+        except Exception as err:  # reading the data: safetensors reports truncation with several types
+            raise ModelLoadError(f"{weights} is corrupted or truncated ({one_line(err)}); re-save or re-download it") from None
+
+
+def _build_empty(build):
+    """`build()` with its parameters on `meta`, or built for real where a constructor moves or reads them
+    (open_clip's `create_model` does): its random values are then dropped when the weights are assigned."""
+    from dalle2_core.convert.materialize import build_on_meta
+
+    try:
+        return build_on_meta(build)
+    except NotImplementedError:  # "Cannot copy out of meta tensor"
+        return build()
 
 
 def load_component(
@@ -331,27 +367,25 @@ def load_component(
     dtype: torch.dtype | None = None,
     **deps: Any,
 ) -> nn.Module:
-    """Rebuild a component from its config and fill in its weights; `deps` (e.g. `clip=`) are passed on."""
+    """Rebuild a component from its config and fill in its weights; `deps` (e.g. `clip=`) are passed on.
+
+    The module is built with its parameters on `meta` and filled from the memory-mapped safetensors file
+    (`convert.materialize`), so loading never holds the weights twice.
+    """
     directory = _component_dir(Path(directory))
     name, config = _read_entry(directory)
     cls = _class_for(name)
+    external = _externally_weighted(name, config)
+    build = lambda: cls.from_config(config, **{k: v for k, v in deps.items() if exists(v)})  # noqa: E731
     try:
-        module = cls.from_config(config, **{k: v for k, v in deps.items() if exists(v)})
+        module = build() if external else _build_empty(build)
     except (TypeError, ValueError, KeyError) as err:
         raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid {name} config: {one_line(err)}") from None
     except _clip_package().ClipWeightsUnavailable as err:  # a pretrained CLIP that is not cached
         raise ModelLoadError(f"{directory}: {one_line(err)}") from None
-
-    if not _is_external(module):
-        weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
-            raise ModelLoadError(f"{weights} is missing: the {name} component has no weights")
-        state = _read_weights(weights)
-        problem = state_mismatch(state, _own_state(module), "weights")
-        if exists(problem):
-            raise ModelLoadError(f"{weights} does not match its {CONFIG_FILE}: {problem}")
-        module.load_state_dict(state, strict=False)  # strict check done above, CLIP excluded
-    return module.to(device=device, dtype=dtype) if exists(device) or exists(dtype) else module
+    if external:
+        return module.to(device=device, dtype=dtype) if exists(device) or exists(dtype) else module
+    return _fill(module, directory / WEIGHTS_FILE, device=device, dtype=dtype)
 
 
 # --- model folders ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ found before any work. `architecture` is what a resumed run must keep: it is sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 
@@ -190,6 +191,16 @@ def _stored_clip(record: str | None) -> OpenClip | None:
     return OpenClip(arch, pretrained or None)
 
 
+@contextlib.contextmanager
+def _seeded(seed: int, component: int):
+    """Each fresh component draws its initial weights from a seed of its own: the same whether the components
+    before it were built or loaded (a loaded one draws nothing), so a resumed run builds what an uninterrupted
+    one did."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + component)
+        yield
+
+
 def build_models(settings: TrainSettings, run: RunDir, device: torch.device) -> Models:
     """Every component of the run, on `device` (weights identical on every process: same seed, same files)."""
     stored = run.stored() if settings.resume else None
@@ -198,12 +209,15 @@ def build_models(settings: TrainSettings, run: RunDir, device: torch.device) -> 
     init_record, init = _open_init(settings, stored, run, device)
     _check_init_overrides(settings, init)
     image_size = _image_size(settings, stored, init)
-    clip = _build_clip(settings, run, lambda: _presets(settings, None, image_size)["clip"], init, device)
+    with _seeded(settings.seed, 0):
+        clip = _build_clip(settings, run, lambda: _presets(settings, None, image_size)["clip"], init, device)
     presets = _presets(settings, stored, image_size, clip)
     if exists(stored):
         _check_resumed(settings, stored, presets)
-    prior = _build_prior(presets, clip, run, init, settings.resume, device)
-    decoder = _build_decoder(presets, clip, run, init, settings.resume, device)
+    with _seeded(settings.seed, 1):
+        prior = _build_prior(presets, clip, run, init, settings.resume, device)
+    with _seeded(settings.seed, 2):
+        decoder = _build_decoder(presets, clip, run, init, settings.resume, device)
     clip_name = str(settings.clip) if exists(settings.clip) else None
     architecture = dict(image_size=image_size, clip=clip_name, init=init_record, presets=_normal(presets))
     return Models(clip=clip, prior=prior, decoder=decoder, architecture=architecture)
