@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from dalle2_core.shapes import write_shapes_folder
-from dalle2_core.shapes.export import FORMATS, check_output_folder
-from dalle2_core.shapes.world import SPLITS
+from dalle2_core.choices import SHAPES_FORMATS as FORMATS, SHAPES_SPLITS as SPLITS
 from dream_cli.errors import DreamError
 
 MAX_IMAGES = 10_000_000  # ~1 KB of PNG each: 10 GB of small files is past any use of this world
@@ -34,6 +32,9 @@ def shapes(out: Path, num: int, seed: int, split: str, fmt: str, quiet: bool) ->
     """Render the shapes world (64x64 PNGs with captions) into OUT."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dalle2_core.shapes import write_shapes_folder
+    from dalle2_core.shapes.export import check_output_folder
 
     try:
         check_output_folder(out)  # before the bar starts, so a refusal is one clean line

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from dream_cli.errors import DreamError
 from dream_cli.output import SETTINGS_CHUNK, save_png, slugify
@@ -87,6 +86,8 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
                 generator = per_image_generators(seed + start, len(texts), device)  # figures independent of --batch-size
                 images.append(pipeline.generate(texts, s, generator=generator, on_step=progress).float().cpu())
         seconds = time.perf_counter() - start_time
+    import torch
+
     images = torch.cat(images)  # (2 * num, c, h, w)
     report = score(images, compositions).to_dict()
     for row, prompt in zip(report["per_image"], prompts):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
-import torch
 from click.core import ParameterSource
 
 from dream_cli.errors import DreamError
@@ -38,6 +37,9 @@ from dream_cli.sampling import (
     sampling_options,
     surface_warnings,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def run_metadata(settings, resolved, precision: str, device) -> dict:
@@ -162,6 +164,8 @@ def _job_seeds(jobs: list[Job], opts: dict) -> list[int]:
 
 def _rank_device(device, world: int):
     """Under torchrun, process LOCAL_RANK samples on accelerator LOCAL_RANK."""
+    import torch
+
     if world > 1 and device.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
@@ -270,6 +274,8 @@ def _write_grid(saved: list, outdir: Path, stem: str, text: str, info: dict, qui
         if not quiet:
             click.echo("Note: --grid needs two or more images; one image was written, no grid", err=True)
         return
+    import torch
+
     tiles = torch.stack([img for _, img in saved])
     grid = make_grid(tiles)
     click.echo(str(save_png(grid, outdir, stem, png_text(text, {**info, "size": [grid.shape[-1], grid.shape[-2]]}))))

@@ -7,14 +7,19 @@ import math
 import re
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from dalle2_core.atomic import atomic_path
 from dream_cli.errors import DreamError, one_line
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+
+# torch and PIL are imported where they are used: `dream --help` loads neither
 
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM++ 2M", "dpmpp_sde": "DPM++ 2M SDE"}  # as A1111 readers expect them
 
@@ -28,6 +33,7 @@ def slugify(text: str, max_len: int = 48) -> str:
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A (c, h, w) tensor in [0, 1] as an 8-bit PIL image (c = 1, 3 or 4), rounded to the nearest level."""
+    import torch
     from torchvision.transforms.functional import to_pil_image
 
     if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
@@ -49,7 +55,7 @@ MAX_SIDE = 2048  # images are read at most this large: CLIP and the decoders wor
 
 def load_image(path: Path, option: str = "--image") -> torch.Tensor:
     """An image file as a (1, 3, h, w) float tensor in [0, 1], read within bounded memory."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, before decoding
@@ -74,6 +80,8 @@ def load_image(path: Path, option: str = "--image") -> torch.Tensor:
 
 def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> torch.Tensor:
     """A mask image as (1, h, w) bool, True (white) = regenerate, at the size of the image `like` (1, c, h, w)."""
+    import torch
+
     gray = load_image(path, option=option).mean(dim=1)  # (1, h, w)
     if gray.shape[-2:] != like.shape[-2:]:
         gray = torch.nn.functional.interpolate(gray[None], size=like.shape[-2:], mode="nearest")[0]
@@ -93,6 +101,8 @@ def parse_outpaint(spec: str) -> dict[str, int]:
 
 def outpaint(image: torch.Tensor, mask: torch.Tensor | None, sides: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The image grown by `sides` pixels and then to a square (mid-grey where new), and its mask: new = regenerate."""
+    import torch
+
     _, _, h, w = image.shape
     left, right, top, bottom = (sides.get(k, 0) for k in ("left", "right", "top", "bottom"))
     grow_w, grow_h = max(0, h + top + bottom - (w + left + right)), max(0, w + left + right - (h + top + bottom))
@@ -169,6 +179,8 @@ def save_png(image: torch.Tensor, outdir: Path, stem: str, text: dict[str, str])
 
     The file appears complete or not at all (temporary file, then a no-overwrite rename).
     """
+    from PIL.PngImagePlugin import PngInfo
+
     pil = to_pil(image)
     meta = PngInfo()
     for key, value in text.items():
@@ -232,6 +244,8 @@ def png_text(prompt: str, info: dict) -> dict[str, str]:
 
 def read_png_text(path: str | Path) -> dict[str, str]:
     """The text chunks of a PNG."""
+    from PIL import Image
+
     with Image.open(path) as img:
         img.load()
         return dict(img.text)

@@ -8,14 +8,19 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
+from dalle2_core.choices import DEFAULT_MODEL, PRECISIONS, SAMPLER_NAMES
 from dream_cli.errors import DreamError, one_line
 
+if TYPE_CHECKING:
+    import torch
+
+
+# torch is imported inside the functions that need it: `dream --help` and usage errors never load it
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_SEED = 2**63 - 1
 # a setting of `SamplingSettings` -> the option that sets it
 SETTING_OPTIONS = {
@@ -53,8 +58,6 @@ class NumberList(click.ParamType):
 
 def sampling_options(*, model_default: str | None = None, seed_default: int | None = None):
     """The options of every sampling command (`dream PROMPT`, `interpolate`, `eval shapes`)."""
-    from dalle2_core.diffusion.samplers import SAMPLERS
-
     model_help = ("Model folder, Hugging Face repo org/name[@revision], 'shapes' (bundled, offline) or 'laion'."
                   + (" [env DREAM_MODEL]" if model_default is None else ""))
     seed_help = "Random seed (random if omitted); image i uses seed + i." if seed_default is None else \
@@ -69,12 +72,12 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
         click.option("--steps", type=NumberList(int, minimum=1),
                      help="Decoder sampling steps: one value or one per stage. [model default]"),
         click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]"),
-        click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Sampler, for every stage. [model default]"),
+        click.option("--sampler", type=click.Choice(list(SAMPLER_NAMES)), help="Sampler, for every stage. [model default]"),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
                      help="Weights and activations (fp16 needs an accelerator)."),
         click.option("--model", "model_spec", envvar=None if model_default else "DREAM_MODEL",
-                     default=model_default or _default_model(), show_default=True, help=model_help),
+                     default=model_default or DEFAULT_MODEL, show_default=True, help=model_help),
         click.option("-q", "--quiet", is_flag=True, help="No progress or info lines (result paths are still printed)."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
@@ -87,21 +90,19 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
     return decorate
 
 
-def _default_model() -> str:
-    from dalle2_core.hub import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
-
-
 # --- where and how to run ----------------------------------------------------------------------------
 
 
 def _mps_available() -> bool:
+    import torch
+
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
 def pick_device(name: str) -> torch.device:
     """`auto` is cuda, then mps, then cpu; asking for an absent accelerator is a usage error."""
+    import torch
+
     available = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if _mps_available() else [])
     if name == "auto":
         name = "cuda" if "cuda" in available else "mps" if "mps" in available else "cpu"
@@ -114,7 +115,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    dtype = PRECISIONS[precision]
+    import torch
+
+    dtype = getattr(torch, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision])
     if dtype == torch.float16 and device.type == "cpu":
         raise click.BadParameter("fp16 is not supported on cpu; accepted on cpu: fp32, bf16", param_hint="--precision")
     return dtype
@@ -145,6 +148,8 @@ def first_seed(seed: int | None, count: int) -> int:
 
 def per_image_generators(first: int, count: int, device) -> list[torch.Generator]:
     """One generator per image, seeded first, first + 1, ...: an image's noise does not depend on its batch."""
+    import torch
+
     return [torch.Generator(device=device).manual_seed(first + j) for j in range(count)]
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dream_cli.errors import DreamError, one_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # settings whose option is not "--" + the name with dashes
 _FLAGS = {"num_workers": "--workers"}
@@ -49,6 +51,8 @@ class _Reporter:
         self.console, self.active, self.every = console, active, every
         self.quiet = quiet or not active
         self.bars = console.is_terminal
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.progress = Progress(
             TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
             TimeRemainingColumn(), console=console, disable=self.quiet or not self.bars,
@@ -170,6 +174,8 @@ def train(quiet: bool, debug: bool, device: str, **options) -> None:
         raise click.BadParameter("CUDA was asked for but no CUDA device is available; accepted here: cpu", param_hint="'--device'")
     try:
         device = distributed.init(device)
+        from rich.console import Console
+
         console = Console(stderr=True)
         reporter = _Reporter(console, quiet, active=distributed.rank_world()[0] == 0)
         with reporter.progress:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..choices import SAMPLER_NAMES
 from ..helpers import exists, randn
 from .gaussian import DenoiseFn, GaussianDiffusion, ModelFn
 
@@ -158,12 +159,9 @@ def sample_dpmpp_2m_sde(model, diffusion, x, *, denoise_fn=None, generator=None,
     return _dpmpp_2m(model, diffusion, x, sde=True, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "dpmpp": sample_dpmpp_2m,
-    "dpmpp_sde": sample_dpmpp_2m_sde,
-}
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = dict(
+    zip(SAMPLER_NAMES, (sample_ddpm, sample_ddim, sample_dpmpp_2m, sample_dpmpp_2m_sde), strict=True)
+)
 
 
 def sample(

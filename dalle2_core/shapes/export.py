@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from dalle2_core.choices import SHAPES_FORMATS
 from dalle2_core.data.folder import METADATA_FILE  # the folder format the training data loader reads
 from dalle2_core.shapes.world import WORLD_SIZE, generate
 
-FORMATS = ("txt", "jsonl")
+FORMATS = SHAPES_FORMATS
 
 
 def check_output_folder(out: str | Path) -> Path:

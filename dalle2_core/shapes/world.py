@@ -18,6 +18,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from dalle2_core.choices import SHAPES_SPLITS
+
 WORLD_SIZE = 64
 JITTER = 3
 
@@ -54,7 +56,7 @@ WHERE: dict[str, str] = {
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "triangle"), ("orange", "circle"), ("green", "square")}
 )
-SPLITS = ("seen", "held")
+SPLITS = SHAPES_SPLITS
 
 # Index 0 is the canonical form used for evaluation prompts; the rest vary wording and order.
 PHRASINGS: tuple[str, ...] = (
