@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from dalle2_core.atomic import temp_dir_beside
 from dalle2_core.checkpoint import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ModelLoadError, one_line
 from dalle2_core.choices import BUNDLED, DEFAULT_MODEL, PRESETS
 from dalle2_core.helpers import exists
 
-# the public LAION weights (docs/laion.md): key -> (repo, file)
-LAION_FILES = {
-    "prior": ("laion/DALLE2-PyTorch", "prior/latest.pth"),
-    "prior_config": ("laion/DALLE2-PyTorch", "prior/prior_config.json"),
-    "decoder": ("laion/DALLE2-PyTorch", "decoder/v1.0.2/latest.pth"),
-    "upsampler": ("Veldrovive/upsamplers", "working/latest.pth"),
-    "upsampler_config": ("Veldrovive/upsamplers", "working/decoder_config.json"),
-}
 # a Hub repo id, optionally pinned: org/name or org/name@revision (branch, tag or commit)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 _MODEL_FILES = [INDEX_FILE, f"*/{CONFIG_FILE}", f"*/{WEIGHTS_FILE}"]
@@ -170,39 +160,6 @@ def dream_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "dream"
 
 
-def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
-    """The LAION weights converted once into a model folder under `dream_cache_dir()`."""
-    converted = dream_cache_dir() / "models" / "laion"
-    if (converted / INDEX_FILE).is_file():
-        return ResolvedModel(path=converted, spec="laion", source="preset")
-    from huggingface_hub import hf_hub_download
-
-    from dalle2_core.convert.laion import convert_laion
-
-    files = {}
-    for key, (repo_id, filename) in LAION_FILES.items():
-        try:
-            files[key] = Path(
-                hf_hub_download(
-                    repo_id,
-                    filename,
-                    cache_dir=cache_dir,
-                    local_files_only=_offline(),
-                    tqdm_class=None if progress else _quiet_tqdm(),
-                    library_name="dream-dalle2",
-                )
-            )
-        except Exception as err:
-            raise _hub_error(err, f"LAION file {repo_id}/{filename}", None) from None
-    tmp = temp_dir_beside(converted)
-    try:
-        convert_laion(files, tmp)
-        os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return ResolvedModel(path=converted, spec="laion", source="preset")
-
-
 def _looks_like_path(spec: str) -> bool:
     has_sep = any(exists(sep) and sep in spec for sep in (os.sep, os.altsep))
     return spec.startswith((".", "/", "~")) or (has_sep and not exists(parse_hub_id(spec)))
@@ -234,12 +191,10 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
                 "train a model and load its folder instead"
             )
         return ResolvedModel(path=path, spec=spec, source="bundled")
-    if spec == "laion":
-        return resolve_laion(progress=progress, cache_dir=cache_dir)
-    if spec == "karlo":
-        from dalle2_core.presets import resolve_karlo
+    if spec in PRESETS:
+        from dalle2_core import presets
 
-        return resolve_karlo(progress=progress, cache_dir=cache_dir)
+        return {"karlo": presets.resolve_karlo, "laion": presets.resolve_laion}[spec](progress=progress, cache_dir=cache_dir)
     local = Path(spec).expanduser()
     if local.exists() or _looks_like_path(spec):
         if not local.exists():
@@ -364,7 +319,6 @@ __all__ = [
     "KARLO_IMAGE_VARIATIONS_REVISION",
     "KARLO_REPO",
     "KARLO_REVISION",
-    "LAION_FILES",
     "ModelNotFoundError",
     "ResolvedModel",
     "bundled_path",
@@ -374,7 +328,6 @@ __all__ = [
     "hub_pipeline_class",
     "parse_hub_id",
     "resolve_hub",
-    "resolve_laion",
     "resolve_model",
     "unclip_file_patterns",
     "unclip_pipeline_class",

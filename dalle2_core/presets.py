@@ -1,4 +1,5 @@
-"""Models that are converted once into the dream cache: the `karlo` preset and any diffusers UnCLIP pipeline.
+"""Models that are converted once into the dream cache: the `karlo` and `laion` presets and any diffusers
+UnCLIP pipeline.
 
 `resolve_karlo()` downloads Kakao Brain's Karlo v1-alpha (safetensors and configs only, at the pinned commit
 when one is set) together with the CLIP vision tower of its image-variations repo, and converts them once
@@ -14,13 +15,18 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from dalle2_core.atomic import temp_dir_beside
 from dalle2_core.checkpoint import INDEX_FILE
 from dalle2_core.hub import (
     KARLO_IMAGE_VARIATIONS_REPO,
     KARLO_REPO,
+    ModelNotFoundError,
     ResolvedModel,
+    _hub_error,
+    _offline,
+    _quiet_tqdm,
     download_unclip,
     dream_cache_dir,
 )
@@ -82,4 +88,75 @@ def converted_unclip(folder: Path, spec: str, revision: str | None = None, sourc
     return ResolvedModel(path=path, spec=spec, source=source, revision=revision)
 
 
-__all__ = ["SOURCE_FILE", "converted_unclip", "resolve_karlo"]
+class PinnedFile(NamedTuple):
+    """A file of a Hub repo, at `revision` (a commit) and with the sha256 a conversion accepts (None: not pinned)."""
+
+    repo: str
+    filename: str
+    revision: str | None = None
+    sha256: str | None = None
+
+
+# LAION's public weights (docs/laion.md). Their file names were overwritten in place many times in 2022, so a
+# file is taken at its pinned commit and checked against its pinned sha256 before it is converted; where no
+# pin is known (none could be read offline when this was written) the default branch is taken and the commit
+# and hash found are recorded in the converted folder's source.json and the images' metadata.
+LAION_FILES = {
+    "prior": PinnedFile("laion/DALLE2-PyTorch", "prior/latest.pth"),
+    "prior_config": PinnedFile("laion/DALLE2-PyTorch", "prior/prior_config.json"),
+    "decoder": PinnedFile("laion/DALLE2-PyTorch", "decoder/v1.0.2/latest.pth"),
+    "upsampler": PinnedFile("Veldrovive/upsamplers", "working/latest.pth"),
+    "upsampler_config": PinnedFile("Veldrovive/upsamplers", "working/decoder_config.json"),
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_pinned(pin: PinnedFile, progress: bool, cache_dir) -> tuple[Path, dict]:
+    """A pinned file from the Hub cache (downloaded if missing), checked, and what to record about it."""
+    from huggingface_hub import hf_hub_download
+
+    what = f"LAION file {pin.repo}/{pin.filename}"
+    try:
+        path = Path(hf_hub_download(pin.repo, pin.filename, revision=pin.revision, cache_dir=cache_dir,
+                                    local_files_only=_offline(), tqdm_class=None if progress else _quiet_tqdm(),
+                                    library_name="dream-dalle2"))
+    except Exception as err:  # huggingface_hub raises many types, all mapped to one line
+        raise _hub_error(err, what, pin.revision) from None
+    digest = _sha256(path)
+    if pin.sha256 is not None and digest != pin.sha256:
+        raise ModelNotFoundError(f"{what} has sha256 {digest[:16]}..., not the pinned {pin.sha256[:16]}...; it was "
+                                 "replaced on the Hub or corrupted in the cache (delete it from the cache to download it again)")
+    # Hub snapshots are folders named by commit: snapshots/<commit>/<filename>
+    parts = path.parts
+    commit = parts[-len(Path(pin.filename).parts) - 1] if "snapshots" in parts else None
+    return path, {"repo": pin.repo, "file": pin.filename, "commit": commit, "sha256": digest, "pinned": pin.sha256 is not None}
+
+
+def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
+    """LAION's prior, decoder and upsampler, checked and converted once into `dream_cache_dir()/models/laion`."""
+    from dalle2_core.convert.laion import convert_laion
+
+    converted = dream_cache_dir() / "models" / "laion"
+    if not (converted / INDEX_FILE).is_file():
+        files, records = {}, {}
+        for key, pin in LAION_FILES.items():
+            files[key], records[key] = _download_pinned(pin, progress, cache_dir)
+        tmp = temp_dir_beside(converted)
+        try:
+            convert_laion(files, tmp)
+            (tmp / SOURCE_FILE).write_text(json.dumps({"files": records}, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    decoder = (_read_source(converted).get("files") or {}).get("decoder") or {}
+    return ResolvedModel(path=converted, spec="laion", source="preset", revision=decoder.get("commit"))
+
+
+__all__ = ["LAION_FILES", "SOURCE_FILE", "PinnedFile", "converted_unclip", "resolve_karlo", "resolve_laion"]

@@ -10,25 +10,15 @@
 # later calls pass --resume to add a stage to the same run folder. Threads: both cores (set
 # OMP_NUM_THREADS=1 if something else keeps a core busy: two OpenMP threads then spin-wait on each other).
 #
-# Wall time on 2 CPU cores (OMP_NUM_THREADS=2), per stage: data 9 s, CLIP 722 s, prior 314 s,
-# base unet 5,260 s (1.52 steps/s) + 3,076 s for its second cycle (1.30 steps/s, the CPU shared
-# with evaluations) + 2,680 s, 3,010 s, 2,866 s and 3,174 s for its third to sixth cycles
-# (1.49 / 1.33 / 1.55 / 1.57 steps/s; the sixth shared the CPU with an evaluation and a test run),
-# upsampler 1,380 s (2.18 steps/s): about 6 h 15 min in all.
+# Wall time on 2 CPU cores (OMP_NUM_THREADS=2): about 6 h in all, most of it the base unet's 24,000 steps.
 #
-# Why this recipe (each found with `dream eval shapes` and scripts/shapes_clip_probe.py):
-# - the decoder can only draw what the CLIP image embedding encodes. With batch 64 the CLIP learnt
-#   colour, size and background but read the shape of 65 % and the position of 18 % of small objects;
-#   batch 256 (more negatives per step) with cosine decay reads 92 % / 96 %.
-# - small shapes are a few pixels at 32 px: the base unet gets width 32 (not 16) and 8,000 steps, and
-#   the upsampler also reads the text and learns to undo blur (it is trained on blurred low-res input).
-# - the base unet then gets a second cosine cycle of 4,000 steps, resumed from the first (its rate
-#   restarts at a quarter of 1e-3): small shapes drawn right by the base unet alone 64 % -> 73 % seen,
-#   52 % -> 66 % held-out (128 small-object prompts each); all five 73.0 / 69.5 % -> 80.0 / 72.0 %.
-#   A third and a fourth 4,000-step cycle (to 20,000 steps): small shapes 73 -> 83 % seen, 66 -> 76 %
-#   held-out after the third; all five (eval --num 200) 83.5 / 74.5 % -> 90.5 / 82.5 % -> 91.0 / 90.5 %.
-#   A fifth (to 24,000): shape 91.5 -> 94.0 % seen, 92.0 -> 93.0 % held-out; all five 94.0 / 90.5 %.
-#   A sixth (to 28,000): shape 95.5 % seen, 93.0 % held-out; all five 95.5 / 91.5 %.
+# Why this recipe (each choice found with `dream eval shapes` and scripts/shapes_clip_probe.py):
+# - the decoder can only draw what the CLIP image embedding encodes: a batch of 256 (more negatives per
+#   step) with cosine decay makes the CLIP read the shape and position of small objects, which batch 64 did not.
+# - small shapes are a few pixels at 32 px: the base unet gets width 32 (not 16) and 8,000 steps, and the
+#   upsampler also reads the text and learns to undo blur (it is trained on blurred low-res input).
+# - the base unet then gets four more 4,000-step cosine cycles, each resumed from the last (the rate
+#   restarts), which kept raising small-shape accuracy. The model's figures: benchmarks/results/shapes-eval.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,7 @@
 """LAION import: pickles never run code, bad files and configs fail with one clear line, `dream convert`, `--model laion`."""
 
+import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -159,10 +161,10 @@ def test_cli_convert_writes_a_folder_that_names_the_openai_clip(tmp_path):
 def test_model_laion_downloads_once_converts_once_and_reuses(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from dalle2_core.hub import LAION_FILES
+    from dalle2_core.presets import LAION_FILES
 
     calls = []
-    by_file = {filename: FILES[key] for key, (_, filename) in LAION_FILES.items()}
+    by_file = {pin.filename: FILES[key] for key, pin in LAION_FILES.items()}
 
     def fake_download(repo_id, filename, **kwargs):
         calls.append((repo_id, filename))
@@ -172,10 +174,27 @@ def test_model_laion_downloads_once_converts_once_and_reuses(tmp_path, monkeypat
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     first = resolve_model("laion")
     assert first.path == tmp_path / "cache" / "models" / "laion" and first.source == "preset"
-    assert sorted(calls) == sorted(LAION_FILES.values())
+    assert sorted(calls) == sorted((pin.repo, pin.filename) for pin in LAION_FILES.values())
     assert (first.path / "conversion.json").is_file() and (first.path / "decoder" / "model.safetensors").is_file()
+    source = json.loads((first.path / "source.json").read_text())["files"]
+    assert source["decoder"]["sha256"] == hashlib.sha256(FILES["decoder"].read_bytes()).hexdigest()
     second = resolve_model("laion")
     assert second.path == first.path and len(calls) == len(LAION_FILES)  # nothing downloaded or converted again
+
+
+def test_model_laion_refuses_a_file_whose_sha256_is_not_the_pinned_one(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from dalle2_core import presets
+
+    by_file = {pin.filename: FILES[key] for key, pin in presets.LAION_FILES.items()}
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(by_file[filename]))
+    pins = dict(presets.LAION_FILES, decoder=presets.LAION_FILES["decoder"]._replace(sha256="0" * 64))
+    monkeypatch.setattr(presets, "LAION_FILES", pins)
+    with pytest.raises(ModelNotFoundError, match=r"decoder/v1.0.2/latest.pth has sha256 [0-9a-f]{16}\.\.\., not the pinned 0{16}"):
+        resolve_model("laion")
+    assert not (tmp_path / "cache" / "models" / "laion").exists()
 
 
 def test_model_laion_offline_without_the_files_is_a_clear_error(tmp_path, monkeypatch):

@@ -63,9 +63,8 @@ def test_follows_its_prompts_with_the_default_settings(model):
     assert images.shape == (16, 3, 64, 64) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1
     seen = score(images, compositions).seen
-    # shape is the attribute this model still misses on some small objects (README); the others hold
-    # (all 16 with the shipped weights; `dream eval shapes --num 200`: 95.5 %). The bounds leave room
-    # for other platforms' numerics. Colour: small green on warm backgrounds can turn teal (read as blue)
+    # shape is the attribute this model still misses on some small objects (benchmarks/results/shapes-eval.md);
+    # the others hold. The bounds leave room for other platforms' numerics. Colour: small green on warm backgrounds can turn teal (read as blue)
     assert seen.n == 16 and seen.adherence >= 0.6, seen
     assert min(seen.accuracy[a] for a in ("size", "position", "background")) >= 0.95, seen
     assert seen.accuracy["color"] >= 0.85, seen
