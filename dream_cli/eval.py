@@ -68,7 +68,7 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
     outdir = check_outdir(save_images, option="--save-images") if save_images is not None else None
     quiet = opts["quiet"]
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
         if not pipeline.has_prior or pipeline.unconditional:
             raise DreamError(f"model {resolved.spec!r} cannot generate from text (it needs a prior and a conditioned decoder)")
         s = resolve_settings(pipeline, opts)

@@ -121,7 +121,7 @@ def generate(prompt: tuple[str, ...], prompts_file: Path | None, from_image: Pat
     quiet = opts["quiet"] or rank > 0
 
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], _rank_device(device, world), dtype, quiet)
+        pipeline, resolved = load(opts["model_spec"], _rank_device(device, world), dtype, quiet, opts["offload"])
         if pipeline.unconditional:
             picture = None  # nothing conditions the images: no prior, no image embedding
         elif picture is None and not pipeline.has_prior:
@@ -302,7 +302,7 @@ def interpolate(a: str, b: str, frames: int, batch_size: int, outdir: Path, **op
     quiet = opts["quiet"]
 
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
         s = resolve_settings(pipeline, opts)
         _info_line(quiet, seed, resolved, device, opts["precision"])
         label = " to ".join(e if isinstance(e, str) else Path(v).stem for e, v in zip(ends, (a, b)))
@@ -351,7 +351,7 @@ def mix(items: tuple[str, ...], num: int, outdir: Path, **opts) -> None:
     seed = first_seed(opts["seed"], num)
     quiet = opts["quiet"]
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
         s = resolve_settings(pipeline, opts)
         _info_line(quiet, seed, resolved, device, opts["precision"])
         runs = {name: 1 for name in pipeline.stage_names}
@@ -381,7 +381,7 @@ def upscale(images: tuple[Path, ...], prompt: str | None, outdir: Path, **opts) 
     seed = first_seed(opts["seed"], len(pictures))
     quiet = opts["quiet"]
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet)
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
         s = resolve_settings(pipeline, opts)
         _info_line(quiet, seed, resolved, device, opts["precision"])
         stages = pipeline.stages(s)

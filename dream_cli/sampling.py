@@ -78,6 +78,8 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
                      help="Weights and activations (fp16 needs an accelerator)."),
         click.option("--model", "model_spec", envvar=None if model_default else "DREAM_MODEL",
                      default=model_default or DEFAULT_MODEL, show_default=True, help=model_help),
+        click.option("--offload", is_flag=True,
+                     help="Keep the networks on the CPU and move each to --device only while it runs (big models, small GPUs)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress or info lines (result paths are still printed)."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
@@ -156,7 +158,7 @@ def per_image_generators(first: int, count: int, device) -> list[torch.Generator
 # --- the model ---------------------------------------------------------------------------------------
 
 
-def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool):
+def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offload: bool = False):
     """(pipeline, resolved model) for a `--model` value; every load failure is one line, exit 1."""
     from dalle2_core.checkpoint import ModelLoadError
     from dalle2_core.hub import resolve_model
@@ -164,7 +166,9 @@ def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool):
 
     try:
         resolved = resolve_model(spec, progress=not quiet)
-        pipeline = load_pipeline(resolved.path, device=device, dtype=dtype)
+        pipeline = load_pipeline(resolved.path, device="cpu" if offload else device, dtype=dtype)
+        if offload:
+            pipeline.offload(device)
     except ModelLoadError as err:
         hint = "; use --model shapes, the bundled model that needs no download" if getattr(err, "offline", False) else ""
         raise DreamError(one_line(err) + hint) from None

@@ -176,3 +176,31 @@ def test_the_karlo_preset_downloads_once_converts_once_and_embeds_pictures(sourc
     assert result.exit_code == 0, result.output
     info = json.loads(read_png_text(tmp_path / "out" / "photo-1-0.png")[SETTINGS_CHUNK])
     assert info["model"] == "karlo" and info["model_revision"] == "c" * 40
+
+
+def test_offloading_moves_each_network_to_the_device_only_for_its_stage(converted, monkeypatch):
+    plain = load_pipeline(converted)
+    s = plain.resolve(steps=(2, 2), prior_steps=2)
+    expected = plain.generate(["a red cube"], s, generator=gens(1))
+    pipeline = load_pipeline(converted).offload("cpu")
+    moves = []
+    original = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **kw: moves.append((type(self).__name__, str(a[0]))) or original(self, *a, **kw))
+    images = pipeline.generate(["a red cube"], s, generator=gens(1))
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    # each network goes to the device for its stage and back — the text tower (the prompt and the empty
+    # prompt in one forward), the prior, the cascade — and nothing else moves
+    assert [name for name, _ in moves] == ["HFClipAdapter", "HFClipAdapter", "StandardizedPrior", "StandardizedPrior",
+                                           "KarloCascade", "KarloCascade"]
+    assert pipeline.device == torch.device("cpu") and all(p.device.type == "cpu" for p in pipeline.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offloaded_sampling_on_cuda_equals_sampling_on_cuda(converted):
+    s_kwargs = dict(steps=(2, 2), prior_steps=2)
+    on_gpu = load_pipeline(converted, device="cuda")
+    expected = on_gpu.generate(["a red cube"], on_gpu.resolve(**s_kwargs), generator=[torch.Generator("cuda").manual_seed(0)])
+    offloaded = load_pipeline(converted).offload("cuda")
+    images = offloaded.generate(["a red cube"], offloaded.resolve(**s_kwargs), generator=[torch.Generator("cuda").manual_seed(0)])
+    torch.testing.assert_close(images, expected)
+    assert all(p.device.type == "cpu" for p in offloaded.parameters())

@@ -76,21 +76,21 @@ class KarloPipeline(Pipeline):
 
     def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition:
         """The prompts' raw CLIP text embeddings, 77 token states and masks (with the empty prompt, if not yet known)."""
-        if isinstance(text, torch.Tensor):
-            raise ValueError("the karlo family takes prompts as strings (its tokenizer pads with '!', id 0)")
-        prompts = list(text)
-        key = self._key()
-        extra = [""] if key not in self._empty else []
-        with torch.no_grad():
-            embed, encodings, mask = self.clip.embed_text([*prompts, *extra])
-        if extra:
-            self._empty[key] = TextCondition(embed[-1:], encodings[-1:], mask[-1:], [""])
-        n = len(prompts)
-        return TextCondition(embed[:n], encodings[:n], mask[:n], prompts)
+        with self.on_device(self.clip):
+            if isinstance(text, torch.Tensor):
+                raise ValueError("the karlo family takes prompts as strings (its tokenizer pads with '!', id 0)")
+            prompts = list(text)
+            key = self._key()
+            extra = [""] if key not in self._empty else []
+            with torch.no_grad():
+                embed, encodings, mask = self.clip.embed_text([*prompts, *extra])
+            if extra:
+                self._empty[key] = TextCondition(embed[-1:], encodings[-1:], mask[-1:], [""])
+            n = len(prompts)
+            return TextCondition(embed[:n], encodings[:n], mask[:n], prompts)
 
     def _key(self) -> tuple:
-        param = next(self.clip.parameters())
-        return (param.device, param.dtype)
+        return (self.device, next(self.clip.parameters()).dtype)
 
     def _empty_prompt(self) -> TextCondition:
         if self._key() not in self._empty:
@@ -104,46 +104,50 @@ class KarloPipeline(Pipeline):
 
     def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
                      on_step: OnStep | None = None, negative: TextCondition | None = None) -> torch.Tensor:
-        if not exists(self.prior):
-            raise ValueError("this model has no prior, so it cannot embed text")
-        uncond = negative if exists(negative) else self._empty_prompt()
-        step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
-        candidates = self.prior.sample_embeds(
-            text.text_embed, text.text_encodings, text.text_mask, num_samples_per_batch=settings.prior_samples,
-            cond_scale=settings.prior_cond_scale, steps=settings.prior_steps, sampler=settings.sampler, generator=generator,
-            uncond=tuple(uncond[:3]), on_step=step,
-        )
-        check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
-        return rerank_by_similarity(candidates, text.text_embed)
+        with self.on_device(self.prior):
+            if not exists(self.prior):
+                raise ValueError("this model has no prior, so it cannot embed text")
+            uncond = negative if exists(negative) else self._empty_prompt()
+            step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
+            candidates = self.prior.sample_embeds(
+                text.text_embed, text.text_encodings, text.text_mask, num_samples_per_batch=settings.prior_samples,
+                cond_scale=settings.prior_cond_scale, steps=settings.prior_steps, sampler=settings.sampler, generator=generator,
+                uncond=tuple(uncond[:3]), on_step=step,
+            )
+            check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
+            return rerank_by_similarity(candidates, text.text_embed)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        param = next(self.clip.parameters())
-        return self.clip.embed_image(images.to(device=param.device, dtype=param.dtype)).image_embed
+        with self.on_device(self.clip):
+            param = next(self.clip.parameters())
+            return self.clip.embed_image(images.to(device=param.device, dtype=param.dtype)).image_embed
 
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
                edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
-        if exists(edit):
-            raise ValueError("the karlo family does not start from pictures yet (img2img, inpainting); use --image for variations")
-        b = image_embed.shape[0]
-        rows = lambda t: t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731  (the empty prompt is one row)
-        text_embed, encodings, mask = (rows(t) for t in (text if exists(text) else self._empty_prompt())[:3])
-        uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), self._empty_prompt()[:3]))
-        if exists(negative):
-            negative_embed, negative_text = negative
-            uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), negative_text[:3]), image_embed=negative_embed)
-        return self.decoder.sample(image_embed, encodings, mask, text_embed=text_embed, cond_scale=settings.cond_scale,
-                                   steps=settings.steps, sampler=settings.sampler, generator=generator, uncond=uncond,
-                                   on_step=self._stage_hook(settings, on_step))
+        with self.on_device(self.decoder):
+            if exists(edit):
+                raise ValueError("the karlo family does not start from pictures yet (img2img, inpainting); use --image for variations")
+            b = image_embed.shape[0]
+            rows = lambda t: t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731  (the empty prompt is one row)
+            text_embed, encodings, mask = (rows(t) for t in (text if exists(text) else self._empty_prompt())[:3])
+            uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), self._empty_prompt()[:3]))
+            if exists(negative):
+                negative_embed, negative_text = negative
+                uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), negative_text[:3]), image_embed=negative_embed)
+            return self.decoder.sample(image_embed, encodings, mask, text_embed=text_embed, cond_scale=settings.cond_scale,
+                                       steps=settings.steps, sampler=settings.sampler, generator=generator, uncond=uncond,
+                                       on_step=self._stage_hook(settings, on_step))
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
         """The super-resolution stage on [0, 1] images, resized (antialiased, centre crop) to the decoder's 64 px."""
-        from dalle2_core.clip import resize_center_crop
+        with self.on_device(self.decoder):
+            from dalle2_core.clip import resize_center_crop
 
-        small = resize_center_crop(images, self.decoder.config.decoder.sample_size, "bicubic").clamp(0.0, 1.0)
-        return self.decoder.upscale(small, steps=settings.steps[1], sampler=settings.sampler, generator=generator,
-                                    on_step=self._stage_hook(settings, on_step))
+            small = resize_center_crop(images, self.decoder.config.decoder.sample_size, "bicubic").clamp(0.0, 1.0)
+            return self.decoder.upscale(small, steps=settings.steps[1], sampler=settings.sampler, generator=generator,
+                                        on_step=self._stage_hook(settings, on_step))
 
     def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
         def step(stage_number: int, i: int, total: int, x: torch.Tensor) -> None:

@@ -95,50 +95,54 @@ class UnclipPipeline(Pipeline):
 
     def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition:
         """The CLIP text embedding, encodings and mask of a batch of prompts or token ids (one forward)."""
-        clip = self._require_clip("text")
-        if not isinstance(text, torch.Tensor):
-            text = list(text)
-        with torch.no_grad():
-            embed, encodings, mask = clip.embed_text(text)
-        return TextCondition(embed, encodings, mask, text)
+        with self.on_device(self.text_encoder):
+            clip = self._require_clip("text")
+            if not isinstance(text, torch.Tensor):
+                text = list(text)
+            with torch.no_grad():
+                embed, encodings, mask = clip.embed_text(text)
+            return TextCondition(embed, encodings, mask, text)
 
     def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
                      on_step: OnStep | None = None, negative: TextCondition | None = None) -> torch.Tensor:
         """Prior candidates per prompt; the one closest to the text embedding is kept (DALL-E 2 Sec. 2.2)."""
-        prior = self.prior
-        if not exists(prior):
-            raise ValueError("this model has no prior, so it cannot embed text")
-        cond = dict(text_embed=text.text_embed)
-        if prior.config.condition_on_text_encodings:
-            cond.update(text_encodings=text.text_encodings, text_mask=text.text_mask)
-        step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
-        uncond = None
-        if exists(negative):
-            uncond = dict(text_embed=negative.text_embed, text_encodings=negative.text_encodings, text_mask=negative.text_mask)
-        candidates = prior.sample_embeds(
-            **cond, num_samples_per_batch=settings.prior_samples, cond_scale=settings.prior_cond_scale,
-            steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step, uncond=uncond,
-        )
-        check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
-        return rerank_by_similarity(candidates, text.text_embed)
+        with self.on_device(self.prior):
+            prior = self.prior
+            if not exists(prior):
+                raise ValueError("this model has no prior, so it cannot embed text")
+            cond = dict(text_embed=text.text_embed)
+            if prior.config.condition_on_text_encodings:
+                cond.update(text_encodings=text.text_encodings, text_mask=text.text_mask)
+            step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
+            uncond = None
+            if exists(negative):
+                uncond = dict(text_embed=negative.text_embed, text_encodings=negative.text_encodings, text_mask=negative.text_mask)
+            candidates = prior.sample_embeds(
+                **cond, num_samples_per_batch=settings.prior_samples, cond_scale=settings.prior_cond_scale,
+                steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step, uncond=uncond,
+            )
+            check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
+            return rerank_by_similarity(candidates, text.text_embed)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        clip = self._require_clip("embedding images")
-        return clip.embed_image(images.to(device=clip.device, dtype=next(clip.parameters()).dtype)).image_embed
+        with self.on_device(self.text_encoder):
+            clip = self._require_clip("embedding images")
+            return clip.embed_image(images.to(device=clip.device, dtype=next(clip.parameters()).dtype)).image_embed
 
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
                edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
-        decoder = self.decoder
-        cond = uncond = {}
-        if not decoder.unconditional:
-            cond = self._decoder_cond(image_embed, text)
-            if exists(negative):
-                uncond = self._decoder_cond(*negative)
-        b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
-        return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
-                              steps=settings.steps, generator=generator, on_step=self._stage_hook(settings, on_step),
-                              uncond=uncond or None, **_edit_options(edit, b))
+        with self.on_device(self.decoder):
+            decoder = self.decoder
+            cond = uncond = {}
+            if not decoder.unconditional:
+                cond = self._decoder_cond(image_embed, text)
+                if exists(negative):
+                    uncond = self._decoder_cond(*negative)
+            b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
+            return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
+                                  steps=settings.steps, generator=generator, on_step=self._stage_hook(settings, on_step),
+                                  uncond=uncond or None, **_edit_options(edit, b))
 
     def _decoder_cond(self, image_embed: torch.Tensor, text: TextCondition | None) -> dict:
         cond = dict(image_embed=image_embed)
@@ -149,17 +153,18 @@ class UnclipPipeline(Pipeline):
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
         """The stages after the base unet on [0, 1] images, resized (antialiased, centre crop) to their input size."""
-        decoder = self.decoder
-        if decoder.num_unets < 2:
-            raise ValueError("this model has one decoder stage and no super-resolution stage to run")
-        low = resize_center_crop(images, decoder.image_sizes[0], "bicubic").clamp(0.0, 1.0)
-        cond = {}
-        if any(u.cond_on_text_encodings for u in decoder.unets[1:]):
-            text = self.encode_text(prompts) if exists(prompts) else None
-            cond = self._decoder_text(text, low.shape[0])
-        return decoder.sample(**cond, batch_size=low.shape[0], cond_scale=settings.cond_scale, sampler=settings.sampler,
-                              steps=settings.steps, start_at_unet_number=2, start_image_or_video=low, generator=generator,
-                              on_step=self._stage_hook(settings, on_step))
+        with self.on_device(self.decoder):
+            decoder = self.decoder
+            if decoder.num_unets < 2:
+                raise ValueError("this model has one decoder stage and no super-resolution stage to run")
+            low = resize_center_crop(images, decoder.image_sizes[0], "bicubic").clamp(0.0, 1.0)
+            cond = {}
+            if any(u.cond_on_text_encodings for u in decoder.unets[1:]):
+                text = self.encode_text(prompts) if exists(prompts) else None
+                cond = self._decoder_text(text, low.shape[0])
+            return decoder.sample(**cond, batch_size=low.shape[0], cond_scale=settings.cond_scale, sampler=settings.sampler,
+                                  steps=settings.steps, start_at_unet_number=2, start_image_or_video=low, generator=generator,
+                                  on_step=self._stage_hook(settings, on_step))
 
     def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
         """The decoder's on_step: names the stage, and refuses a stage whose x_0 is NaN or infinite."""
