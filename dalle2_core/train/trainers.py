@@ -225,6 +225,11 @@ class DecoderTrainer(_NetsTrainer):
         self.decoder = decoder
         self.num_unets = len(decoder.unets)
 
+    @property
+    def ema_unets(self) -> list[nn.Module]:
+        """The EMA copy of each unet (DALLE2-pytorch's name), empty without EMA."""
+        return [ema.ema_model for ema in self.emas]
+
     def validate_unet_number(self, unet_number: int | None) -> int:
         if unet_number is None and self.num_unets == 1:
             return 1
