@@ -204,3 +204,20 @@ def test_offloaded_sampling_on_cuda_equals_sampling_on_cuda(converted):
     images = offloaded.generate(["a red cube"], offloaded.resolve(**s_kwargs), generator=[torch.Generator("cuda").manual_seed(0)])
     torch.testing.assert_close(images, expected)
     assert all(p.device.type == "cpu" for p in offloaded.parameters())
+
+
+def test_img2img_and_inpainting_through_the_karlo_cascade(pipeline):
+    from dalle2_core.pipeline import ImageEdit
+
+    s = pipeline.resolve(steps=(3, 2), prior_steps=2)
+    picture = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    kept = pipeline.generate(["a red cube"], s, generator=gens(1), edit=ImageEdit(picture, strength=0.0))
+    assert torch.equal(kept, picture)
+    plain = pipeline.generate(["a red cube"], s, generator=gens(1))
+    assert torch.equal(pipeline.generate(["a red cube"], s, generator=gens(1), edit=ImageEdit(picture, strength=1.0)), plain)
+    half = pipeline.generate(["a red cube"], s, generator=gens(1), edit=ImageEdit(picture, strength=0.6))
+    assert 0 < (half - picture).abs().mean() < (plain - picture).abs().mean()
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[:, 4:12, 8:] = True  # regenerate this box
+    painted = pipeline.generate(["a red cube"], s, generator=gens(1), edit=ImageEdit(picture, mask=mask))
+    assert torch.equal(painted[0][:, ~mask[0]], picture[0][:, ~mask[0]]) and (painted - picture).abs().max() > 1e-3

@@ -5,8 +5,7 @@ import torch
 from checkpoint_tiny import save_tiny_model
 
 from dalle2_core.dalle2 import mix_embeddings, slerp
-from dalle2_core.decoder.decoder import sdedit_diffusion
-from dalle2_core.diffusion import GaussianDiffusion
+from dalle2_core.diffusion import GaussianDiffusion, truncated_diffusion
 from dalle2_core.helpers import l2norm
 from dalle2_core.pipeline import ImageEdit, load_pipeline
 
@@ -26,9 +25,9 @@ def picture(seed=3, n=1, size=32):
 
 def test_sdedit_keeps_the_first_steps_of_the_schedule():
     d = GaussianDiffusion.from_schedule("cosine", 1000).respace(10)
-    half = sdedit_diffusion(d, 0.5)
+    half = truncated_diffusion(d, 0.5)
     assert half.num_timesteps == 5 and torch.equal(half.timestep_map, d.timestep_map[:5])
-    assert torch.equal(half.alphas_cumprod, d.alphas_cumprod[:5]) and sdedit_diffusion(d, 0.0) is None
+    assert torch.equal(half.alphas_cumprod, d.alphas_cumprod[:5]) and truncated_diffusion(d, 0.0) is None
 
 
 def test_strength_0_returns_the_image_and_1_is_plain_generation(pipeline):

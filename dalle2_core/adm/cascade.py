@@ -12,6 +12,7 @@ for the final one. The diffusion math is `dalle2_core.diffusion`; the text encod
 from __future__ import annotations
 
 from dataclasses import field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmCondi
 from dalle2_core.adm.text_proj import TextProj, TextProjConfig
 from dalle2_core.adm.unet import AdmUnet
 from dalle2_core.config import Config, config_dataclass
-from dalle2_core.diffusion import DiffusionConfig, classifier_free_guidance, sample as diffusion_sample
+from dalle2_core.diffusion import DiffusionConfig, StageEdit, classifier_free_guidance, redraws_nothing, sample_stage
 from dalle2_core.helpers import cast_tuple, default, exists, randn, unnormalize_zero_to_one
 
 STAGES = ("decoder", "super_res")
@@ -152,8 +153,17 @@ class KarloCascade(nn.Module):
         generator=None,
         on_step=None,
         uncond=None,
+        init_image: torch.Tensor | None = None,
+        strength: float = 1.0,
+        inpaint_image: torch.Tensor | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+        inpaint_resample_times: int = 5,
     ) -> torch.Tensor:
         """Images (b, channels, image_size, image_size) in [0, 1] from CLIP embeddings.
+
+        From a picture, as `Decoder.sample`: `init_image` (b, c, H, W) in [0, 1] with `strength` < 1 starts both
+        stages from it (SDEdit; 0 returns it at the output size); `inpaint_image` with `inpaint_mask` (b, H, W),
+        True = keep, inpaints (RePaint) and returns the kept pixels exactly.
 
         image_embed, text_embed (b, clip_dim); text_encodings (b, n, clip_dim); text_mask (b, n) bool.
         `uncond`: the empty prompt's (text_embed, text_encodings, text_mask), 1 row or b (a mapping or a 3-tuple),
@@ -171,16 +181,22 @@ class KarloCascade(nn.Module):
         samplers = self._per_stage(sampler, "sampler")
         was_training = self.training
         self.eval()
+        picture = _Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
+        c = self.config
+        if exists(picture.init) and all(redraws_nothing(d.to_diffusion(), default(s, d.sample_steps), picture.strength)
+                                        for d, s in ((c.decoder_diffusion, steps[0]), (c.super_res_diffusion, steps[1]))):
+            return picture._at(picture.init, self.image_size)  # nothing is re-drawn: the picture itself
         try:
             stage = lambda n: (lambda i, total, x: on_step(n, i, total, x)) if exists(on_step) else None  # noqa: E731
             small = self._sample_decoder(
                 image_embed, text_embed, text_encodings, text_mask, uncond, cond_scale=scales[0], steps=steps[0],
-                sampler=samplers[0], generator=generator, on_step=stage(1),
+                sampler=samplers[0], generator=generator, on_step=stage(1), picture=picture,
             )
-            image = self._sample_super_res(small, steps=steps[1], sampler=samplers[1], generator=generator, on_step=stage(2))
+            image = self._sample_super_res(small, steps=steps[1], sampler=samplers[1], generator=generator, on_step=stage(2),
+                                           picture=picture)
         finally:
             self.train(was_training)
-        return unnormalize_zero_to_one(image).clamp(0.0, 1.0)
+        return picture.restore(unnormalize_zero_to_one(image).clamp(0.0, 1.0))
 
     def _per_stage(self, value, name: str, scalar_second=None) -> tuple:
         values = cast_tuple(value)
@@ -191,7 +207,8 @@ class KarloCascade(nn.Module):
         return values
 
     def _sample_decoder(
-        self, image_embed, text_embed, text_encodings, text_mask, uncond, *, cond_scale, steps, sampler, generator, on_step
+        self, image_embed, text_embed, text_encodings, text_mask, uncond, *, cond_scale, steps, sampler, generator, on_step,
+        picture=None,
     ):
         """The 64 px stage: x_0 in [-1, 1] (b, channels, s, s)."""
         b = image_embed.shape[0]
@@ -215,9 +232,10 @@ class KarloCascade(nn.Module):
         param = next(self.decoder.parameters())
         size = c.decoder.sample_size
         noise = randn((b, self.channels, size, size), generator=generator, device=param.device, dtype=param.dtype)
-        x = diffusion_sample(
+        x = sample_stage(
             model, self.decoder_diffusion, noise, sampler=sampler, steps=default(steps, c.decoder_diffusion.sample_steps),
             denoise_fn=c.decoder_diffusion.denoise_fn(), generator=generator, on_step=on_step,
+            **default(picture, _NO_PICTURE).stage(self.decoder_diffusion, default(steps, c.decoder_diffusion.sample_steps), size),
         )
         return x.clamp(-1.0, 1.0)
 
@@ -234,7 +252,7 @@ class KarloCascade(nn.Module):
             self.train(was_training)
         return unnormalize_zero_to_one(image).clamp(0.0, 1.0)
 
-    def _sample_super_res(self, small: torch.Tensor, *, steps, sampler, generator, on_step) -> torch.Tensor:
+    def _sample_super_res(self, small: torch.Tensor, *, steps, sampler, generator, on_step, picture=None) -> torch.Tensor:
         """64 -> 256 px: `super_res_first` for every step but the last, `super_res_last` for the last."""
         c = self.config
         size = c.super_res_first.sample_size
@@ -248,9 +266,53 @@ class KarloCascade(nn.Module):
             return net(torch.cat([x, lowres], dim=1), t)  # (b, 2·channels, size, size)
 
         noise = randn(small.shape[:2] + (size, size), generator=generator, device=small.device, dtype=small.dtype)
-        return diffusion_sample(
-            model, diffusion, noise, sampler=sampler, denoise_fn=c.super_res_diffusion.denoise_fn(), generator=generator, on_step=on_step
+        return sample_stage(
+            model, diffusion, noise, sampler=sampler, denoise_fn=c.super_res_diffusion.denoise_fn(), generator=generator,
+            on_step=on_step, **default(picture, _NO_PICTURE).stage(diffusion, None, size),
         )
+
+
+class _Picture(NamedTuple):
+    """What a sampling run starts from besides noise, in [0, 1] pixels: SDEdit's image or RePaint's kept pixels."""
+
+    init: torch.Tensor | None = None
+    strength: float = 1.0
+    known: torch.Tensor | None = None
+    keep: torch.Tensor | None = None  # (b, H, W) bool, True = kept
+    resample_times: int = 5
+
+    @classmethod
+    def of(cls, init_image, strength, inpaint_image, inpaint_mask, resample_times) -> _Picture:
+        if exists(inpaint_image) != exists(inpaint_mask):
+            raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
+        if exists(inpaint_image) and exists(init_image):
+            raise ValueError("give init_image (SDEdit) or inpaint_image (RePaint), not both")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (the fraction of the schedule re-drawn), got {strength!r}")
+        return cls(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask, resample_times)
+
+    def _at(self, image: torch.Tensor, size: int) -> torch.Tensor:
+        return F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+    def stage(self, diffusion, steps, size: int) -> dict:
+        """`sample_stage` keywords for a stage of `size` px: the picture in [-1, 1] at that size."""
+        if exists(self.known):
+            keep = F.interpolate(self.keep[:, None].float(), size=(size, size), mode="nearest") > 0.5
+            return dict(edit=StageEdit(known=self._at(self.known, size) * 2 - 1, keep=keep), resample_times=self.resample_times)
+        if exists(self.init):
+            return dict(edit=StageEdit(init=self._at(self.init, size) * 2 - 1, strength=self.strength))
+        return {}
+
+    def restore(self, image: torch.Tensor) -> torch.Tensor:
+        """The final images with the kept pixels exactly the picture's; strength 0 gives the picture itself."""
+        size = image.shape[-1]
+        if exists(self.known):
+            keep = F.interpolate(self.keep[:, None].float(), size=(size, size), mode="nearest") > 0.5
+            return torch.where(keep, self._at(self.known, size), image)
+        return image
+
+
+_NO_PICTURE = _Picture()
 
 
 __all__ = [

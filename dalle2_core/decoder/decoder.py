@@ -23,12 +23,14 @@ from dalle2_core.decoder.decoder_lowres import LowresConditioner, crop, random_c
 from dalle2_core.decoder.unet import Unet
 from dalle2_core.diffusion import (
     GaussianDiffusion,
+    StageEdit,
     classifier_free_guidance,
     dynamic_thresholding,
-    sample as diffusion_sample,
+    redraws_nothing,
+    sample_stage,
     static_clamp,
 )
-from dalle2_core.diffusion.repaint import INPAINT_SAMPLERS, repaint_sample
+from dalle2_core.diffusion.repaint import INPAINT_SAMPLERS
 from dalle2_core.helpers import (
     cast_tuple,
     default,
@@ -441,28 +443,21 @@ class Decoder(nn.Module):
             denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
         noise = randn((batch_size, vae.encoded_dim, latent_size, latent_size),
                       generator=generator, device=param.device, dtype=param.dtype)
-        opts = dict(sampler=sampler, steps=steps, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
-        if sampler == "ddim":
-            opts["eta"] = self.config.diffusion.ddim_sampling_eta
-
+        eta = self.config.diffusion.ddim_sampling_eta if sampler == "ddim" else 0.0
+        stage_edit, known_px, mask_px = None, None, None
         if exists(edit.inpaint_image):
             known_px = resize_image_to(edit.inpaint_image, size)
             mask_px = resize_image_to(edit.inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
-            mask = resize_image_to(mask_px.float(), latent_size) > 0.5
-            x = repaint_sample(model, diffusion, noise, self._encode(index, known_px), mask,
-                               resample_times=inpaint_resample_times, **opts)
-            img = unnormalize_zero_to_one(vae.decode(x)).clamp(0.0, 1.0)
-            return torch.where(mask_px, known_px, img)  # the known pixels exactly, latent stages included
-        if exists(edit.init_image):
+            stage_edit = StageEdit(known=self._encode(index, known_px), keep=resize_image_to(mask_px.float(), latent_size) > 0.5)
+        elif exists(edit.init_image):
             init = resize_image_to(edit.init_image, size).to(param.dtype)
-            truncated = sdedit_diffusion(diffusion.respace(steps) if exists(steps) else diffusion, edit.strength)
-            if truncated is None:
-                return init  # strength 0: nothing is re-drawn
-            start = torch.full((batch_size,), truncated.num_timesteps - 1, device=param.device, dtype=torch.long)
-            noise = truncated.q_sample(self._encode(index, init), start, noise=noise)
-            opts["steps"] = None
-            diffusion = truncated
-        return unnormalize_zero_to_one(vae.decode(diffusion_sample(model, diffusion, noise, **opts))).clamp(0.0, 1.0)
+            if redraws_nothing(diffusion, steps, edit.strength):
+                return init  # strength 0: the picture itself
+            stage_edit = StageEdit(init=self._encode(index, init), strength=edit.strength)
+        x = sample_stage(model, diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn,
+                         generator=generator, on_step=on_step, edit=stage_edit, resample_times=inpaint_resample_times)
+        img = unnormalize_zero_to_one(vae.decode(x)).clamp(0.0, 1.0)
+        return img if known_px is None else torch.where(mask_px, known_px, img)  # the known pixels exactly
 
 
 def _networks_and_config(unet, vae, config, kwargs: dict) -> tuple[tuple[Unet, ...], tuple, DecoderConfig]:
@@ -506,16 +501,6 @@ def _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler) -> _
         raise ValueError(f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
     # strength 1 starts from pure noise: plain sampling, the image plays no part
     return _Edit(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask)
-
-
-def sdedit_diffusion(diffusion: GaussianDiffusion, strength: float) -> GaussianDiffusion | None:
-    """The first round(strength * T) steps of `diffusion` (SDEdit, Meng et al. 2022): sampling from its last
-    index re-draws that fraction of the schedule. None for 0 steps. Same tables, so every sampler runs on it."""
-    keep = round(strength * diffusion.num_timesteps)
-    if keep == 0:
-        return None
-    return GaussianDiffusion(alphas_cumprod=diffusion.alphas_cumprod[:keep], objective=diffusion.objective,
-                             learned_variance=diffusion.learned_variance, timestep_map=diffusion.timestep_map[:keep])
 
 
 def _frozen_clip(clip, cfg: DecoderConfig) -> tuple[ClipAdapter | None, DecoderConfig]:

@@ -1,6 +1,7 @@
 """Parameter-free diffusion math: schedules, the Gaussian diffusion, respacing, guidance, samplers."""
 
 from .config import DiffusionConfig
+from .edit import StageEdit, redraws_nothing, sample_stage, truncated_diffusion
 from .gaussian import OBJECTIVES, POSTERIOR_LOG_VARIANCES, GaussianDiffusion, ModelPrediction, PMeanVariance
 from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp, static_clamping
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
@@ -20,6 +21,10 @@ from .samplers import (
 from .schedules import BETA_SCHEDULES, beta_schedule
 
 __all__ = [
+    "StageEdit",
+    "redraws_nothing",
+    "sample_stage",
+    "truncated_diffusion",
     "BETA_SCHEDULES",
     "DiffusionConfig",
     "OBJECTIVES",

@@ -359,6 +359,20 @@ class Pipeline(nn.Module, abc.ABC):
         raise ValueError("this model cannot mix prompt and image ends")
 
 
+def edit_options(edit: ImageEdit | None, batch: int) -> dict:
+    """A cascade's `sample` keywords (`Decoder`, `KarloCascade`) for img2img (SDEdit) or inpainting (RePaint keeps
+    where the mask is False)."""
+    if edit is None:
+        return {}
+    image = edit.image.expand(batch, -1, -1, -1) if edit.image.shape[0] == 1 else edit.image
+    if edit.mask is None:
+        return dict(init_image=image, strength=edit.strength)
+    if edit.strength != 1.0:
+        raise ValueError("inpainting re-draws the masked region fully; strength applies to img2img without a mask")
+    mask = edit.mask.expand(batch, -1, -1) if edit.mask.shape[0] == 1 else edit.mask
+    return dict(inpaint_image=image, inpaint_mask=~mask)
+
+
 def per_stage(values, n: int, setting: str) -> tuple:
     """One value per decoder stage from a scalar or a list of 1 or n values."""
     values = cast_tuple(values)
@@ -403,5 +417,6 @@ __all__ = [
     "StageDefaults",
     "TextCondition",
     "check_finite",
+    "edit_options",
     "per_stage",
 ]

@@ -25,6 +25,7 @@ from dalle2_core.pipeline.base import (
     StageDefaults,
     TextCondition,
     check_finite,
+    edit_options,
 )
 from dalle2_core.prior.prior import rerank_by_similarity
 from dalle2_core.prior.standardized_prior import StandardizedPrior
@@ -126,8 +127,6 @@ class KarloPipeline(Pipeline):
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
                edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
         with self.on_device(self.decoder):
-            if exists(edit):
-                raise ValueError("the karlo family does not start from pictures yet (img2img, inpainting); use --image for variations")
             b = image_embed.shape[0]
             rows = lambda t: t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731  (the empty prompt is one row)
             text_embed, encodings, mask = (rows(t) for t in (text if exists(text) else self._empty_prompt())[:3])
@@ -137,7 +136,7 @@ class KarloPipeline(Pipeline):
                 uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), negative_text[:3]), image_embed=negative_embed)
             return self.decoder.sample(image_embed, encodings, mask, text_embed=text_embed, cond_scale=settings.cond_scale,
                                        steps=settings.steps, sampler=settings.sampler, generator=generator, uncond=uncond,
-                                       on_step=self._stage_hook(settings, on_step))
+                                       on_step=self._stage_hook(settings, on_step), **edit_options(edit, b))
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:

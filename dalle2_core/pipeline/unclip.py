@@ -23,6 +23,7 @@ from dalle2_core.pipeline.base import (
     StageDefaults,
     TextCondition,
     check_finite,
+    edit_options,
 )
 from dalle2_core.prior.prior import DiffusionPrior, rerank_by_similarity
 
@@ -142,7 +143,7 @@ class UnclipPipeline(Pipeline):
             b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
             return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
                                   steps=settings.steps, generator=generator, on_step=self._stage_hook(settings, on_step),
-                                  uncond=uncond or None, **_edit_options(edit, b))
+                                  uncond=uncond or None, **edit_options(edit, b))
 
     def _decoder_cond(self, image_embed: torch.Tensor, text: TextCondition | None) -> dict:
         cond = dict(image_embed=image_embed)
@@ -203,19 +204,6 @@ class UnclipPipeline(Pipeline):
         encodings = zeros(like.text_encodings)
         mask = torch.zeros(1, n, dtype=torch.bool, device=like.text_embed.device) if exists(like.text_mask) else None
         return TextCondition(zeros(like.text_embed), encodings, mask, [""])
-
-
-def _edit_options(edit: ImageEdit | None, batch: int) -> dict:
-    """`Decoder.sample` keywords for img2img (SDEdit) or inpainting (RePaint keeps where the mask is False)."""
-    if edit is None:
-        return {}
-    image = edit.image.expand(batch, -1, -1, -1) if edit.image.shape[0] == 1 else edit.image
-    if edit.mask is None:
-        return dict(init_image=image, strength=edit.strength)
-    if edit.strength != 1.0:
-        raise ValueError("inpainting re-draws the masked region fully; strength applies to img2img without a mask")
-    mask = edit.mask.expand(batch, -1, -1) if edit.mask.shape[0] == 1 else edit.mask
-    return dict(inpaint_image=image, inpaint_mask=~mask)
 
 
 __all__ = ["UnclipPipeline"]
