@@ -8,15 +8,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console entry point; Ctrl-C while the command modules load is one line too, exit 130."""
-    try:
-        from dream_cli.main import main as run
-    except KeyboardInterrupt:
-        import sys
+    """The console entry point; Ctrl-C is one line, exit 130, also while the command modules load."""
+    from dream_cli import interrupt
 
-        sys.stderr.write("Interrupted.\n")
-        sys.exit(130)
-    run(argv)
+    interrupt.install()
+    try:
+        from dream_cli.cli import main as run_cli
+    except (interrupt.Interrupted, KeyboardInterrupt):
+        interrupt.exit_interrupted()
+    run_cli(argv)
 
 
 __all__ = ["main"]

@@ -9,32 +9,18 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 
 import click
+
+from dream_cli import interrupt
 
 
 class DreamError(click.ClickException):
     """A runtime failure (model cannot be loaded, output cannot be written): exit code 1."""
 
     exit_code = 1
-
-
-class Interrupted(BaseException):
-    """Ctrl-C (SIGINT). Not a KeyboardInterrupt, so no library turns it into its own message on the way out;
-    every temporary file is still removed by the `finally` blocks it unwinds through."""
-
-
-INTERRUPTED_CODE = 130  # 128 + SIGINT, as shells report it
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted()
-
-
-def interrupted() -> None:
-    click.echo("Interrupted.", err=True)
-    sys.exit(INTERRUPTED_CODE)
 
 
 def one_line(text: object) -> str:
@@ -79,16 +65,26 @@ def run(command: click.Command, args: list[str] | None, prog_name: str | None, *
     """Run a click command with `dream`'s error reporting instead of click's standalone handling."""
     args = list(sys.argv[1:] if args is None else args)
     debug = wants_debug(args)
-    previous = signal.signal(signal.SIGINT, _raise_interrupted)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT)
+    if in_main_thread:
+        interrupt.install()
     try:
         code = click.Command.main(command, args, prog_name, standalone_mode=False, **extra)
-    except (click.ClickException, click.Abort) as err:
-        sys.exit(report(err, debug))
-    except (Interrupted, KeyboardInterrupt):
-        interrupted()
-    except Exception as err:
+    except (interrupt.Interrupted, KeyboardInterrupt):
+        interrupt.exit_interrupted()
+    except (click.ClickException, click.Abort, Exception) as err:
+        if interrupt.happened():  # an error the interrupt caused on its way out
+            interrupt.exit_interrupted()
         sys.exit(report(err, debug))
     finally:
-        signal.signal(signal.SIGINT, previous)
-    # standalone_mode=False returns the Exit code of --help/--version, or the command's result
-    sys.exit(code if isinstance(code, int) else 0)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    # an interrupt that something swallowed on its way (import machinery, a finaliser) still ends the run
+    _exit_unless_interrupted(code if isinstance(code, int) else 0)
+
+
+def _exit_unless_interrupted(code: int) -> None:
+    if interrupt.happened():
+        interrupt.exit_interrupted()
+    sys.exit(code)

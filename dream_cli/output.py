@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dalle2_core.atomic import atomic_path
+from dream_cli import interrupt
 from dream_cli.errors import DreamError, one_line
 
 if TYPE_CHECKING:
@@ -181,6 +182,8 @@ def save_png(image: torch.Tensor, outdir: Path, stem: str, text: dict[str, str])
     """
     from PIL.PngImagePlugin import PngInfo
 
+    if interrupt.happened():  # Ctrl-C that something swallowed: write nothing more
+        raise interrupt.Interrupted()
     pil = to_pil(image)
     meta = PngInfo()
     for key, value in text.items():

@@ -30,7 +30,7 @@ def scenarios(work: Path) -> dict:
 
 
 def dream_train(work: Path, out: Path) -> None:
-    from dream_cli.main import cli
+    from dream_cli.cli import cli
 
     args = ["train", "--data", work / "folder", "--out", out, "--stage", "decoder", "--steps", 2, "--batch-size", 4,
             "--config", work / "tiny.json", "--image-size", 32, "--device", "cpu"]

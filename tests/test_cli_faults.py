@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
-from dream_cli.main import cli
+from dream_cli.cli import cli
 from dream_cli.output import MAX_IMAGE_PIXELS, MAX_SIDE, SETTINGS_CHUNK, load_image
 
 DREAM = [sys.executable, "-c", "from dream_cli import main; main()"]
@@ -42,12 +42,13 @@ def leftovers(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("after", [0.2, 0.8])
+def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, after):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([*DREAM, "--model", "shapes", "--outdir", str(tmp_path), "-q", "a red circle"],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        proc.wait(timeout=0.5)  # still importing torch and the model when the signal arrives
+        proc.wait(timeout=after)  # importing the command modules, torch or the model when the signal arrives
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from dream_cli.main import cli
+from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
 SHAPES_FAST = ("--model", "shapes", "--steps", "4,3", "--prior-steps", "4", "-q")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
-from dream_cli.main import cli
+from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
 

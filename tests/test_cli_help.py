@@ -4,7 +4,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from dream_cli.main import cli
+from dream_cli.cli import cli
 
 
 def test_help_lists_the_program():

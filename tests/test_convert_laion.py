@@ -31,7 +31,7 @@ from dalle2_core.decoder import Unet
 from dalle2_core.diffusion import classifier_free_guidance, static_clamp
 from dalle2_core.helpers import normalize_neg_one_to_one
 from dalle2_core.prior import DiffusionPriorNetwork
-from dream_cli.main import cli
+from dream_cli.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "laion"
 FILES = {name: FIXTURES / f"{name}.{'json' if name.endswith('config') else 'pth'}"

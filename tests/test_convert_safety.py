@@ -14,7 +14,7 @@ from dalle2_core.convert import UnsafeCheckpointError, convert_laion, load_check
 from dalle2_core.convert.laion_keys import rename_layernorm_gamma, unet_key
 from dalle2_core.convert.safe_load import PickledRecord, version_string
 from dalle2_core.hub import ModelNotFoundError, resolve_model
-from dream_cli.main import cli
+from dream_cli.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "laion"
 FILES = {name: FIXTURES / f"{name}.{'json' if name.endswith('config') else 'pth'}"

@@ -12,7 +12,7 @@ from PIL import Image
 from dalle2_core.checkpoint import load_model, save_model
 from dalle2_core.pipeline import UnclipPipeline
 from dalle2_core.shapes import ATTRIBUTES, eval_prompts, parse_caption, read_attributes, render
-from dream_cli.main import cli
+from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK
 
 

@@ -18,7 +18,7 @@ from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
 from dalle2_core.convert.diffusers_unclip import KARLO_DEFAULTS, convert_unclip
 from dalle2_core.pipeline import KarloPipeline, load_pipeline
 from dalle2_core.prior import rerank_by_similarity
-from dream_cli.main import cli
+from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
 HF_CLIP = Path(__file__).parent / "fixtures" / "hf_clip"

@@ -28,7 +28,7 @@ from dalle2_core.shapes import (
     score,
 )
 from dalle2_core.shapes.world import WHERE, object_mask
-from dream_cli.main import cli
+from dream_cli.cli import cli
 
 # --- splits -----------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dalle2_core.checkpoint import load_model, read_index
 from dalle2_core.diffusion import SAMPLERS
 from dalle2_core.hub import bundled_path, resolve_model
 from dalle2_core.shapes import eval_prompts, score
-from dream_cli.main import cli
+from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK
 
 BUNDLE = bundled_path("shapes")

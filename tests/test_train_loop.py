@@ -10,7 +10,7 @@ from train_data import TINY, write_config, write_folder
 
 from dalle2_core import checkpoint
 from dalle2_core.train.loop import TrainingError, TrainSettings, train
-from dream_cli.main import cli
+from dream_cli.cli import cli
 
 
 @pytest.fixture(scope="module")

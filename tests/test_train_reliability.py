@@ -17,7 +17,7 @@ from train_data import TINY, write_config, write_folder
 
 from dalle2_core.atomic import remove_temporaries
 from dalle2_core.train.loop import TrainingError, TrainSettings, train
-from dream_cli.main import cli
+from dream_cli.cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def hanging(obj, path, *args, **kwargs):
         time.sleep(600)
     return real(obj, path, *args, **kwargs)
 torch.save = hanging
-from dream_cli.main import main
+from dream_cli.cli import main
 main(sys.argv[3:])
 """
 
