@@ -98,8 +98,10 @@ class _Reporter:
     def _done(self, info: dict) -> None:
         skipped = info.get("skipped") or {}
         if skipped:
-            self.console.print("skipped examples: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
-        self.console.print(f"model: {info['path']}  (sample with: dream --model {info['path']} 'a prompt')")
+            self.console.print("skipped examples: " + ", ".join(f"{n} {why}" for why, n in skipped.items()), soft_wrap=True)
+        # one unwrapped line: paths must stay copyable
+        self.console.print(f"model: {info['path']}  (sample with: dream --model {info['path']} 'a prompt')", soft_wrap=True,
+                           highlight=False)
 
 
 def _parse_clip(ctx, param, value):

@@ -276,7 +276,7 @@ def test_not_a_pipeline_folder(tmp_path):
     write_json(tmp_path / "dream" / "model_index.json", {"format": "dream-model", "version": 1})
     with pytest.raises(DiffusersFolderError, match=r"has no '_class_name': not a diffusers pipeline folder"):
         read_diffusers_folder(tmp_path / "dream")
-    with pytest.raises(DiffusersFolderError, match=r"model_index\.json is missing: a diffusers pipeline index"):
+    with pytest.raises(DiffusersFolderError, match=r"model_index\.json does not exist; expected a diffusers pipeline index"):
         read_diffusers_folder(tmp_path / "nowhere")
     write_json(tmp_path / "partial" / "model_index.json", {"_class_name": "UnCLIPPipeline", "prior": ["diffusers", "PriorTransformer"]})
     with pytest.raises(DiffusersFolderError, match=r"lists component 'prior' \(diffusers\.PriorTransformer\) but .* is missing"):

@@ -37,15 +37,12 @@ class PickleWeightsRefused(DiffusersFolderError):
 
 
 def _read_json(path: Path, what: str) -> dict:
+    from dalle2_core.checkpoint import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DiffusersFolderError(f"{path} is missing: {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DiffusersFolderError(f"{path} is not valid JSON ({' '.join(str(err).split())[:200]}): {what}") from None
-    if not isinstance(data, dict):
-        raise DiffusersFolderError(f"{path} holds a {type(data).__name__}, not an object: {what}")
-    return data
+        return read_json(path, what)
+    except (FileNotFoundError, ValueError) as err:
+        raise DiffusersFolderError(str(err)) from None
 
 
 def _variant_names(stem: str, variant: str | None) -> tuple[str, str]:

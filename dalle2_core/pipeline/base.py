@@ -181,6 +181,19 @@ class Pipeline(nn.Module, abc.ABC):
         except (TypeError, ValueError) as err:
             raise SettingError(_field_named(err), str(err)) from None
 
+    def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
+        """A cascade's `on_step(stage_number, i, total, x)`: names the stage, and refuses a stage whose x_0 (after
+        its last step, before it is decoded and clamped) holds NaN or infinity."""
+        names, scales = self.stage_names, settings.cond_scale
+
+        def step(stage_number: int, i: int, total: int, x: torch.Tensor) -> None:
+            if i == total - 1:
+                check_finite(x, names[stage_number - 1], scales[stage_number - 1])
+            if exists(on_step):
+                on_step(names[stage_number - 1], i, total, x)
+
+        return step
+
     def stages(self, settings: SamplingSettings) -> list[tuple[str, int]]:
         """(stage name, steps) in the order a text-to-image run goes through them."""
         prior = [(PRIOR_STAGE, settings.prior_steps)] if self.has_prior and not self.unconditional else []

@@ -148,15 +148,4 @@ class KarloPipeline(Pipeline):
             return self.decoder.upscale(small, steps=settings.steps[1], sampler=settings.sampler, generator=generator,
                                         on_step=self._stage_hook(settings, on_step))
 
-    def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
-        def step(stage_number: int, i: int, total: int, x: torch.Tensor) -> None:
-            name = STAGE_NAMES[stage_number - 1]
-            if i == total - 1:
-                check_finite(x, name, settings.cond_scale[stage_number - 1])
-            if exists(on_step):
-                on_step(name, i, total, x)
-
-        return step
-
-
 __all__ = ["KarloPipeline"]

@@ -167,18 +167,6 @@ class UnclipPipeline(Pipeline):
                                   steps=settings.steps, start_at_unet_number=2, start_image_or_video=low, generator=generator,
                                   on_step=self._stage_hook(settings, on_step))
 
-    def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
-        """The decoder's on_step: names the stage, and refuses a stage whose x_0 is NaN or infinite."""
-        names, scales = self.stage_names, settings.cond_scale
-
-        def step(unet_number: int, i: int, total: int, x: torch.Tensor) -> None:
-            if i == total - 1:  # x is the stage's x_0: caught before it is decoded and clamped
-                check_finite(x, names[unet_number - 1], scales[unet_number - 1])
-            if exists(on_step):
-                on_step(names[unet_number - 1], i, total, x)
-
-        return step
-
     def _decoder_text(self, text: TextCondition | None, batch: int) -> dict:
         """Text encodings for the decoder: the shared encoding, its own CLIP's, or its learned null text."""
         if text is None:
