@@ -371,14 +371,7 @@ class Decoder(nn.Module):
             range(start, stop + 1), image_embed, text, text_encodings, text_mask, batch_size)
         edit = _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler)
 
-        img = None
-        if start > 0:
-            if not exists(start_image_or_video):
-                raise ValueError(f"start_at_unet_number={start + 1} needs start_image_or_video (the stage {start} images)")
-            if start_image_or_video.shape[0] != batch_size:
-                raise ValueError(f"start_image_or_video has batch {start_image_or_video.shape[0]}, expected {batch_size}")
-            img = resize_image_to(start_image_or_video, self.image_sizes[start - 1])
-
+        img = self._start_images(start, start_image_or_video, batch_size)
         scales = self.config.per_unet(cond_scale, "cond_scale")
         default_steps = self.config.per_unet(self.config.diffusion.sample_timesteps)
         steps = self.config.per_unet(steps, "steps") if exists(steps) else default_steps
@@ -397,6 +390,16 @@ class Decoder(nn.Module):
         finally:
             self.train(was_training)
         return img
+
+    def _start_images(self, start: int, images: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        """What the first running stage upsamples: None for the base unet, else the previous stage's images."""
+        if start == 0:
+            return None
+        if not exists(images):
+            raise ValueError(f"start_at_unet_number={start + 1} needs start_image_or_video (the stage {start} images)")
+        if images.shape[0] != batch_size:
+            raise ValueError(f"start_image_or_video has batch {images.shape[0]}, expected {batch_size}")
+        return resize_image_to(images, self.image_sizes[start - 1])
 
     def _sample_conditions(self, stages, image_embed, text, text_encodings, text_mask, batch_size):
         """(image_embed, text_encodings, text_mask, batch) for the stages that will run; None where none uses it."""

@@ -105,42 +105,12 @@ class GaussianDiffusion:
             raise ValueError(f"timestep_map needs {T} entries (one per step), got shape {tuple(timestep_map.shape)}")
         self.timestep_map = timestep_map
 
-        alphas = 1.0 - betas
-        if not exists(alphas_cumprod):
-            alphas_cumprod = torch.cumprod(alphas, dim=0)
-        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)  # Ho et al. eq. 7
-        if posterior_log_variance == "unclipped":
-            posterior_log_variance_table = torch.log(posterior_variance.clamp(min=1e-20))
-        elif T > 1:
-            # the posterior variance is 0 at t = 0; Improved DDPM substitutes the t = 1 value so the log stays finite
-            posterior_log_variance_table = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
-        else:
-            posterior_log_variance_table = torch.log(posterior_variance.clamp(min=1e-20))
-
+        self._tables = _tables(betas, alphas_cumprod, posterior_log_variance)
         # float64 master tables; `lookup` casts them to the input's device and dtype
         self.betas = betas
-        self.alphas_cumprod = alphas_cumprod
-        self.alphas_cumprod_prev = alphas_cumprod_prev
-        self.posterior_variance = posterior_variance
-        self._tables = {
-            "betas": betas,
-            "log_betas": torch.log(betas),
-            "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
-            "sqrt_alphas": torch.sqrt(alphas),
-            "sqrt_betas": torch.sqrt(betas),
-            "sqrt_alphas_cumprod": torch.sqrt(alphas_cumprod),
-            "sqrt_one_minus_alphas_cumprod": torch.sqrt(1.0 - alphas_cumprod),
-            "sqrt_recip_alphas_cumprod": torch.sqrt(1.0 / alphas_cumprod),
-            "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / alphas_cumprod - 1.0),
-            "snr": alphas_cumprod / (1.0 - alphas_cumprod),
-            "posterior_variance": posterior_variance,
-            "posterior_log_variance": posterior_log_variance_table,
-            # Ho et al. eq. 7: mu~ = coef1 * x_0 + coef2 * x_t
-            "posterior_mean_coef1": betas * torch.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * torch.sqrt(alphas) / (1.0 - alphas_cumprod),
-        }
+        self.alphas_cumprod = self._tables["alphas_cumprod"]
+        self.alphas_cumprod_prev = self._tables["alphas_cumprod_prev"]
+        self.posterior_variance = self._tables["posterior_variance"]
         self._cast: dict[tuple, torch.Tensor] = {}  # per-(table, device, dtype) copies, so lookups never re-upload
 
     @classmethod
@@ -383,6 +353,39 @@ class GaussianDiffusion:
     def sample_timesteps(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniform training timesteps (b,)."""
         return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+
+
+def _tables(betas: torch.Tensor, alphas_cumprod: torch.Tensor | None, posterior_log_variance: str) -> dict[str, torch.Tensor]:
+    """Every schedule table the diffusion looks up (float64, on the CPU), from its betas (and alpha_bar if given)."""
+    T = betas.numel()
+    alphas = 1.0 - betas
+    if not exists(alphas_cumprod):
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+    alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)  # Ho et al. eq. 7
+    if posterior_log_variance == "unclipped" or T == 1:
+        posterior_log_variance_table = torch.log(posterior_variance.clamp(min=1e-20))
+    else:
+        # the posterior variance is 0 at t = 0; Improved DDPM substitutes the t = 1 value so the log stays finite
+        posterior_log_variance_table = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+    return {
+        "betas": betas,
+        "log_betas": torch.log(betas),
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": alphas_cumprod_prev,
+        "sqrt_alphas": torch.sqrt(alphas),
+        "sqrt_betas": torch.sqrt(betas),
+        "sqrt_alphas_cumprod": torch.sqrt(alphas_cumprod),
+        "sqrt_one_minus_alphas_cumprod": torch.sqrt(1.0 - alphas_cumprod),
+        "sqrt_recip_alphas_cumprod": torch.sqrt(1.0 / alphas_cumprod),
+        "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / alphas_cumprod - 1.0),
+        "snr": alphas_cumprod / (1.0 - alphas_cumprod),
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance": posterior_log_variance_table,
+        # Ho et al. eq. 7: mu~ = coef1 * x_0 + coef2 * x_t
+        "posterior_mean_coef1": betas * torch.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * torch.sqrt(alphas) / (1.0 - alphas_cumprod),
+    }
 
 
 __all__ = ["OBJECTIVES", "POSTERIOR_LOG_VARIANCES", "GaussianDiffusion", "ModelPrediction", "PMeanVariance"]
