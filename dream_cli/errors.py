@@ -34,7 +34,7 @@ def wants_debug(args: list[str]) -> bool:
     return "--debug" in head or os.environ.get("DREAM_DEBUG", "") not in ("", "0")
 
 
-def report(err: BaseException, debug: bool) -> int:
+def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
     """Print `err` as one line and return the exit code (re-raises when debugging)."""
     if isinstance(err, click.exceptions.NoArgsIsHelpError):
         err.show()
@@ -44,7 +44,8 @@ def report(err: BaseException, debug: bool) -> int:
             traceback.print_exception(err.__context__)  # the library error behind the one line
         message = err.format_message()
         if isinstance(err, click.NoSuchOption) and err.ctx is not None and err.ctx.command.name == "generate":
-            message = one_line(message) + f" (a prompt that starts with '-' goes after '--': dream -- {err.option_name!r})"
+            word = next((a for a in args if a.startswith(err.option_name)), err.option_name)  # '-dash' given, '-d' parsed
+            message = one_line(message) + f" (a prompt that starts with '-' goes after '--': dream -- {word!r})"
         elif isinstance(err, click.UsageError) and not isinstance(err, click.BadParameter):
             ctx = err.ctx
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
@@ -76,7 +77,7 @@ def run(command: click.Command, args: list[str] | None, prog_name: str | None, *
     except (click.ClickException, click.Abort, Exception) as err:
         if interrupt.happened():  # an error the interrupt caused on its way out
             interrupt.exit_interrupted()
-        sys.exit(report(err, debug))
+        sys.exit(report(err, debug, args))
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)

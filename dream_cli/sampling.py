@@ -170,7 +170,7 @@ def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offlo
         if offload:
             pipeline.offload(device)
     except ModelLoadError as err:
-        hint = "; use --model shapes, the bundled model that needs no download" if getattr(err, "offline", False) else ""
+        hint = "; use --model shapes" if getattr(err, "offline", False) else ""
         raise DreamError(one_line(err) + hint) from None
     return pipeline, resolved
 

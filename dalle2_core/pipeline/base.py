@@ -170,11 +170,12 @@ class Pipeline(nn.Module, abc.ABC):
             if prior_steps > total:
                 raise SettingError("prior_steps",
                                    f"{prior_steps} steps exceed the prior's {total} training timesteps; accepted: 1..{total}")
+        cond_scale = per_stage(base["cond_scale"], n, "cond_scale")
         try:
             return SamplingSettings.build(
                 base,
                 steps=tuple(int(s) for s in steps),
-                cond_scale=tuple(float(v) for v in per_stage(base["cond_scale"], n, "cond_scale")),
+                cond_scale=tuple(float(v) for v in cond_scale),
                 prior_cond_scale=float(base["prior_cond_scale"]),
                 prior_steps=prior_steps,
             )
