@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dalle2_core.checkpoint import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ModelLoadError, one_line
+from dalle2_core.checkpoint import INDEX_FILE
 from dalle2_core.choices import BUNDLED, DEFAULT_MODEL, PRESETS
+from dalle2_core.component import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError, one_line
 from dalle2_core.helpers import exists
 
 # a Hub repo id, optionally pinned: org/name or org/name@revision (branch, tag or commit)

@@ -9,11 +9,11 @@ from checkpoint_tiny import DEFAULTS, save_tiny_model, tiny_modules
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dalle2_core import checkpoint
+from dalle2_core import component
+from dalle2_core.atomic import atomic_path
 from dalle2_core.checkpoint import (
     ModelLoadError,
     SamplingSettings,
-    atomic_path,
     load_component,
     load_model,
     save_component,
@@ -208,7 +208,7 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
             f.write(b"\x00" * 100)
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", crash)
+    monkeypatch.setattr(component, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         save_model(folder, prior=new_prior)
     after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}

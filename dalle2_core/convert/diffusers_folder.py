@@ -37,7 +37,7 @@ class PickleWeightsRefused(DiffusersFolderError):
 
 
 def _read_json(path: Path, what: str) -> dict:
-    from dalle2_core.checkpoint import read_json
+    from dalle2_core.component import read_json
 
     try:
         return read_json(path, what)

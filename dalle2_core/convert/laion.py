@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalle2_core.checkpoint import SamplingSettings, read_json, save_model, write_json
+from dalle2_core.checkpoint import SamplingSettings, save_model
 from dalle2_core.clip.open_clip_adapter import OpenClipConfig
+from dalle2_core.component import read_json, write_json
 from dalle2_core.convert.laion_config import (
     Notes,
     clip_name,

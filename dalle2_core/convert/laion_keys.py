@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from dalle2_core.checkpoint import few, state_mismatch
+from dalle2_core.component import few, state_mismatch
 from dalle2_core.diffusion import GaussianDiffusion
 from dalle2_core.helpers import exists
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from dalle2_core import checkpoint
+from dalle2_core.atomic import atomic_path
 from dalle2_core.data.batch import Batch
 from dalle2_core.helpers import exists
 from dalle2_core.train import distributed
@@ -155,7 +156,7 @@ def _save_grid(images: torch.Tensor, path: Path) -> Path:
     from torchvision.utils import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with checkpoint.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         save_image(images.float().clamp(0, 1), tmp, format="png", nrow=int(math.ceil(math.sqrt(len(images)))))
     return path
 
