@@ -24,3 +24,11 @@ import pytest  # noqa: E402
 def _dream_cache(tmp_path_factory):
     """Caches dream writes (converted models, weight hashes) go to a temporary folder, not the user's."""
     os.environ["DREAM_CACHE"] = str(tmp_path_factory.mktemp("dream-cache"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny CLIP + prior + decoder model folder (checkpoint_tiny), one per test module."""
+    from checkpoint_tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

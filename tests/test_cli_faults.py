@@ -11,24 +11,13 @@ import sys
 import zlib
 
 import pytest
-from checkpoint_tiny import save_tiny_model
-from click.testing import CliRunner
+from cli_helpers import dream
 from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
-from dream_cli.cli import cli
 from dream_cli.output import MAX_IMAGE_PIXELS, MAX_SIDE, SETTINGS_CHUNK, load_image
 
 DREAM = [sys.executable, "-c", "from dream_cli import main; main()"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
-def dream(*args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
 def error_line(result_or_stderr) -> str:

@@ -8,25 +8,14 @@ import sys
 
 import pytest
 import torch
-from checkpoint_tiny import save_tiny_model
-from click.testing import CliRunner
+from cli_helpers import dream
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
 SHAPES_FAST = ("--model", "shapes", "--steps", "4,3", "--prior-steps", "4", "-q")
 RED_LEFT = "a large red circle on the left on a blue background"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
-def dream(*args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
 def pixels(path):

@@ -9,21 +9,11 @@ import shutil
 import pytest
 import torch
 from checkpoint_tiny import copy_model, save_tiny_model
-from click.testing import CliRunner
+from cli_helpers import dream
 from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
-from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
-def dream(*args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
 def pixels(path):

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import dream
 
 from dalle2_core.convert import UnsafeCheckpointError, convert_laion, load_checkpoint
 from dalle2_core.convert.laion_keys import rename_layernorm_gamma, unet_key
 from dalle2_core.convert.safe_load import PickledRecord, version_string
 from dalle2_core.hub import ModelNotFoundError, resolve_model
-from dream_cli.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "laion"
 FILES = {name: FIXTURES / f"{name}.{'json' if name.endswith('config') else 'pth'}"
@@ -37,10 +36,6 @@ class Evaluates:
 
     def __reduce__(self):
         return (eval, (f"open({str(self.marker)!r}, 'w')",))
-
-
-def dream(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_a_crafted_torch_file_is_refused_and_nothing_runs(tmp_path):

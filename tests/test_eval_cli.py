@@ -5,24 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from checkpoint_tiny import save_tiny_model
-from click.testing import CliRunner
+from cli_helpers import dream
 from PIL import Image
 
 from dalle2_core.checkpoint import load_model, save_model
 from dalle2_core.pipeline import UnclipPipeline
 from dalle2_core.shapes import ATTRIBUTES, eval_prompts, parse_caption, read_attributes, render
-from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
-
-
-def dream(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def eval_json(model_dir, *args):
