@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from train_data import write_work
 
 from dalle2_core import checkpoint
+from dalle2_core.component import WEIGHTS_FILE
 
 ROOT = Path(__file__).parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -29,7 +30,7 @@ def work(tmp_path_factory):
 
 
 def _weights(run: Path, component: str) -> dict[str, torch.Tensor]:
-    return load_file(run / component / checkpoint.WEIGHTS_FILE)
+    return load_file(run / component / WEIGHTS_FILE)
 
 
 def test_every_stage_and_data_source_under_torchrun(work):

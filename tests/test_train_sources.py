@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from train_data import shapes, write_embeddings, write_work
 
 from dalle2_core import checkpoint
+from dalle2_core.component import WEIGHTS_FILE
 from dalle2_core.train.loop import TrainingError, TrainSettings, train
 
 
@@ -25,7 +26,7 @@ def settings(work, out, **kw):
 
 
 def weights(run, component):
-    return load_file(run / component / checkpoint.WEIGHTS_FILE)
+    return load_file(run / component / WEIGHTS_FILE)
 
 
 class Crash(Exception):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dalle2_core import checkpoint
+from dalle2_core import checkpoint, component
 from dalle2_core.atomic import atomic_path, remove_temporaries
 from dalle2_core.train.settings import TrainingError
 
@@ -95,7 +95,7 @@ class RunDir:
     def component(self, name: str) -> Path | None:
         """The component folder `name` when the run has one (a resumed run)."""
         path = self.root / name
-        return path if (path / checkpoint.CONFIG_FILE).is_file() else None
+        return path if (path / component.CONFIG_FILE).is_file() else None
 
     def remove_temporaries(self) -> list[Path]:
         """Temporary files and folders that a killed save left in the run (ours only, by name)."""
