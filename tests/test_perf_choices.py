@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from dalle2_core.adm import AdmUnet
-from dalle2_core.decoder import Decoder, Unet
-from dalle2_core.decoder import unet as unet_module
+from dalle2_core.decoder import Decoder, Unet, unet as unet_module
 from dalle2_core.diffusion import classifier_free_guidance
 from dalle2_core.nn import compile_for_inference
 
