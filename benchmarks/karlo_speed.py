@@ -169,9 +169,10 @@ def image_worker(args) -> dict:
     embed = prior.sample(text_embed, states, mask, steps=2, uncond=empty)
     image = cascade.sample(embed, states, mask, text_embed=text_embed, steps=(2, 2), uncond=empty)
     _sync(args.device)
+    peak = _peak_now(args.device)
+    total = peak - base0 if args.device.startswith("cuda") else peak  # CUDA: allocated; CPU: the whole resident set
     return dict(net="image", dtype=args.dtype, seconds=time.perf_counter() - start, weights_bytes=weights,
-                peak_above_weights=_peak_now(args.device) - base, peak_total=_peak_now(args.device) - base0 if args.device.startswith("cuda")
-                else _peak_now(args.device), shape=list(image.shape), finite=bool(torch.isfinite(image).all()))
+                peak_above_weights=peak - base, peak_total=total, shape=list(image.shape), finite=bool(torch.isfinite(image).all()))
 
 
 def run(*argv: str, device: str) -> dict:
@@ -204,7 +205,8 @@ def table(rows: list[dict], args, peaks: dict, flops: dict, command: str) -> str
             lines.append(f"| {r['net']} | {r['dtype']} | | | | | | | | {r['error']} |")
             continue
         if r["net"] == "image":
-            note = f"whole image {r['seconds']:.0f} s; weights {r['weights_bytes'] / MiB:,.0f} MiB, process peak {r['peak_total'] / MiB:,.0f} MiB"
+            note = (f"whole image {r['seconds']:.0f} s; weights {r['weights_bytes'] / MiB:,.0f} MiB, "
+                    f"process peak {r['peak_total'] / MiB:,.0f} MiB")
             lines.append(f"| image 256 px | {r['dtype']} | | 1 | | | | | {r['peak_above_weights'] / MiB:,.0f} | {note} |")
             continue
         f = flops.get(r["net"])
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     for dtype in args.dtypes:
         for net in args.nets:
             for offload in ([False, True] if args.offload else [False]):
-                row = run("--worker", "step", "--net", net, "--dtype", dtype, *common, *(["--offload"] if offload else []), device=args.device)
+                extra = ["--offload"] if offload else []
+                row = run("--worker", "step", "--net", net, "--dtype", dtype, *common, *extra, device=args.device)
                 rows.append({"net": net + (" (offload)" if offload else ""), "dtype": dtype, **row})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if not args.skip_image and not args.tiny:

@@ -62,10 +62,10 @@ def run_worker(python: str, impl: str, case: str, args, *, measure_memory: bool)
 
 
 def _ours_options(args) -> list[str]:
-    """Our opt-in paths (the peer has none of them): the compiled path, a sampling budget, unet options."""
+    """Our opt-in paths (the peer has none of them): the compiled path, a sampling row cap, unet options."""
     out = ["--fast"] if args.ours_fast else []
-    if args.ours_sampling_budget_mib is not None:
-        out += ["--sampling-budget-mib", str(args.ours_sampling_budget_mib)]
+    if args.ours_sampling_max_batch is not None:
+        out += ["--sampling-max-batch", str(args.ours_sampling_max_batch)]
     for option in args.ours_unet_option:
         out += ["--unet-option", option]
     return out
@@ -225,15 +225,15 @@ def _setting(args, sep: str) -> str:
     parts += ["compiled"] if args.compile else []
     parts += ["channels-last"] if args.channels_last else []
     parts += ["ours-fast"] if args.ours_fast else []
-    parts += [f"ours-budget{args.ours_sampling_budget_mib:g}MiB"] if args.ours_sampling_budget_mib is not None else []
+    parts += [f"ours-max-batch{args.ours_sampling_max_batch}"] if args.ours_sampling_max_batch is not None else []
     parts += ["ours-" + o.replace("=", "-").lower() for o in args.ours_unet_option]
     return sep.join(parts)
 
 
 def _ours_description(args) -> str:
     parts = ["compile_for_inference (torch.compile, inductor freezing) on sampling, torch.compile on training"] if args.ours_fast else []
-    if args.ours_sampling_budget_mib is not None:
-        parts.append(f"Unet.sampling_memory_budget = {args.ours_sampling_budget_mib:g} MiB (guidance branches chunked past it)")
+    if args.ours_sampling_max_batch is not None:
+        parts.append(f"Unet.sampling_max_batch = {args.ours_sampling_max_batch} (guided batches run in chunks of that many rows)")
     parts += [f"Unet option {o}" for o in args.ours_unet_option]
     return "; ".join(parts) or "the default path (eager, as shipped)"
 
@@ -260,7 +260,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-flops", action="store_true", help="do not count FLOPs (one more eager run per case)")
     p.add_argument("--ours-fast", action="store_true", help="ours only: the opt-in compiled path (the peer has none)")
-    p.add_argument("--ours-sampling-budget-mib", type=float, default=None, help="ours only: Unet.sampling_memory_budget")
+    p.add_argument("--ours-sampling-max-batch", type=int, default=None, help="ours only: Unet.sampling_max_batch")
     p.add_argument("--ours-unet-option", action="append", default=[], metavar="KEY=JSON",
                    help="ours only: an extra Unet keyword for the decoder cases, e.g. selective_recompute=true")
     p.add_argument("--peak-tflops", type=float, default=None,

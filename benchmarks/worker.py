@@ -57,10 +57,10 @@ def _version(impl: str) -> str:
 
 def _ours_paths(case, args) -> None:
     """Our opt-in paths, in place on the case's networks: `--fast` (sampling: `compile_for_inference`, i.e.
-    torch.compile with inductor freezing; training: plain torch.compile) and `--sampling-budget-mib`."""
+    torch.compile with inductor freezing; training: plain torch.compile) and `--sampling-max-batch`."""
     for module in case.modules:
-        if args.sampling_budget_mib is not None and hasattr(module, "sampling_memory_budget"):
-            module.sampling_memory_budget = int(args.sampling_budget_mib * 2**20)
+        if args.sampling_max_batch is not None and hasattr(module, "sampling_max_batch"):
+            module.sampling_max_batch = args.sampling_max_batch
         if args.fast and case.kind == "sample":
             from dalle2_core.nn import compile_for_inference
 
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     p.add_argument("--flops", action="store_true", help="count model FLOPs of one run (for MFU)")
     p.add_argument("--flops-only", action="store_true", help="only count the FLOPs of one eager run per step, no timing")
     p.add_argument("--fast", action="store_true", help="ours: the opt-in compiled path (sampling: compile_for_inference)")
-    p.add_argument("--sampling-budget-mib", type=float, default=None, help="ours: Unet.sampling_memory_budget")
+    p.add_argument("--sampling-max-batch", type=int, default=None, help="ours: Unet.sampling_max_batch")
     p.add_argument("--unet-option", action="append", default=[], metavar="KEY=JSON", help="ours: extra Unet keyword")
     args = p.parse_args(argv)
     if min(args.iters, args.warmup, args.sample_steps) < 1:

@@ -88,7 +88,7 @@ def test_in_place_guidance_mix_is_bit_identical_to_the_formula():
     assert torch.equal(model(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)), uncond + (cond - uncond) * 3.7)
 
 
-def test_decoder_sampling_under_a_memory_budget_runs_smaller_forwards_with_the_same_images():
+def test_decoder_sampling_under_a_row_cap_runs_smaller_forwards_with_the_same_images():
     unet = tiny_unet()
     decoder = Decoder(unet, image_size=16, timesteps=4).eval()
     embed = torch.nn.functional.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(2)), dim=-1)
@@ -97,8 +97,7 @@ def test_decoder_sampling_under_a_memory_budget_runs_smaller_forwards_with_the_s
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
     batched = decoder.sample(image_embed=embed, cond_scale=3.0, generator=gens())
     assert set(rows) == {6}
-    per_row = net.saved_activation_bytes(1, 16, 16) / 8
-    net.sampling_memory_budget = int(2.5 * per_row)  # two rows per forward
+    net.sampling_max_batch = 2
     rows.clear()
     chunked = decoder.sample(image_embed=embed, cond_scale=3.0, generator=gens())
     assert rows[:3] == [2, 2, 2] and len(rows) == 3 * 4

@@ -44,8 +44,6 @@ def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.d
 # cross-attention feature, without selective recomputation (fitted to the saved tensors of the seed's
 # dim 32 and dim 128 unets, dim_mults 1-2-4-8; within 15% on both)
 SAVED_BYTES_PER_MAP_ELEMENT, SAVED_BYTES_PER_ATTENTION_ELEMENT = 36.0, 8.5
-# a no-grad forward's peak (the skips and one block's maps) against what training keeps: 1/6-1/12 measured
-SAMPLING_PEAK_PER_SAVED_BYTE = 1 / 8
 
 
 def _call(checkpointed: bool, module: nn.Module, *args: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -59,10 +57,11 @@ class Unet(nn.Module):
     def __init__(self, config: UnetConfig | dict | None = None, **kwargs):
         super().__init__()
         self.config = cfg = UnetConfig.build(config, owner="Unet", **kwargs)
-        # bytes one sampling forward may use for activations, None: no limit. A property of the run and
-        # the machine, not of the model, so it is not in the config; off by default because a chunked
-        # forward may round differently from the batched one
-        self.sampling_memory_budget: int | None = None
+        # the most rows one sampling forward takes (None: all): past it classifier-free guidance runs its
+        # batched branches in chunks, one chunk's activations alive at a time. A property of the run and
+        # the machine, not of the model, so it is not in the config; off by default because a smaller
+        # batch may round differently in oneDNN's convolutions
+        self.sampling_max_batch: int | None = None
         blocks = cfg.blocks
         init_dim = default(blocks.init_dim, cfg.dim)
         dims = [init_dim, *(cfg.dim * m for m in cfg.dim_mults)]  # stage widths, stem first
@@ -386,15 +385,6 @@ class Unet(nn.Module):
             features += 2 * 3 * attn.attn_heads * attn.attn_dim_head if attends[i] else 0  # q, k, v down and up
             total += pixels * (SAVED_BYTES_PER_MAP_ELEMENT * maps + SAVED_BYTES_PER_ATTENTION_ELEMENT * features)
         return int(total * element_size / 4)
-
-    def max_sampling_batch(self, height: int, width: int, element_size: int = 4) -> int | None:
-        """The most rows one sampling forward at height x width may take within `sampling_memory_budget`
-        (classifier-free guidance runs its batched branches in chunks of this many rows past it); None: any."""
-        budget = self.sampling_memory_budget
-        if not exists(budget):
-            return None
-        per_row = self.saved_activation_bytes(1, height, width, element_size) * SAMPLING_PEAK_PER_SAVED_BYTE
-        return max(1, int(budget // per_row))
 
     def _recomputing(self, x: torch.Tensor) -> bool:
         if not (self.training and torch.is_grad_enabled()):
