@@ -133,3 +133,15 @@ def test_compiled_inference_path_matches_eager_at_rounding_level():
     assert compiled is block and not block.training
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)
     assert eager.abs().mean() > 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_inference_on_gpu_matches_eager_at_rounding_level():
+    unet = tiny_unet().cuda().eval()
+    x, t, cond = unet_inputs()
+    x, t, cond = x.cuda(), t.cuda(), {k: v.cuda() for k, v in cond.items()}
+    with torch.no_grad():
+        eager = unet(x, t, **cond)
+        fast = compile_for_inference(unet)(x, t, **cond)
+    torch.testing.assert_close(fast, eager, rtol=1e-3, atol=1e-4)
+    assert eager.abs().mean() > 1e-3
