@@ -60,17 +60,18 @@ step() {
 }
 
 limit=40
+notes=()
 if [ "$dry" = 1 ]; then
   step "CUDA tests (collected only)" "$limit" cuda-tests.log \
     "$OURS_PYTHON" -m pytest -q --collect-only -k "gpu or cuda" "$root/tests/test_decoder.py" "$root/tests/test_perf_choices.py"
   # the table needs both libraries; the dry run measures one tiny case of ours through the same worker
   step "benchmark worker (ours, prior_sample, 1 step)" "$limit" benchmark-ours.json \
     env OMP_NUM_THREADS=1 "$OURS_PYTHON" "$here/worker.py" --impl ours --case prior_sample --sample-steps 1 --iters 1 --threads 1
-  echo "- benchmark table: not run in a dry run (would be: bash benchmarks/run.sh --device cuda --precision bf16|fp32 ...)" >> "$summary"
-  step "Karlo-sized networks (tiny)" "$limit" karlo.log \
+  notes+=("- benchmark table: not run in a dry run (on a GPU: peer_compare.py --device cuda, bf16 and fp32, and --ours-fast)")
+  step "Karlo-sized networks (tiny)" 90 karlo.log \
     "$OURS_PYTHON" "$here/karlo_speed.py" --tiny --device cpu --dtypes fp32 --offload --threads 1 --out-dir "$out"
-  echo >> "$summary"
-  echo "Dry run: the shapes end-to-end step and the peer table run only on a GPU." >> "$summary"
+  notes+=("- dream --model shapes --device cuda -n 8: run only on a GPU")
+  { echo; printf '%s\n' "${notes[@]}"; } >> "$summary"
   cat "$summary"
   exit 0
 fi
@@ -86,11 +87,12 @@ if "$PEER_VENV/bin/python" -c "import dalle2_pytorch" 2>/dev/null; then
   step "table bf16, ours compiled" 80 table-bf16-fast.log "$OURS_PYTHON" "$here/peer_compare.py" "${common[@]}" \
     --cases decoder_sample_spec_64 --precision bf16 --ours-fast --out "$out/cuda-bf16-ours-fast.md"
 else
-  echo "- benchmark table: skipped, no peer venv at $PEER_VENV (carry one: see the header of this script)" >> "$summary"
+  notes+=("- benchmark table: skipped, no peer venv at $PEER_VENV (carry one: see the header of this script)")
 fi
 step "dream --model shapes --device cuda -n 8" "$limit" dream-shapes.log \
   "$OURS_PYTHON" -c "from dream_cli import main; main()" --model shapes --device cuda -n 8 --seed 0 --outdir "$out/shapes" \
   "a large red circle on the left on a blue background"
 step "Karlo-sized networks fp16 (offload and not)" 80 karlo.log \
   "$OURS_PYTHON" "$here/karlo_speed.py" --device cuda --dtypes fp16 --offload --iters 3 --out-dir "$out"
+[ ${#notes[@]} -gt 0 ] && { echo; printf '%s\n' "${notes[@]}"; } >> "$summary"
 cat "$summary"
