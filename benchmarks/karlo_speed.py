@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for dtype in args.dtypes:
         for net in args.nets:
-            rows.append({"net": net, "dtype": dtype, **run("--worker", "step", "--net", net, "--dtype", dtype, *common, device=args.device)})
+            row = run("--worker", "step", "--net", net, "--dtype", dtype, *common, device=args.device)
+            rows.append({"net": net, "dtype": dtype, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             if args.offload:  # no offloading exists yet: say so in the table instead of measuring the same thing twice
                 rows.append({"net": f"{net} (offload)", "dtype": dtype, "error": OFFLOAD_MISSING})
