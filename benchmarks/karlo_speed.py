@@ -272,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{name}.md").write_text(text)
     (args.out_dir / f"{name}.json").write_text(json.dumps(dict(rows=rows, flops=flops, peaks=peaks), indent=1) + "\n")
+    if args.out_dir == HERE / "results":
+        sys.path.insert(0, str(HERE))
+        from readme_section import update_readme
+
+        update_readme(name, text)
     print(text, end="")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cases import CASES  # noqa: E402  (the case list; neither library is imported here)
+from readme_section import update_readme  # noqa: E402
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for model FLOP utilisation
 PEAK_TFLOPS_BF16 = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.2}
@@ -289,6 +290,8 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(dict(info=info, results=results), indent=1))
+    if args.out is None:  # the default results file: its table in benchmarks/README.md too
+        update_readme(out.stem, text)
     print(text)
 
 

@@ -145,3 +145,16 @@ def test_compiled_inference_on_gpu_matches_eager_at_rounding_level():
         fast = compile_for_inference(unet)(x, t, **cond)
     torch.testing.assert_close(fast, eager, rtol=1e-3, atol=1e-4)
     assert eager.abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("post_norm", [False, True])
+@pytest.mark.parametrize("shape", [(3, 7, 16), (5, 16)])
+def test_feedforward_inference_in_place_glu_gives_the_same_bits(post_norm, shape):
+    from dalle2_core.nn import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(16, mult=4, post_activation_norm=post_norm).eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        fast, plain = ff(x), torch.nn.Sequential.forward(ff, x)
+    assert torch.equal(fast, plain) and fast.shape == (*shape[:-1], 16) and fast.abs().mean() > 0.01
