@@ -17,6 +17,8 @@ LIBRARIES = {"ours": "dalle2_core", "peer": "dalle2_pytorch"}
 
 # the seed README's decoder unet (Unet(dim=128, image_embed_dim=512, cond_dim=128, ...))
 SPEC_UNET = dict(dim=128, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
+# the seed README's decoder-training example unet (`Unet(dim=32, image_embed_dim=512, cond_dim=128, ...)`)
+SEED_UNET = dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
 # the LAION decoder's shape (shared/spec/laion-checkpoints.md) at a fifth of its width and half its depth
 LAION_SMALL_UNET = dict(
     dim=64, image_embed_dim=512, text_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 3, 4),
@@ -27,6 +29,7 @@ LAION_SMALL_UNET = dict(
 LIBRARY_EXTRAS = {
     # 1.15.6 downsamples by pixel-unshuffle + 1x1 conv (SP-conv); ours defaults to 1.1.0's 4x4 stride-2 conv
     ("ours", "spec"): dict(downsample_mode="unshuffle"),
+    ("ours", "seed"): dict(downsample_mode="unshuffle"),
     # 1.15.6's linear attention l2-normalises v; ours keeps 1.1.0's default off
     ("ours", "laion"): dict(linear_attn_normalize_v=True, downsample_mode="unshuffle"),
 }
@@ -68,9 +71,10 @@ def _inputs(batch: int, size: int | None, device, *, text: bool = False) -> dict
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _unet_kwargs(impl: str, config: str) -> dict:
-    base = SPEC_UNET if config == "spec" else LAION_SMALL_UNET
-    return {**base, **LIBRARY_EXTRAS.get((impl, config), {})}
+def _unet_kwargs(impl: str, config: str, options: dict | None = None) -> dict:
+    """The case's unet keywords; `options` (ours only: `--ours-unet-option`) are added for our library."""
+    base = dict(spec=SPEC_UNET, seed=SEED_UNET, laion=LAION_SMALL_UNET)[config]
+    return {**base, **LIBRARY_EXTRAS.get((impl, config), {}), **(options or {} if impl == "ours" else {})}
 
 
 def _autocast(device, precision: str):
@@ -90,11 +94,12 @@ def _train_step(model, optimizer, loss_fn, device, precision) -> Callable[[], fl
     return run
 
 
-def decoder_train(impl, device, precision, *, config: str, size: int, batch: int = 4, channels_last=False) -> Case:
+def decoder_train(impl, device, precision, *, config: str, size: int, batch: int = 4, channels_last=False,
+                  unet_options=None) -> Case:
     """One AdamW step of the decoder's diffusion loss (spec: `loss = decoder(images)`), precomputed embeddings."""
     lib = import_library(impl)
     text = config == "laion"
-    unet = lib.Unet(**_unet_kwargs(impl, config))
+    unet = lib.Unet(**_unet_kwargs(impl, config, unet_options))
     decoder = lib.Decoder(unet=unet, image_size=size, timesteps=1000, **DECODER_OPTIONS)
     decoder.to(device).train()
     if channels_last:
@@ -109,11 +114,11 @@ def decoder_train(impl, device, precision, *, config: str, size: int, batch: int
 
 
 def decoder_sample(impl, device, precision, *, config: str, size: int, batch: int = 4, steps: int = 4,
-                   channels_last=False) -> Case:
+                   channels_last=False, unet_options=None) -> Case:
     """Guided DDPM sampling (cond_scale 3) over all `steps` steps of a decoder trained with that many."""
     lib = import_library(impl)
     text = config == "laion"
-    unet = lib.Unet(**_unet_kwargs(impl, config))
+    unet = lib.Unet(**_unet_kwargs(impl, config, unet_options))
     decoder = lib.Decoder(unet=unet, image_size=size, timesteps=steps, **DECODER_OPTIONS)
     decoder.to(device).eval()
     if channels_last:
@@ -171,6 +176,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "decoder_train_spec_64": lambda *a, **k: decoder_train(*a, config="spec", size=64, **k),
     "decoder_train_spec_128": lambda *a, **k: decoder_train(*a, config="spec", size=128, **k),
     "decoder_train_laion_64": lambda *a, **k: decoder_train(*a, config="laion", size=64, **k),
+    "decoder_train_seed_64": lambda *a, **k: decoder_train(*a, config="seed", size=64, batch=8, **k),
     "prior_train": prior_train,
     "decoder_sample_spec_64": lambda *a, **k: decoder_sample(*a, config="spec", size=64, **k),
     "decoder_sample_laion_64": lambda *a, **k: decoder_sample(*a, config="laion", size=64, **k),

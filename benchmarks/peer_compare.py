@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cases import CASES  # noqa: E402  (the case list; neither library is imported here)
+from readme_section import update_readme  # noqa: E402
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for model FLOP utilisation
 PEAK_TFLOPS_BF16 = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.2}
@@ -56,8 +57,30 @@ def run_worker(python: str, impl: str, case: str, args, *, measure_memory: bool)
         cmd.append("--channels-last")
     if args.compile:
         cmd.append("--compile")
-    if args.device.startswith("cuda") and not measure_memory:
-        cmd.append("--flops")
+    if impl == "ours":
+        cmd += _ours_options(args)
+    return _run(cmd, impl, case, args, measure_memory)
+
+
+def _ours_options(args) -> list[str]:
+    """Our opt-in paths (the peer has none of them): the compiled path, a sampling row cap, unet options."""
+    out = ["--fast"] if args.ours_fast else []
+    if args.ours_sampling_max_batch is not None:
+        out += ["--sampling-max-batch", str(args.ours_sampling_max_batch)]
+    for option in args.ours_unet_option:
+        out += ["--unet-option", option]
+    return out
+
+
+def count_flops(python: str, case: str, args) -> dict:
+    """FLOPs per step of our network on this case, counted by torch.utils.flop_counter over one eager run."""
+    cmd = [python, str(HERE / "worker.py"), "--impl", "ours", "--case", case, "--device", args.device, "--precision",
+           args.precision, "--threads", str(args.threads), "--sample-steps", str(args.sample_steps), "--flops-only"]
+    cmd += [a for o in args.ours_unet_option for a in ("--unet-option", o)]
+    return _run(cmd, "ours", case, args, False)
+
+
+def _run(cmd: list[str], impl: str, case: str, args, measure_memory: bool) -> dict:
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
     # spinning OpenMP workers on an oversubscribed CPU turn every small op into a scheduler wait
     # (a 3-token prior step measured 60 ms passive vs 0.14-1.6 s spinning on the shared 2-core box)
@@ -88,6 +111,10 @@ def collect(args, log) -> dict:
                 res = run_worker(pythons[impl], impl, case, args, measure_memory=True)
                 results[case]["memory"][impl] = res
                 log(f"memory {case:26s} {impl:4s} " + _brief(res))
+    if not args.skip_flops:
+        for case in args.cases:
+            results[case]["flops"] = count_flops(args.ours_python, case, args)
+            log(f"flops  {case:26s} ours " + str(results[case]["flops"].get("flops_per_step", results[case]["flops"].get("error"))))
     return results
 
 
@@ -126,9 +153,11 @@ def summarise(results: dict, args) -> list[dict]:
                    ours_s=ours_t, peer_s=peer_t, time_ratio=statistics.median(per_round) if per_round else None,
                    ours_mem=ours_m, peer_mem=peer_m, mem_ratio=_ratio(ours_m, peer_m),
                    errors=[r["error"] for r in res["ours"] + res["peer"] + list(mem.values()) if "error" in r])
-        flops = _median(res["ours"], "flops_per_step") if args.device.startswith("cuda") else None
+        flops = res.get("flops", {}).get("flops_per_step")
+        row["flops_per_step"] = flops
+        if ours_t:
+            row["ours_images_per_s"] = row["batch"] / ours_t if row["kind"] == "train" else row["batch"] / (ours_t * any_ok.get("steps", 1))
         if flops and ours_t:
-            row["ours_images_per_s"] = row["batch"] / ours_t if row["kind"] == "train" else None
             row["ours_tflops"] = flops / ours_t / 1e12
             if args.peak_tflops:
                 row["ours_mfu"] = row["ours_tflops"] / args.peak_tflops
@@ -163,11 +192,11 @@ def markdown(rows: list[dict], results: dict, args, info: dict) -> str:
     ]
     if args.shared_machine_note:
         lines.append(f"- Note: {args.shared_machine_note}")
-    cuda = args.device.startswith("cuda")
+    lines.append(f"- ours runs: {_ours_description(args)}; the peer runs its only (eager) path")
+    lines.append(f"- FLOPs per step: `torch.utils.flop_counter.FlopCounterMode` over one eager run of ours (matmuls, "
+                 f"convolutions, attention). Peak: {info['peak']}. Fraction of peak = FLOPs per step / ours s/step / peak.")
     head = ("| case | kind | batch | params ours / peer | ours s/step | peer s/step | time ratio "
-            "| ours peak MiB | peer peak MiB | memory ratio | targets |")
-    if cuda:
-        head = head[:-1] + " ours img/s | ours TFLOP/s | ours MFU |"
+            "| ours peak MiB | peer peak MiB | memory ratio | targets | GFLOP/step | ours img/s | ours GFLOP/s | of peak |")
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         met = []
@@ -180,8 +209,9 @@ def markdown(rows: list[dict], results: dict, args, info: dict) -> str:
         cells = [r["case"], r["kind"] or "—", str(r["batch"] or "—"), params, _fmt(r["ours_s"]), _fmt(r["peer_s"]),
                  _fmt(r["time_ratio"], ".2f"), _fmt(mib(r["ours_mem"]), ".0f"), _fmt(mib(r["peer_mem"]), ".0f"),
                  _fmt(r["mem_ratio"], ".2f"), ", ".join(met) or "—"]
-        if cuda:
-            cells += [_fmt(r.get("ours_images_per_s"), ".1f"), _fmt(r.get("ours_tflops"), ".1f"), _fmt(r.get("ours_mfu"), ".1%")]
+        gflops = lambda x: None if x is None else x * 1e3  # noqa: E731
+        cells += [_fmt(gflops(r["flops_per_step"] and r["flops_per_step"] / 1e12), ".1f"), _fmt(r.get("ours_images_per_s"), ".2f"),
+                  _fmt(gflops(r.get("ours_tflops")), ".0f"), _fmt(r.get("ours_mfu"), ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [(r["case"], e) for r in rows for e in r["errors"]]
     if errors:
@@ -195,7 +225,18 @@ def _setting(args, sep: str) -> str:
     parts += [args.precision] if args.precision != "fp32" or sep != "-" else []
     parts += ["compiled"] if args.compile else []
     parts += ["channels-last"] if args.channels_last else []
+    parts += ["ours-fast"] if args.ours_fast else []
+    parts += [f"ours-max-batch{args.ours_sampling_max_batch}"] if args.ours_sampling_max_batch is not None else []
+    parts += ["ours-" + o.replace("=", "-").lower() for o in args.ours_unet_option]
     return sep.join(parts)
+
+
+def _ours_description(args) -> str:
+    parts = ["compile_for_inference (torch.compile, inductor freezing) on sampling, torch.compile on training"] if args.ours_fast else []
+    if args.ours_sampling_max_batch is not None:
+        parts.append(f"Unet.sampling_max_batch = {args.ours_sampling_max_batch} (guided batches run in chunks of that many rows)")
+    parts += [f"Unet option {o}" for o in args.ours_unet_option]
+    return "; ".join(parts) or "the default path (eager, as shipped)"
 
 
 def _load(load) -> str:
@@ -218,18 +259,29 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks in both libraries (warm-up compiles)")
     p.add_argument("--channels-last", action="store_true", help="models and images in channels_last, both libraries")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
+    p.add_argument("--skip-flops", action="store_true", help="do not count FLOPs (one more eager run per case)")
+    p.add_argument("--ours-fast", action="store_true", help="ours only: the opt-in compiled path (the peer has none)")
+    p.add_argument("--ours-sampling-max-batch", type=int, default=None, help="ours only: Unet.sampling_max_batch")
+    p.add_argument("--ours-unet-option", action="append", default=[], metavar="KEY=JSON",
+                   help="ours only: an extra Unet keyword for the decoder cases, e.g. selective_recompute=true")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak for the fraction of peak (default: GPU by name; CPU: a measured GEMM)")
     p.add_argument("--shared-machine-note", default="")
     p.add_argument("--out", type=Path, default=None, help="markdown table (default: benchmarks/results/<device>-latest.md)")
     args = p.parse_args(argv)
     if min(args.rounds, args.iters, args.warmup, args.sample_steps) < 1:
         p.error("--rounds, --iters, --warmup and --sample-steps must be >= 1")
+    peak_note = f"{args.peak_tflops} TFLOP/s (given)" if args.peak_tflops else None
     if args.device.startswith("cuda") and args.peak_tflops is None:
         args.peak_tflops = _gpu_peak(args.ours_python)
+        peak_note = f"{args.peak_tflops} TFLOP/s, the card's dense bf16 peak by name"
+    elif args.peak_tflops is None:
+        args.peak_tflops, peak_note = _cpu_peak(args.ours_python, args.threads, args.precision)
     out = args.out or HERE / "results" / f"{_setting(args, '-')}-latest.md"
 
     info = dict(command=os.environ.get("BENCH_COMMAND") or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                date=datetime.datetime.now().isoformat(timespec="minutes"), commit=git_commit(), machine=machine())
+                date=datetime.datetime.now().isoformat(timespec="minutes"), commit=git_commit(), machine=machine(),
+                peak=peak_note)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     results = collect(args, log)
     info["load_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -238,7 +290,35 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(dict(info=info, results=results), indent=1))
+    if args.out is None:  # the default results file: its table in benchmarks/README.md too
+        update_readme(out.stem, text)
     print(text)
+
+
+CPU_PEAK_PROBE = """
+import json, time, torch
+torch.set_num_threads({threads})
+dtype = {dtype}
+a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+best = float("inf")
+for _ in range(6):
+    start = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - start)
+print(json.dumps(2 * 4096**3 / best / 1e12))
+"""
+
+
+def _cpu_peak(python: str, threads: int, precision: str) -> tuple[float | None, str]:
+    """The cores' achievable peak: the best of 6 runs of a 4096^3 GEMM (MKL / oneDNN) on the same threads."""
+    dtype = "torch.bfloat16" if precision == "bf16" else "torch.float32"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([python, "-c", CPU_PEAK_PROBE.format(threads=threads, dtype=dtype)], capture_output=True, text=True, env=env)
+    try:
+        peak = float(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None, "unknown (the GEMM probe failed)"
+    note = (f"{peak * 1e3:.0f} GFLOP/s, measured at the start: the best of 6 runs of a 4096x4096x4096 "
+            f"{precision} torch.mm on {threads} threads (the cores' achievable dense peak; a shared machine lowers it)")
+    return peak, note
 
 
 def _gpu_peak(python: str) -> float | None:

@@ -55,16 +55,38 @@ def _version(impl: str) -> str:
         return "unknown"
 
 
-def measure(args) -> dict:
+def _ours_paths(case, args) -> None:
+    """Our opt-in paths, in place on the case's networks: `--fast` (sampling: `compile_for_inference`, i.e.
+    torch.compile with inductor freezing; training: plain torch.compile) and `--sampling-max-batch`."""
+    for module in case.modules:
+        if args.sampling_max_batch is not None and hasattr(module, "sampling_max_batch"):
+            module.sampling_max_batch = args.sampling_max_batch
+        if args.fast and case.kind == "sample":
+            from dalle2_core.nn import compile_for_inference
+
+            compile_for_inference(module)
+        elif args.fast:
+            module.compile()
+
+
+def build(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     extra = dict(channels_last=True) if args.channels_last else {}
     if "sample" in args.case:
         extra["steps"] = args.sample_steps
-    case = CASES[args.case](args.impl, args.device, args.precision, **extra)
+    if "decoder" in args.case and args.unet_option:
+        extra["unet_options"] = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.unet_option)}
+    return CASES[args.case](args.impl, args.device, args.precision, **extra)
+
+
+def measure(args) -> dict:
+    case = build(args)
     if args.compile:
         for module in case.modules:  # in place: the library's own calls go through the compiled forward
             module.compile()
+    if args.impl == "ours":
+        _ours_paths(case, args)
     for _ in range(args.warmup):
         case.run()
     _sync(args.device)
@@ -118,9 +140,17 @@ def main(argv=None) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (the warm-up run compiles)")
     p.add_argument("--flops", action="store_true", help="count model FLOPs of one run (for MFU)")
+    p.add_argument("--flops-only", action="store_true", help="only count the FLOPs of one eager run per step, no timing")
+    p.add_argument("--fast", action="store_true", help="ours: the opt-in compiled path (sampling: compile_for_inference)")
+    p.add_argument("--sampling-max-batch", type=int, default=None, help="ours: Unet.sampling_max_batch")
+    p.add_argument("--unet-option", action="append", default=[], metavar="KEY=JSON", help="ours: extra Unet keyword")
     args = p.parse_args(argv)
     if min(args.iters, args.warmup, args.sample_steps) < 1:
         p.error(f"--iters, --warmup and --sample-steps must be >= 1, got {args.iters}, {args.warmup}, {args.sample_steps}")
+    if args.flops_only:
+        case = build(args)
+        print(json.dumps(dict(case=case.name, flops_per_step=_count_flops(case) / case.steps)), flush=True)
+        return
     print(json.dumps(measure(args)), flush=True)
 
 

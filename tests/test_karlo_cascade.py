@@ -76,17 +76,21 @@ def test_the_unconditional_branch_is_the_learned_image_vector_and_the_empty_prom
     finally:
         hook.remove()
     batched = seen[0]
-    assert batched["context"].shape == (4, 9, 8)  # [cond, uncond] in one forward
+    # [cond, uncond] in one forward; the context arrives as every attention layer's keys/values, projected once
+    assert batched["context"].batch == 4 and batched["context"].kv[0][0].shape[::2] == (4, 9)
     with torch.no_grad():
         null = cascade.text_proj(cascade.text_proj.null_image_embeds(2), EMPTY[0].expand(2, -1), EMPTY[1].expand(2, -1, -1), EMPTY[2].expand(2, -1))
         cond = cascade.text_proj(IMAGE_EMBED, TEXT_EMBED, TEXT_STATES, TEXT_MASK)
-    for key in ("context", "context_mask", "added_time_embed"):
+        null_kv, cond_kv = (cascade.decoder.encode_context(**c)["context"].kv for c in (null, cond))
+    for key in ("context_mask", "added_time_embed"):
         assert torch.equal(batched[key][2:], null[key]) and torch.equal(batched[key][:2], cond[key])
+    for (k, v), (nk, nv), (ck, cv) in zip(batched["context"].kv, null_kv, cond_kv):
+        assert torch.equal(k[2:], nk) and torch.equal(v[2:], nv) and torch.equal(k[:2], ck) and torch.equal(v[:2], cv)
 
 
 def test_guidance_scale_one_needs_no_empty_prompt(cascade):
     seen = []
-    hook = cascade.decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["context"].shape[0]), with_kwargs=True)
+    hook = cascade.decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["context"].batch), with_kwargs=True)
     try:
         images = sample(cascade, cond_scale=1.0, uncond=None)
     finally:

@@ -1,4 +1,5 @@
-"""The fast paths (issue 10) compute what the plain paths compute: cached text prefix, encode-once guidance."""
+"""The fast paths (issue 10) compute what the plain paths compute: cached text prefix, encode-once guidance,
+selective recomputation."""
 
 import pytest
 import torch
@@ -186,12 +187,15 @@ def test_unet_block_recomputes_norm_and_film_with_the_same_gradients():
             t.grad = None
         return out.detach(), got, sum(v for k, v in saved.items() if k not in params)
 
-    fast_out, fast, fast_bytes = grads(lambda: block(x, (scale, shift)))
+    fast_out, fast, fast_bytes = grads(lambda: block(x, (scale, shift), recompute=True))
     plain_out, plain, plain_bytes = grads(lambda: block._norm_act(block.project(x), (scale, shift)))
     assert torch.equal(fast_out, plain_out)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain))
     map_bytes = 2 * 16 * 16 * 16 * 4
     assert fast_bytes <= plain_bytes - 2 * map_bytes  # norm and FiLM outputs are no longer kept
+    # recomputation is a choice: without it the block keeps what the plain path keeps
+    _, kept, kept_bytes = grads(lambda: block(x, (scale, shift)))
+    assert kept_bytes == plain_bytes and all(torch.equal(a, b) for a, b in zip(kept, plain))
     with torch.no_grad():
         assert torch.equal(block(x, (scale, shift)), plain_out)
 
@@ -235,7 +239,7 @@ def test_cross_attention_recomputed_in_backward_gives_the_same_gradients():
         return x + rearrange(layer.attn(seq, context), "b (h w) c -> b c h w", h=8)
 
     results = []
-    for fn in (lambda: layer(x, context), plain):
+    for fn in (lambda: layer(x, context, recompute=True), plain):
         out, saved = _saved_bytes(fn)
         out.square().sum().backward()
         results.append((out.detach(), [t.grad.clone() for t in (x, context, *layer.parameters())], sum(saved.values())))

@@ -7,6 +7,8 @@ tokens and the pixels together, so self-attention and cross-attention share the 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -14,6 +16,14 @@ from torch import nn
 
 # the additive logit of a masked context token (GLIDE and Karlo use -10000, not -inf)
 MASKED_LOGIT = -10000.0
+
+
+class ContextKV(NamedTuple):
+    """Every attention layer's context keys and values, projected once per sampling run (they depend on
+    neither x_t nor t): `kv[i]` is layer i's (k, v), each (b, heads, n, head_dim)."""
+
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    batch: int
 
 
 class JointAttention(nn.Module):
@@ -31,15 +41,26 @@ class JointAttention(nn.Module):
         self.context_to_k = nn.Linear(context_dim, dim)
         self.context_to_v = nn.Linear(context_dim, dim)
         self.to_out = nn.Linear(dim, dim)
+        self.kv_index = 0  # this layer's entry in a `ContextKV` (AdmUnet numbers its layers)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x (b, c, h, w), context (b, n, context_dim), context_bias (b, n) additive logits -> (b, c, h, w)."""
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context's keys and values (b, heads, n, head_dim), as `forward` computes them."""
+        return self._split(self.context_to_k(context)), self._split(self.context_to_v(context))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        return rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | ContextKV, context_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (b, c, h, w), context (b, n, context_dim) or its projected `ContextKV`, context_bias (b, n) additive
+        logits -> (b, c, h, w)."""
         b, c, height, width = x.shape
         h = rearrange(self.norm(x), "b c y x -> b (y x) c")
-        split = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.heads)  # noqa: E731
-        q = split(self.to_q(h))
-        k = torch.cat([split(self.context_to_k(context)), split(self.to_k(h))], dim=2)  # (b, heads, n + hw, d)
-        v = torch.cat([split(self.context_to_v(context)), split(self.to_v(h))], dim=2)
+        q = self._split(self.to_q(h))
+        context_k, context_v = context.kv[self.kv_index] if isinstance(context, ContextKV) else self.context_kv(context)
+        k = torch.cat([context_k, self._split(self.to_k(h))], dim=2)  # (b, heads, n + hw, d)
+        v = torch.cat([context_v, self._split(self.to_v(h))], dim=2)
         bias = None
         if context_bias is not None:
             pixels = context_bias.new_zeros(b, height * width)
@@ -54,4 +75,4 @@ def context_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (1.0 - mask.to(dtype)) * MASKED_LOGIT
 
 
-__all__ = ["MASKED_LOGIT", "JointAttention", "context_bias"]
+__all__ = ["MASKED_LOGIT", "ContextKV", "JointAttention", "context_bias"]

@@ -216,7 +216,7 @@ class KarloCascade(nn.Module):
             text_mask = torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=text_encodings.device)
         cond = dict(image_embed=image_embed, text_embed=text_embed, text_encodings=text_encodings, text_mask=text_mask)
         if float(cond_scale) == 1.0:
-            encoded = self.text_proj(**cond)
+            encoded = self.decoder.encode_context(**self.text_proj(**cond))
             model = lambda x, t: self.decoder(x, t, **encoded)  # noqa: E731
         else:
             if not exists(uncond):
@@ -227,7 +227,9 @@ class KarloCascade(nn.Module):
             null_image = negative if exists(negative) else self.text_proj.null_image_embeds(b)
             null = dict(image_embed=null_image.to(image_embed.dtype), **empty)
             # the context and added time embedding depend on neither x_t nor t: projected once per run
-            model = classifier_free_guidance(self.decoder, cond_scale, encode=lambda **kw: self.text_proj(**kw), uncond=null, **cond)
+            # (and so is every attention layer's projection of the context to keys and values)
+            encode = lambda **kw: self.decoder.encode_context(**self.text_proj(**kw))  # noqa: E731
+            model = classifier_free_guidance(self.decoder, cond_scale, encode=encode, uncond=null, **cond)
         c = self.config
         param = next(self.decoder.parameters())
         size = c.decoder.sample_size

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..helpers import exists
-from .attention import JointAttention, context_bias
+from .attention import ContextKV, JointAttention, context_bias
 from .blocks import AdmResBlock
 from .config import AdmUnetConfig
 from .embedding import TimestepEmbedding
@@ -85,6 +85,17 @@ class AdmUnet(nn.Module):
         self.ups = nn.ModuleList(ups)
         self.norm_out = nn.GroupNorm(blk.norm_groups, widths[0], eps=blk.norm_eps)
         self.conv_out = nn.Conv2d(widths[0], c.out_channels, 3, padding=1)
+        for i, layer in enumerate(self._attention_layers()):
+            layer.kv_index = i
+
+    def _attention_layers(self) -> list[JointAttention]:
+        return [m for m in self.modules() if isinstance(m, JointAttention)]
+
+    def encode_context(self, context: torch.Tensor, context_mask: torch.Tensor | None = None, **kwargs) -> dict:
+        """`forward`'s keywords with the context replaced by every attention layer's projected keys and values
+        (`ContextKV`): computed once per sampling run, the same numbers as projecting at every step."""
+        kv = tuple(layer.context_kv(context) for layer in self._attention_layers())
+        return dict(context=ContextKV(kv, context.shape[0]), context_mask=context_mask, **kwargs)
 
     @classmethod
     def from_config(cls, config: AdmUnetConfig | dict) -> AdmUnet:
@@ -98,7 +109,12 @@ class AdmUnet(nn.Module):
             raise ValueError(f"x's height and width {tuple(x.shape[-2:])} must be multiples of {c.downsample_factor}")
         if c.attends and not exists(context):
             raise ValueError(f"this U-Net attends to context tokens: pass context (b, n, {c.conditioning.context_dim})")
-        if exists(context) and (context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.conditioning.context_dim):
+        if isinstance(context, ContextKV):
+            if context.batch != x.shape[0]:
+                raise ValueError(f"context was encoded for batch {context.batch}, x has {x.shape[0]}")
+            # (b, n, head_dim): stands in for the context in the mask check
+            context = context.kv[0][0][:, 0] if context.kv else None
+        elif exists(context) and (context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.conditioning.context_dim):
             raise ValueError(f"context must have shape ({x.shape[0]}, n, {c.conditioning.context_dim}), got {tuple(context.shape)}")
         if exists(context_mask) and (not exists(context) or context_mask.shape != context.shape[:2]):
             raise ValueError(f"context_mask must have shape (b, n) matching context, got {tuple(context_mask.shape)}")
@@ -113,11 +129,11 @@ class AdmUnet(nn.Module):
         x: torch.Tensor,
         t: torch.Tensor,
         *,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | ContextKV | None = None,
         context_mask: torch.Tensor | None = None,
         added_time_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (b, in_channels, h, w), t (b,) or scalar; context (b, n, context_dim) with a boolean
+        """x (b, in_channels, h, w), t (b,) or scalar; context (b, n, context_dim) (or `encode_context`'s) with a boolean
         `context_mask` (b, n), True = attend; `added_time_embed` (b, time_embed_dim) is added to the time
         embedding. Returns (b, out_channels, h, w)."""
         t = self._check(x, t, context, context_mask, added_time_embed)

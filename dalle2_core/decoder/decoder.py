@@ -437,8 +437,9 @@ class Decoder(nn.Module):
         if exists(uncond) and conditioned:
             negative = self._unet_cond(index, uncond.get("image_embed"), uncond.get("text_encodings"), uncond.get("text_mask"),
                                        lowres_x, lowres_level)
+        # past the unet's row cap (a memory choice of the caller) the guided batch runs in chunks
         model = classifier_free_guidance(self._network(index), cond_scale if conditioned else 1.0, guide_variance=True,
-                                         uncond=negative, **cond)
+                                         uncond=negative, max_batch=unet.sampling_max_batch, **cond)
 
         c = self.config.conditioning
         denoise_fn = None

@@ -28,7 +28,7 @@ from .unet_blocks import (
     ResnetBlock,
     rearrange_tokens,
 )
-from .unet_config import AUTO_CHECKPOINT_PIXELS, UnetConfig
+from .unet_config import AUTO_CHECKPOINT_PIXELS, AUTO_RECOMPUTE_BYTES, UnetConfig
 
 
 def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.device) -> torch.Tensor:
@@ -40,9 +40,15 @@ def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.d
     return drop
 
 
-def _call(checkpointed: bool, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+# float32 bytes a training forward keeps per pixel and channel of a block's map, and per pixel and
+# cross-attention feature, without selective recomputation (fitted to the saved tensors of the seed's
+# dim 32 and dim 128 unets, dim_mults 1-2-4-8; within 15% on both)
+SAVED_BYTES_PER_MAP_ELEMENT, SAVED_BYTES_PER_ATTENTION_ELEMENT = 36.0, 8.5
+
+
+def _call(checkpointed: bool, module: nn.Module, *args: torch.Tensor, **kwargs) -> torch.Tensor:
     """module(*args), recomputed in the backward pass when `checkpointed` (Chen et al. 2016)."""
-    return checkpoint(module, *args, use_reentrant=False) if checkpointed else module(*args)
+    return checkpoint(module, *args, use_reentrant=False, **kwargs) if checkpointed else module(*args, **kwargs)
 
 
 class Unet(nn.Module):
@@ -51,6 +57,11 @@ class Unet(nn.Module):
     def __init__(self, config: UnetConfig | dict | None = None, **kwargs):
         super().__init__()
         self.config = cfg = UnetConfig.build(config, owner="Unet", **kwargs)
+        # the most rows one sampling forward takes (None: all): past it classifier-free guidance runs its
+        # batched branches in chunks, one chunk's activations alive at a time. A property of the run and
+        # the machine, not of the model, so it is not in the config; off by default because a smaller
+        # batch may round differently in oneDNN's convolutions
+        self.sampling_max_batch: int | None = None
         blocks = cfg.blocks
         init_dim = default(blocks.init_dim, cfg.dim)
         dims = [init_dim, *(cfg.dim * m for m in cfg.dim_mults)]  # stage widths, stem first
@@ -252,6 +263,7 @@ class Unet(nn.Module):
             x = torch.cat((x, lowres_cond_img), dim=1)
 
         run = partial(_call, self._checkpointing(x))
+        rc = self._recomputing(x)  # selective recomputation inside the blocks
         x = self.init_conv(x)
         r = x  # the stem output is concatenated again before the head
 
@@ -261,33 +273,33 @@ class Unet(nn.Module):
         )
 
         if exists(self.init_resnet_block):
-            x = run(self.init_resnet_block, x, film)
+            x = run(self.init_resnet_block, x, film, recompute=rc)
 
         hiddens = []
         for stage in self.downs:
             x = stage["pre_downsample"](x)
-            x = run(stage["init_block"], x, film)
+            x = run(stage["init_block"], x, film, recompute=rc)
             for block in stage["resnet_blocks"]:
-                x = run(block, x, film, c_tokens)
+                x = run(block, x, film, c_tokens, recompute=rc)
                 hiddens.append(x)
             x = run(stage["attn"], x)
             hiddens.append(x)
             x = stage["post_downsample"](x)
 
-        x = run(self.mid_block1, x, film, mid_tokens)
+        x = run(self.mid_block1, x, film, mid_tokens, recompute=rc)
         x = run(self.mid_attn, x)
-        x = run(self.mid_block2, x, film, mid_tokens)
+        x = run(self.mid_block2, x, film, mid_tokens, recompute=rc)
 
         for stage in self.ups:
-            x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
-            x = run(stage["init_block"], x, film, c_tokens)
+            x = torch.cat((x, self._skip(hiddens.pop())), dim=1)
+            x = run(stage["init_block"], x, film, c_tokens, recompute=rc)
             for block in stage["resnet_blocks"]:
-                x = torch.cat((x, hiddens.pop() * self.skip_connect_scale), dim=1)
-                x = run(block, x, film, c_tokens)
+                x = torch.cat((x, self._skip(hiddens.pop())), dim=1)
+                x = run(block, x, film, c_tokens, recompute=rc)
             x = run(stage["attn"], x)
             x = stage["upsample"](x)
 
-        x = run(self.final_resnet_block, torch.cat((x, r), dim=1), film)
+        x = run(self.final_resnet_block, torch.cat((x, r), dim=1), film, recompute=rc)
         if lowres_cond:
             x = torch.cat((x, lowres_cond_img), dim=1)
         return self.to_out(x)
@@ -353,6 +365,35 @@ class Unet(nn.Module):
             text_tokens = self._text_tokens(text_encodings, text_mask, text_keep, dtype)
             mid_tokens = torch.cat((c_tokens, text_tokens), dim=1)
         return film, self.norm_cond(c_tokens), self.norm_mid_cond(mid_tokens)
+
+    def _skip(self, hidden: torch.Tensor) -> torch.Tensor:
+        # x * 1.0 is x bit for bit, but as a new tensor: one skip-sized copy less when not scaling
+        return hidden if self.skip_connect_scale == 1.0 else hidden * self.skip_connect_scale
+
+    def saved_activation_bytes(self, batch: int, height: int, width: int, element_size: int = 4) -> int:
+        """Estimated bytes a training forward keeps for backward without selective recomputation: per stage,
+        its pixels x (block maps + cross-attention features), at the stage's width and block count."""
+        cfg, attn, efficient = self.config, self.config.attention, self.config.blocks.memory_efficient
+        inner = attn.cross_attn_heads * attn.cross_attn_dim_head
+        attends = [a or s for a, s in zip(cfg.per_stage("self_attn"), cfg.per_stage("sparse_attn"))]
+        # the full-resolution blocks outside the stages: the final block (and the efficient U-Net's first)
+        total = batch * height * width * cfg.dim * SAVED_BYTES_PER_MAP_ELEMENT * (2 if efficient else 1)
+        for i, (mult, n) in enumerate(zip(cfg.dim_mults, cfg.per_stage("num_resnet_blocks"))):
+            pixels = batch * height * width / 4 ** (i + (1 if efficient else 0))
+            maps = 2 * (1 + n) * cfg.dim * mult  # the down and the up blocks of the stage
+            features = (2 * n + 1) * inner if i > 0 else 0  # the first stage does not cross-attend
+            features += 2 * 3 * attn.attn_heads * attn.attn_dim_head if attends[i] else 0  # q, k, v down and up
+            total += pixels * (SAVED_BYTES_PER_MAP_ELEMENT * maps + SAVED_BYTES_PER_ATTENTION_ELEMENT * features)
+        return int(total * element_size / 4)
+
+    def _recomputing(self, x: torch.Tensor) -> bool:
+        if not (self.training and torch.is_grad_enabled()):
+            return False
+        setting = self.config.blocks.selective_recompute
+        if exists(setting):
+            return setting
+        b, _, h, w = x.shape
+        return self.saved_activation_bytes(b, h, w, x.element_size()) > AUTO_RECOMPUTE_BYTES
 
     def _checkpointing(self, x: torch.Tensor) -> bool:
         if not (self.training and torch.is_grad_enabled()):

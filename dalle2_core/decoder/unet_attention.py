@@ -35,10 +35,10 @@ class SpatialCrossAttention(nn.Module):
         super().__init__()
         self.attn = Attention(dim, context_dim=context_dim, heads=heads, kv_heads=heads, dim_head=dim_head, norm=_layer_norm)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, recompute: bool = False) -> torch.Tensor:
         h, w = x.shape[-2:]
         seq = rearrange(x, "b c h w -> b (h w) c")
-        if torch.is_grad_enabled() and x.requires_grad:
+        if recompute and torch.is_grad_enabled() and x.requires_grad:
             # recomputed in the backward pass (selective recomputation): otherwise the queries, the
             # attention output and two norms' inputs, up to 4x the map's width each, stay alive
             out = checkpoint(self.attn, seq, context, use_reentrant=False)

@@ -27,11 +27,13 @@ class Block(nn.Module):
         self.norm = nn.GroupNorm(groups, dim_out)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None, recompute: bool = False
+    ) -> torch.Tensor:
         x = self.project(x)
-        if torch.is_grad_enabled() and x.requires_grad:
+        if recompute and torch.is_grad_enabled() and x.requires_grad:
             # norm, FiLM and SiLU are cheap to recompute in the backward pass; running them here
-            # would keep three more maps of this size alive until then (same numbers either way)
+            # keeps three more maps of this size alive until then (same numbers either way)
             return checkpoint(self._norm_act, x, scale_shift, use_reentrant=False)
         return self._norm_act(x, scale_shift)
 
@@ -70,14 +72,17 @@ class ResnetBlock(nn.Module):
         self.block2 = Block(dim_out, dim_out, groups=groups)
         self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None, recompute: bool = False
+    ):
+        """`recompute`: selective recomputation in training (the Unet's `selective_recompute`), same gradients."""
         scale_shift = None
         if exists(self.time_mlp) and exists(time_emb):
             scale_shift = self.time_mlp(time_emb)[:, :, None, None].chunk(2, dim=1)  # 2 x (b, c, 1, 1)
-        h = self.block1(x, scale_shift=scale_shift)
+        h = self.block1(x, scale_shift=scale_shift, recompute=recompute)
         if exists(self.cross_attn):
-            h = self.cross_attn(h, cond)
-        h = self.block2(h)
+            h = self.cross_attn(h, cond, recompute=recompute)
+        h = self.block2(h, recompute=recompute)
         return h + self.res_conv(x)
 
 
@@ -119,13 +124,15 @@ class ConvNextBlock(nn.Module):
         )
         self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, time_emb: torch.Tensor | None = None, cond: torch.Tensor | None = None, recompute: bool = False
+    ):
         h = self.ds_conv(x)
         if exists(self.time_mlp) and exists(time_emb):
             h = h + self.time_mlp(time_emb)[:, :, None, None]  # (b, c, 1, 1)
         h = self.net(h)
         if exists(self.cross_attn):
-            h = self.cross_attn(h, cond)
+            h = self.cross_attn(h, cond, recompute=recompute)
         return h + self.res_conv(x)
 
 

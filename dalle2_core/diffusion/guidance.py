@@ -17,6 +17,7 @@ def classifier_free_guidance(
     *,
     encode: Callable[..., dict] | None = None,
     uncond: dict | None = None,
+    max_batch: int | None = None,
     **cond,
 ):
     """A model function (x, t) -> uncond + (cond - uncond) · cond_scale, both branches in one forward.
@@ -42,6 +43,11 @@ def classifier_free_guidance(
     included) into the keywords `net` is called with, once on the first call rather than at every
     step, so conditioning that depends on neither x_t nor t (text tokens, say) is computed once per
     sampling run; the model function is then tied to the batch size of its first call.
+
+    `max_batch` (optional) caps the rows of one network call: a larger batched forward runs in chunks of
+    at most that many rows, one after the other, so only one chunk's activations are alive at a time
+    (the memory of sequential branches, at the time of smaller batches). Tensor keywords whose first
+    dimension is the batch are sliced with x; other values are passed whole to every chunk.
     """
     try:
         scale = float(cond_scale)
@@ -52,6 +58,8 @@ def classifier_free_guidance(
 
     if uncond is None and "cond_drop_mask" in cond:
         raise ValueError("cond_drop_mask is set by classifier_free_guidance itself; pass uncond= to give both halves explicitly")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be None or a positive int, got {max_batch!r}")
     guided_batch = 1 if scale == 1.0 else 2
     branch_cond = _branches(cond, uncond, guided_batch)
     encoded: dict = {}
@@ -73,15 +81,16 @@ def classifier_free_guidance(
     if scale == 1.0:
 
         def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return net(x, t, **net_kwargs(x.shape[0], x.device))
+            return _chunked(net, x, t, net_kwargs(x.shape[0], x.device), max_batch)
 
         return conditional
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        out = net(torch.cat([x, x]), torch.cat([t, t]), **net_kwargs(b, x.device))  # (2b, c, ...)
+        out = _chunked(net, torch.cat([x, x]), torch.cat([t, t]), net_kwargs(b, x.device), max_batch)  # (2b, c, ...)
         cond_out, uncond_out = out[:b], out[b:]
-        mixed = uncond_out + (cond_out - uncond_out) * scale
+        # uncond + (cond - uncond) * scale, in the difference's buffer (the same bits, two temporaries less)
+        mixed = (cond_out - uncond_out).mul_(scale).add_(uncond_out)
         learned_variance = x.ndim > 1 and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]
         if not learned_variance or guide_variance:
             return mixed
@@ -89,6 +98,19 @@ def classifier_free_guidance(
         return torch.cat([mixed[:, :c], cond_out[:, c:]], dim=1)
 
     return guided
+
+
+def _chunked(net: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, kwargs: dict, max_batch: int | None):
+    """net(x, t, **kwargs), in row chunks of at most `max_batch` (each chunk's activations freed before the next)."""
+    n = x.shape[0]
+    if max_batch is None or n <= max_batch:
+        return net(x, t, **kwargs)
+    outs = []
+    for start in range(0, n, max_batch):
+        rows = slice(start, start + max_batch)
+        part = {k: v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v for k, v in kwargs.items()}
+        outs.append(net(x[rows], t[rows], **part))
+    return torch.cat(outs)
 
 
 def _branches(cond: dict, uncond: dict | None, guided_batch: int) -> dict:

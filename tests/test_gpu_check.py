@@ -1,0 +1,29 @@
+"""benchmarks/gpu_check.sh --dry-run works on CPU and writes its results folder (what a GPU run would fill)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_writes_its_results_folder(tmp_path):
+    env = {**os.environ, "OURS_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# GPU check (dry run: CPU, tiny sizes)")
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| step")]
+    assert len(rows) == 3 and all("| ok |" in row for row in rows), summary
+    worker = json.loads((tmp_path / "benchmark-ours.json").read_text().splitlines()[-1])
+    assert worker["case"] == "prior_sample" and worker["steps"] == 1 and worker["seconds_per_step"] > 0
+    karlo = json.loads((tmp_path / "karlo-cpu-tiny.json").read_text())
+    steps = [r for r in karlo["rows"] if "error" not in r]
+    assert {r["net"] for r in steps} == {"prior", "decoder", "super_res"} and all(r["finite"] for r in steps)
+    offload = [r for r in karlo["rows"] if "offload" in r["net"]]
+    assert len(offload) == 3 and all("--offload does not exist yet" in r["error"] for r in offload)
+    assert all(karlo["flops"][net] > 0 for net in ("prior", "decoder", "super_res"))
+    assert "(karlo-cpu-tiny.md" not in summary and (tmp_path / "karlo-cpu-tiny.md").is_file()
