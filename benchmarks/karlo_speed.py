@@ -2,7 +2,7 @@
 
     python benchmarks/karlo_speed.py                          # CPU: fp32 and bf16, every measurement (~15 min, 2 cores)
     python benchmarks/karlo_speed.py --dtypes bf16 --skip-image
-    python benchmarks/karlo_speed.py --device cuda --dtypes fp16 fp32 --out-dir DIR   # what gpu_check.sh runs
+    python benchmarks/karlo_speed.py --device cuda --dtypes fp16 --offload --out-dir DIR   # what gpu_check.sh runs
 
 Networks: Karlo v1-alpha's prior transformer (`StandardizedPrior`'s default `PriorTransformerConfig`), its
 64 px decoder (`karlo_decoder_unet`, with `TextProj`) and its 64 -> 256 px super-resolution U-Net
@@ -10,7 +10,9 @@ Networks: Karlo v1-alpha's prior transformer (`StandardizedPrior`'s default `Pri
 A *step* is one network call as sampling makes it: prior and decoder guided (cond and uncond in one
 batch of 2 per image), super-resolution unguided (batch 1). The `image` row is one whole 256 px image
 (prior 2 steps, decoder 2 steps, super-resolution 2 steps: enough for the peak, which does not grow with
-steps) in a fresh process: peak resident set above the loaded weights and in total. `dtype` is the
+steps) in a fresh process: peak resident set above the loaded weights and in total; with `--offload` the same
+image through `KarloPipeline.offload(device)` (CLIP's text tower included), each network on the device only for
+its stage. `dtype` is the
 weights' and inputs' own dtype (no autocast). FLOPs are counted on `meta` tensors with
 `torch.utils.flop_counter`. Every measurement runs in its own process; results go to
 `results/karlo-<device>.md` and `.json` (or `--out-dir`).
@@ -25,6 +27,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +36,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NETS = ("prior", "decoder", "super_res")
-OFFLOAD_MISSING = "--offload does not exist yet in dalle2_core (no weight offloading to measure): see the row without it"
 MiB = 2**20
 
 
@@ -174,6 +176,45 @@ def image_worker(args) -> dict:
                 peak_above_weights=peak - base, peak_total=total, shape=list(image.shape), finite=bool(torch.isfinite(image).all()))
 
 
+def _pipeline(tiny: bool, dtype: torch.dtype, work: Path):
+    """A KarloPipeline on the CPU: random full-size networks from the real configs (CLIP ViT-L/14's text tower
+    included), or with `tiny` the tiny diffusers fixture of the tests converted into `work`."""
+    if tiny:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from karlo_tiny import tiny_unclip_folder
+
+        from dalle2_core.convert.diffusers_unclip import convert_unclip
+        from dalle2_core.pipeline import load_pipeline
+
+        convert_unclip(tiny_unclip_folder(work / "diffusers"), work / "model")
+        return load_pipeline(work / "model", dtype=dtype)
+    from dalle2_core.adm import KarloCascade
+    from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
+    from dalle2_core.pipeline.karlo import KarloPipeline
+    from dalle2_core.prior.standardized_prior import StandardizedPrior
+
+    clip = HFClipAdapter(text=True, vision=False, normalize=False, zero_padding=False)
+    return KarloPipeline(clip=clip, prior=StandardizedPrior(), decoder=KarloCascade()).to(dtype).eval()
+
+
+def offload_worker(args) -> dict:
+    """One whole image through `KarloPipeline.offload(device)`: every network waits on the CPU and visits the
+    device for its stage (text, prior, cascade), 2 steps each. The device's peak includes the visiting weights."""
+    dtype = DTYPES[args.dtype]
+    size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())  # noqa: E731
+    with tempfile.TemporaryDirectory() as work:
+        pipeline = _pipeline(args.tiny, dtype, Path(work)).offload(args.device)
+        settings = pipeline.resolve(steps=(2, 2), prior_steps=2)
+        base = _reset_peak(args.device)
+        start = time.perf_counter()
+        image = pipeline.generate(["a photo of a cat"], settings, generator=[torch.Generator(args.device).manual_seed(0)])
+        _sync(args.device)
+        peak = _peak_now(args.device)
+    return dict(net="image (offload)", dtype=args.dtype, seconds=time.perf_counter() - start, weights_bytes=size(pipeline),
+                largest_bytes=max(size(m) for m in (pipeline.clip, pipeline.prior, pipeline.decoder)),
+                peak_above_weights=peak - base, peak_total=peak, shape=list(image.shape), finite=bool(torch.isfinite(image).all()))
+
+
 def run(*argv: str, device: str) -> dict:
     path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
@@ -202,6 +243,13 @@ def table(rows: list[dict], args, peaks: dict, flops: dict, command: str) -> str
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['net']} | {r['dtype']} | | | | | | | | {r['error']} |")
+            continue
+        if r["net"] == "image (offload)":
+            where = "device peak" if args.device.startswith("cuda") else "peak above the loaded weights"
+            note = (f"whole image {r['seconds']:.0f} s, weights offloaded: {where}; largest network {r['largest_bytes'] / MiB:,.0f} MiB "
+                    f"of {r['weights_bytes'] / MiB:,.0f} MiB")
+            peak = r["peak_above_weights"] / MiB
+            lines.append(f"| image {r['shape'][-1]} px, offloaded | {r['dtype']} | | 1 | | | | | {peak:,.0f} | {note} |")
             continue
         if r["net"] == "image":
             note = (f"whole image {r['seconds']:.0f} s; weights {r['weights_bytes'] / MiB:,.0f} MiB, "
@@ -241,16 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--skip-image", action="store_true")
-    p.add_argument("--offload", action="store_true", help="also with weights offloaded (does not exist yet: the table says so)")
+    p.add_argument("--offload", action="store_true", help="also one whole image with the networks offloaded (Pipeline.offload)")
     p.add_argument("--tiny", action="store_true", help="tiny configs (seconds): checks that the script runs")
     p.add_argument("--out-dir", type=Path, default=HERE / "results")
-    p.add_argument("--worker", choices=["step", "image"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--net", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         torch.set_num_threads(args.threads)
-        print(json.dumps(step_worker(args) if args.worker == "step" else image_worker(args)))
+        print(json.dumps(WORKERS[args.worker](args)))
         return
     common = ["--device", args.device, "--threads", str(args.threads), "--iters", str(args.iters)] + (["--tiny"] if args.tiny else [])
     rows = []
@@ -259,10 +307,12 @@ def main(argv: list[str] | None = None) -> None:
             row = run("--worker", "step", "--net", net, "--dtype", dtype, *common, device=args.device)
             rows.append({"net": net, "dtype": dtype, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            if args.offload:  # no offloading exists yet: say so in the table instead of measuring the same thing twice
-                rows.append({"net": f"{net} (offload)", "dtype": dtype, "error": OFFLOAD_MISSING})
         if not args.skip_image and not args.tiny:
             rows.append({"net": "image", "dtype": dtype, **run("--worker", "image", "--dtype", dtype, *common, device=args.device)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.offload:
+            row = run("--worker", "offload", "--dtype", dtype, *common, device=args.device)
+            rows.append({"net": "image (offload)", "dtype": dtype, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     flops = {net: count_flops(net, args.tiny) for net in args.nets}
     peaks = {d: gemm_peak(d, args.threads, args.device, 512 if args.tiny else 4096) for d in args.dtypes}
@@ -279,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
         update_readme(name, text)
     print(text, end="")
 
+
+WORKERS = {"step": step_worker, "image": image_worker, "offload": offload_worker}
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import torch
 
 from dalle2_core.checkpoint import SamplingSettings
 from dalle2_core.decoder.decoder import Decoder
-from dalle2_core.helpers import l2norm
+from dalle2_core.helpers import eval_mode, l2norm
 from dalle2_core.pipeline.unclip import UnclipPipeline
 from dalle2_core.prior.prior import DiffusionPrior
 
@@ -64,12 +64,8 @@ class DALLE2(UnclipPipeline):
                                 prior_steps=prior_steps)
         if isinstance(text, torch.Tensor):
             text = text.to(self.text_encoder.device)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             images = self.generate(text, settings, generator=generator, on_step=on_step)
-        finally:
-            self.train(was_training)
         return to_pil_images(images) if return_pil_images else images
 
 

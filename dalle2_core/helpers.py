@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def exists(val) -> bool:
@@ -22,6 +26,17 @@ def cast_tuple(val, length: int | None = None) -> tuple:
     if exists(length) and len(out) != length:
         raise ValueError(f"expected {length} values, got {len(out)}: {out!r}")
     return out
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode for the block, then back in the mode it was in (also on errors)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def randn(shape, *, generator=None, device=None, dtype=None) -> torch.Tensor:
@@ -60,6 +75,7 @@ def unnormalize_zero_to_one(img: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "eval_mode",
     "cast_tuple",
     "default",
     "exists",

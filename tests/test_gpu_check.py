@@ -21,9 +21,10 @@ def test_gpu_check_dry_run_writes_its_results_folder(tmp_path):
     worker = json.loads((tmp_path / "benchmark-ours.json").read_text().splitlines()[-1])
     assert worker["case"] == "prior_sample" and worker["steps"] == 1 and worker["seconds_per_step"] > 0
     karlo = json.loads((tmp_path / "karlo-cpu-tiny.json").read_text())
-    steps = [r for r in karlo["rows"] if "error" not in r]
-    assert {r["net"] for r in steps} == {"prior", "decoder", "super_res"} and all(r["finite"] for r in steps)
-    offload = [r for r in karlo["rows"] if "offload" in r["net"]]
-    assert len(offload) == 3 and all("--offload does not exist yet" in r["error"] for r in offload)
+    assert not [r for r in karlo["rows"] if "error" in r]
+    assert [r["net"] for r in karlo["rows"]] == ["prior", "decoder", "super_res", "image (offload)"]
+    assert all(r["finite"] for r in karlo["rows"])
+    (offload,) = [r for r in karlo["rows"] if r["net"] == "image (offload)"]  # the whole tiny pipeline, offloaded
+    assert offload["finite"] and offload["shape"][0] == 1 and 0 < offload["largest_bytes"] < offload["weights_bytes"]
     assert all(karlo["flops"][net] > 0 for net in ("prior", "decoder", "super_res"))
     assert "(karlo-cpu-tiny.md" not in summary and (tmp_path / "karlo-cpu-tiny.md").is_file()

@@ -166,3 +166,12 @@ def test_prior_refuses_guidance_without_the_empty_prompt_and_bad_shapes(prior):
         prior_embeds(prior, num_samples_per_batch=0)
     with pytest.raises(ValueError, match=r"text_encodings must have shape \(2, 5, 8\), got \(2, 4, 8\)"):
         prior.net(torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), text_embed=TEXT_EMBED, text_encodings=TEXT_STATES[:, :4])
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.6])
+def test_sampling_puts_a_training_cascade_back_in_training_mode(strength):
+    cascade = kf.cascade().train()
+    picture = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = sample(cascade, init_image=picture, strength=strength)  # 0: nothing re-drawn, the picture returned early
+    assert cascade.training and all(m.training for m in cascade.modules())
+    assert images.shape == (2, 3, 16, 16) and (strength > 0 or torch.allclose(images, picture, atol=1e-6))

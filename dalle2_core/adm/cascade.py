@@ -24,7 +24,7 @@ from dalle2_core.adm.text_proj import TextProj, TextProjConfig
 from dalle2_core.adm.unet import AdmUnet
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import DiffusionConfig, StageEdit, classifier_free_guidance, redraws_nothing, sample_stage
-from dalle2_core.helpers import cast_tuple, default, exists, randn, unnormalize_zero_to_one
+from dalle2_core.helpers import cast_tuple, default, eval_mode, exists, randn, unnormalize_zero_to_one
 
 STAGES = ("decoder", "super_res")
 
@@ -179,14 +179,12 @@ class KarloCascade(nn.Module):
             raise ValueError(f"cond_scale {cond_scale!r}: the super-resolution stage is unconditioned, its scale must be 1.0")
         steps = self._per_stage(steps, "steps") if exists(steps) else (None, None)
         samplers = self._per_stage(sampler, "sampler")
-        was_training = self.training
-        self.eval()
         picture = _Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
         c = self.config
         if exists(picture.init) and all(redraws_nothing(d.to_diffusion(), default(s, d.sample_steps), picture.strength)
                                         for d, s in ((c.decoder_diffusion, steps[0]), (c.super_res_diffusion, steps[1]))):
             return picture._at(picture.init, self.image_size)  # nothing is re-drawn: the picture itself
-        try:
+        with eval_mode(self):
             stage = lambda n: (lambda i, total, x: on_step(n, i, total, x)) if exists(on_step) else None  # noqa: E731
             small = self._sample_decoder(
                 image_embed, text_embed, text_encodings, text_mask, uncond, cond_scale=scales[0], steps=steps[0],
@@ -194,8 +192,6 @@ class KarloCascade(nn.Module):
             )
             image = self._sample_super_res(small, steps=steps[1], sampler=samplers[1], generator=generator, on_step=stage(2),
                                            picture=picture)
-        finally:
-            self.train(was_training)
         return picture.restore(unnormalize_zero_to_one(image).clamp(0.0, 1.0))
 
     def _per_stage(self, value, name: str, scalar_second=None) -> tuple:
@@ -246,12 +242,8 @@ class KarloCascade(nn.Module):
         """The super-resolution stage alone on [0, 1] images at the decoder's size (b, c, s, s); [0, 1] out.
         `on_step(2, i, total, x)` as in `sample`."""
         stage = (lambda i, total, x: on_step(2, i, total, x)) if exists(on_step) else None  # noqa: E731
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             image = self._sample_super_res(images * 2 - 1, steps=steps, sampler=sampler, generator=generator, on_step=stage)
-        finally:
-            self.train(was_training)
         return unnormalize_zero_to_one(image).clamp(0.0, 1.0)
 
     def _sample_super_res(self, small: torch.Tensor, *, steps, sampler, generator, on_step, picture=None) -> torch.Tensor:

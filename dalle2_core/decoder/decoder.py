@@ -34,6 +34,7 @@ from dalle2_core.diffusion.repaint import INPAINT_SAMPLERS
 from dalle2_core.helpers import (
     cast_tuple,
     default,
+    eval_mode,
     exists,
     normalize_neg_one_to_one,
     randn,
@@ -373,22 +374,15 @@ class Decoder(nn.Module):
 
         img = self._start_images(start, start_image_or_video, batch_size)
         scales = self.config.per_unet(cond_scale, "cond_scale")
-        default_steps = self.config.per_unet(self.config.diffusion.sample_timesteps)
-        steps = self.config.per_unet(steps, "steps") if exists(steps) else default_steps
-        was_training = self.training
-        self.eval()
-        try:
+        steps = self.config.per_unet(default(steps, self.config.diffusion.sample_timesteps), "steps")
+        with eval_mode(self):
             for index in range(start, stop + 1):
-                stage_on_step = None
-                if exists(on_step):
-                    stage_on_step = lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)  # noqa: E731
+                stage_on_step = (lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)) if exists(on_step) else None
                 img = self._sample_stage(
                     index, img, batch_size, image_embed, text_encodings, text_mask,
                     cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
                     on_step=stage_on_step, edit=edit, inpaint_resample_times=inpaint_resample_times, uncond=uncond,
                 )
-        finally:
-            self.train(was_training)
         return img
 
     def _start_images(self, start: int, images: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:

@@ -49,55 +49,73 @@ def classifier_free_guidance(
     (the memory of sequential branches, at the time of smaller batches). Tensor keywords whose first
     dimension is the batch are sliced with x; other values are passed whole to every chunk.
     """
+    scale = _finite_scale(cond_scale)
+    if uncond is None and "cond_drop_mask" in cond:
+        raise ValueError("cond_drop_mask is set by classifier_free_guidance itself; pass uncond= to give both halves explicitly")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be None or a positive int, got {max_batch!r}")
+    conditions = _Conditions(cond, uncond, 1 if scale == 1.0 else 2, encode)
+
+    if scale == 1.0:
+
+        def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return _chunked(net, x, t, conditions(x.shape[0], x.device), max_batch)
+
+        return conditional
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        out = _chunked(net, torch.cat([x, x]), torch.cat([t, t]), conditions(b, x.device), max_batch)  # (2b, c, ...)
+        return _mix(out, x, scale, guide_variance)
+
+    return guided
+
+
+def _finite_scale(cond_scale) -> float:
     try:
         scale = float(cond_scale)
     except (TypeError, ValueError):
         raise ValueError(f"cond_scale must be a finite number, got {cond_scale!r}") from None
     if not math.isfinite(scale):
         raise ValueError(f"cond_scale must be a finite number, got {cond_scale!r}")
+    return scale
 
-    if uncond is None and "cond_drop_mask" in cond:
-        raise ValueError("cond_drop_mask is set by classifier_free_guidance itself; pass uncond= to give both halves explicitly")
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"max_batch must be None or a positive int, got {max_batch!r}")
-    guided_batch = 1 if scale == 1.0 else 2
-    branch_cond = _branches(cond, uncond, guided_batch)
-    encoded: dict = {}
 
-    def net_kwargs(b: int, device: torch.device) -> dict:
-        """Conditions for the (guided_batch · b) forward: conditional half first, then the unconditional half."""
-        if encoded and encoded["batch"] != b:
-            raise ValueError(f"this model function encoded its conditions for batch {encoded['batch']}, got batch {b}")
-        if encoded:
-            return encoded["kwargs"]
-        kwargs = dict(branch_cond)
-        if uncond is None:
-            kwargs["cond_drop_mask"] = torch.arange(guided_batch * b, device=device) >= b  # (guided_batch · b,)
-        if encode is None:
+class _Conditions:
+    """The keywords of the (guided_batch · b) forward, conditional half first; with `encode`, encoded on the
+    first call and reused (the model function is then tied to that batch size)."""
+
+    def __init__(self, cond: dict, uncond: dict | None, guided_batch: int, encode: Callable[..., dict] | None):
+        self.branches, self.learned_null = _branches(cond, uncond, guided_batch), uncond is None
+        self.guided_batch, self.encode = guided_batch, encode
+        self.batch: int | None = None
+        self.encoded: dict | None = None
+
+    def __call__(self, b: int, device: torch.device) -> dict:
+        if self.encoded is not None:
+            if self.batch != b:
+                raise ValueError(f"this model function encoded its conditions for batch {self.batch}, got batch {b}")
+            return self.encoded
+        kwargs = dict(self.branches)
+        if self.learned_null:
+            kwargs["cond_drop_mask"] = torch.arange(self.guided_batch * b, device=device) >= b  # (guided_batch · b,)
+        if self.encode is None:
             return kwargs
-        encoded.update(batch=b, kwargs=encode(**kwargs))
-        return encoded["kwargs"]
+        self.batch, self.encoded = b, self.encode(**kwargs)
+        return self.encoded
 
-    if scale == 1.0:
 
-        def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return _chunked(net, x, t, net_kwargs(x.shape[0], x.device), max_batch)
-
-        return conditional
-
-    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        out = _chunked(net, torch.cat([x, x]), torch.cat([t, t]), net_kwargs(b, x.device), max_batch)  # (2b, c, ...)
-        cond_out, uncond_out = out[:b], out[b:]
-        # uncond + (cond - uncond) * scale, in the difference's buffer (the same bits, two temporaries less)
-        mixed = (cond_out - uncond_out).mul_(scale).add_(uncond_out)
-        learned_variance = x.ndim > 1 and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]
-        if not learned_variance or guide_variance:
-            return mixed
-        c = x.shape[1]
-        return torch.cat([mixed[:, :c], cond_out[:, c:]], dim=1)
-
-    return guided
+def _mix(out: torch.Tensor, x: torch.Tensor, scale: float, guide_variance: bool) -> torch.Tensor:
+    """uncond + (cond - uncond) · scale from the batched output (2b, ...); a learned variance half, unless
+    `guide_variance`, comes from the conditional branch."""
+    b = x.shape[0]
+    cond_out, uncond_out = out[:b], out[b:]
+    mixed = (cond_out - uncond_out).mul_(scale).add_(uncond_out)  # in the difference's buffer: the same bits, two temporaries less
+    learned_variance = x.ndim > 1 and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]
+    if not learned_variance or guide_variance:
+        return mixed
+    c = x.shape[1]
+    return torch.cat([mixed[:, :c], cond_out[:, c:]], dim=1)
 
 
 def _chunked(net: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, kwargs: dict, max_batch: int | None):

@@ -12,7 +12,7 @@ from dalle2_core.clip import CLIP, ClipAdapter, as_clip_adapter
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import BETA_SCHEDULES, GaussianDiffusion, classifier_free_guidance, sample
 from dalle2_core.diffusion.losses import SIMPLE_LOSSES
-from dalle2_core.helpers import default, exists, l2norm, randn
+from dalle2_core.helpers import default, eval_mode, exists, l2norm, randn
 from dalle2_core.prior.network import DiffusionPriorNetwork, DiffusionPriorNetworkConfig
 
 
@@ -247,17 +247,13 @@ class DiffusionPrior(nn.Module):
             cond["cond_drop_mask"] = negative["cond_drop_mask"] = keep
         scale = self.image_embed_scale
         denoise_fn = (lambda x0: l2norm(x0) * scale) if self.config.sampling_clamp_l2norm else None
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             # the text leads the causal sequence: its keys/values are encoded once, not at every step
             encode = lambda **c: dict(text_prefix=self.net.encode_text(**c))  # noqa: E731
             model = classifier_free_guidance(self.net, cond_scale, encode=encode, uncond=negative, **cond)
             steps = default(steps, self.config.sample_timesteps)
             x = sample(model, self.diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn,
                        generator=generator, on_step=on_step)
-        finally:
-            self.net.train(was_training)
         if self.config.sampling_final_clamp_l2norm:
             x = l2norm(x) * scale
         return x

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from dalle2_core.helpers import cast_tuple, exists
+from dalle2_core.helpers import cast_tuple, eval_mode, exists
 from dalle2_core.train import distributed
 from dalle2_core.train.ema import EMA
 from dalle2_core.train.optim import make_optimizer, warmup_cosine_schedule
@@ -169,15 +169,11 @@ class _NetsTrainer(nn.Module):
     @torch.no_grad()
     def sample(self, *args, use_non_ema: bool = False, **kwargs) -> torch.Tensor:
         """`module.sample(...)` from the EMA weights (or the online ones), in eval mode."""
-        was_training = self.module.training
-        self.module.eval()
-        try:
+        with eval_mode(self.module):
             if use_non_ema:
                 return self.module.sample(*args, **kwargs)
             with self.ema_weights() as module:
                 return module.sample(*args, **kwargs)
-        finally:
-            self.module.train(was_training)
 
     # training state (optimizers, schedules, EMA, steps) for resuming; whole tensors even when sharded
 
