@@ -16,8 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dalle2_core.clip.adapter import ClipAdapter
-from dalle2_core.clip.xclip_adapter import as_clip_adapter
+from dalle2_core.decoder.decoder_build import frozen_clip, networks_and_config
 from dalle2_core.decoder.decoder_config import DecoderConfig
 from dalle2_core.decoder.decoder_lowres import LowresConditioner, crop, random_crop_params, resize_image_to
 from dalle2_core.decoder.unet import Unet
@@ -32,7 +31,6 @@ from dalle2_core.diffusion import (
 )
 from dalle2_core.diffusion.repaint import INPAINT_SAMPLERS
 from dalle2_core.helpers import (
-    cast_tuple,
     default,
     eval_mode,
     exists,
@@ -48,8 +46,8 @@ class Decoder(nn.Module):
 
     def __init__(self, unet: Unet | tuple[Unet, ...] | None = None, *, clip=None, vae=(), config=None, **kwargs):
         super().__init__()
-        unets, vaes, cfg = _networks_and_config(unet, vae, config, kwargs)
-        self.clip, cfg = _frozen_clip(clip, cfg)  # a ClipAdapter (a raw CLIP is wrapped), or None
+        unets, vaes, cfg = networks_and_config(unet, vae, config, kwargs)
+        self.clip, cfg = frozen_clip(clip, cfg)  # a ClipAdapter (a raw CLIP is wrapped), or None
         cfg.validate()
         for i, v in enumerate(vaes):
             if exists(v) and v.channels != cfg.channels:
@@ -458,27 +456,6 @@ class Decoder(nn.Module):
         return img if known_px is None else torch.where(mask_px, known_px, img)  # the known pixels exactly
 
 
-def _networks_and_config(unet, vae, config, kwargs: dict) -> tuple[tuple[Unet, ...], tuple, DecoderConfig]:
-    """The unets and VQ-GANs (None = pixel stage) as given, or rebuilt from a saved config, and the config."""
-    if exists(unet):
-        unets = cast_tuple(unet)
-        for i, u in enumerate(unets):
-            if not isinstance(u, Unet):
-                raise TypeError(f"unet {i + 1} must be a dalle2_core Unet, got {type(u).__name__}")
-        vaes = tuple(v.copy_for_eval() if isinstance(v, VQGanVAE) else None for v in cast_tuple(default(vae, ())))
-        if len(vaes) > len(unets):
-            raise ValueError(f"{len(vaes)} VQ-GAN VAEs given for {len(unets)} unet(s)")
-        vaes += (None,) * (len(unets) - len(vaes))
-        kwargs = dict(kwargs, unets=tuple(u.config for u in unets), vaes=tuple(v.config if exists(v) else None for v in vaes))
-    cfg = DecoderConfig.build(config, owner="Decoder", **kwargs)
-    if not cfg.unets:
-        raise ValueError("Decoder needs unet= (one Unet or a tuple, lowest resolution first)")
-    if not exists(unet):  # rebuilding from a saved config
-        unets = tuple(Unet.from_config(c) for c in cfg.unets)
-        vaes = tuple(VQGanVAE.from_config(c) if exists(c) else None for c in cfg.vaes)
-    return unets, vaes, cfg
-
-
 class _Edit(NamedTuple):
     init_image: torch.Tensor | None
     strength: float
@@ -499,25 +476,6 @@ def _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler) -> _
         raise ValueError(f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
     # strength 1 starts from pure noise: plain sampling, the image plays no part
     return _Edit(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask)
-
-
-def _frozen_clip(clip, cfg: DecoderConfig) -> tuple[ClipAdapter | None, DecoderConfig]:
-    """The CLIP as a frozen adapter, and the config with the CLIP's image size when none was given."""
-    if not exists(clip):
-        if not cfg.image_sizes:
-            raise ValueError("give image_size, image_sizes, or a clip (whose image size is then used)")
-        return None, cfg
-    if cfg.conditioning.unconditional:
-        raise ValueError("clip must not be given to an unconditional decoder")
-    adapter = as_clip_adapter(clip).eval().requires_grad_(False)
-    if adapter.image_channels != cfg.channels:
-        raise ValueError(f"channels={cfg.channels} but the CLIP takes {adapter.image_channels}-channel images")
-    if not cfg.image_sizes:  # default: generate at the CLIP's resolution
-        size = cast_tuple(adapter.image_size)
-        if len(set(size)) != 1:
-            raise ValueError(f"the CLIP's image size {size} is not square; pass image_sizes")
-        cfg = DecoderConfig.build(cfg, image_sizes=(size[0],))
-    return adapter, cfg
 
 
 __all__ = ["Decoder"]

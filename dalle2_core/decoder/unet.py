@@ -275,6 +275,19 @@ class Unet(nn.Module):
         if exists(self.init_resnet_block):
             x = run(self.init_resnet_block, x, film, recompute=rc)
 
+        x, hiddens = self._down(x, run, film, c_tokens, rc)
+        x = run(self.mid_block1, x, film, mid_tokens, recompute=rc)
+        x = run(self.mid_attn, x)
+        x = run(self.mid_block2, x, film, mid_tokens, recompute=rc)
+        x = self._up(x, hiddens, run, film, c_tokens, rc)
+
+        x = run(self.final_resnet_block, torch.cat((x, r), dim=1), film, recompute=rc)
+        if lowres_cond:
+            x = torch.cat((x, lowres_cond_img), dim=1)
+        return self.to_out(x)
+
+    def _down(self, x, run, film, c_tokens, rc) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder half: x at the bottom and the skip activations, in the order the decoder half pops them."""
         hiddens = []
         for stage in self.downs:
             x = stage["pre_downsample"](x)
@@ -285,11 +298,10 @@ class Unet(nn.Module):
             x = run(stage["attn"], x)
             hiddens.append(x)
             x = stage["post_downsample"](x)
+        return x, hiddens
 
-        x = run(self.mid_block1, x, film, mid_tokens, recompute=rc)
-        x = run(self.mid_attn, x)
-        x = run(self.mid_block2, x, film, mid_tokens, recompute=rc)
-
+    def _up(self, x, hiddens, run, film, c_tokens, rc) -> torch.Tensor:
+        """The decoder half: each block reads the matching skip activation (scaled by `skip_connect_scale`)."""
         for stage in self.ups:
             x = torch.cat((x, self._skip(hiddens.pop())), dim=1)
             x = run(stage["init_block"], x, film, c_tokens, recompute=rc)
@@ -298,11 +310,7 @@ class Unet(nn.Module):
                 x = run(block, x, film, c_tokens, recompute=rc)
             x = run(stage["attn"], x)
             x = stage["upsample"](x)
-
-        x = run(self.final_resnet_block, torch.cat((x, r), dim=1), film, recompute=rc)
-        if lowres_cond:
-            x = torch.cat((x, lowres_cond_img), dim=1)
-        return self.to_out(x)
+        return x
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, lowres_cond_img: torch.Tensor | None) -> torch.Tensor:
         """Checks x, t and the low-res image against the config; returns t as (b,) (a 0-dim t is broadcast)."""
