@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything worth knowing from one lent GPU, in <= 9 minutes, no network, all under one results folder:
+# Everything worth knowing from one lent GPU, in <= 8 minutes, no network, all under one results folder:
 #   1. the CUDA tests (pytest -k "gpu or cuda")
 #   2. the benchmark table against DALLE2-pytorch 1.15.6, bf16 then fp32 (time ratio, images/s, FLOP/s and
 #      fraction of the card's peak, peak memory), default path and the compiled path (--ours-fast)
@@ -13,7 +13,7 @@
 # python3; e.g. the project venv carried along), and for step 2 the peer's venv at PEER_VENV (default
 # /work/scratch/peervenv: `python3 -m venv` + `pip install torch==<ours> dalle2-pytorch==1.15.6`, made beforehand and
 # carried, ~2 GB with CUDA torch). Without it step 2 is skipped and the summary says so; nothing is installed.
-# Each step has its own time limit (40-130 s, 500 s in all), so the whole stays under 9 minutes; a step that
+# Each step has its own time limit (40-130 s, 480 s in all), so the whole stays under 8 minutes; a step that
 # times out is reported in the summary and the others still run.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -68,7 +68,7 @@ if [ "$dry" = 1 ]; then
   step "benchmark worker (ours, prior_sample, 1 step)" "$limit" benchmark-ours.json \
     env OMP_NUM_THREADS=1 "$OURS_PYTHON" "$here/worker.py" --impl ours --case prior_sample --sample-steps 1 --iters 1 --threads 1
   notes+=("- benchmark table: not run in a dry run (on a GPU: peer_compare.py --device cuda, bf16 and fp32, and --ours-fast)")
-  step "Karlo-sized networks (tiny)" 90 karlo.log \
+  step "Karlo-sized networks (tiny)" 150 karlo.log \
     "$OURS_PYTHON" "$here/karlo_speed.py" --tiny --device cpu --dtypes fp32 --offload --threads 1 --out-dir "$out"
   notes+=("- dream --model shapes --device cuda -n 8: run only on a GPU")
   { echo; printf '%s\n' "${notes[@]}"; } >> "$summary"
@@ -82,7 +82,7 @@ if "$PEER_VENV/bin/python" -c "import dalle2_pytorch" 2>/dev/null; then
   common=(--rounds 1 --iters 3 --sample-steps 8 --device cuda --ours-python "$OURS_PYTHON" --peer-python "$PEER_VENV/bin/python")
   step "table bf16" 110 table-bf16.log "$OURS_PYTHON" "$here/peer_compare.py" "${common[@]}" "${cases[@]}" \
     --precision bf16 --out "$out/cuda-bf16.md"
-  step "table fp32" 100 table-fp32.log "$OURS_PYTHON" "$here/peer_compare.py" "${common[@]}" "${cases[@]}" \
+  step "table fp32" 80 table-fp32.log "$OURS_PYTHON" "$here/peer_compare.py" "${common[@]}" "${cases[@]}" \
     --precision fp32 --out "$out/cuda-fp32.md"
   step "table bf16, ours compiled" 80 table-bf16-fast.log "$OURS_PYTHON" "$here/peer_compare.py" "${common[@]}" \
     --cases decoder_sample_spec_64 --precision bf16 --ours-fast --out "$out/cuda-bf16-ours-fast.md"
