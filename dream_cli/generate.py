@@ -178,7 +178,7 @@ class Run:
         self.pipeline, self.resolved, self.text, self.seed, self.opts = pipeline, resolved, job.prompt, seed, opts
         self.picture, self.edit, self.outdir, self.quiet = picture, edit, outdir, quiet
         self.num, self.batch_size = opts["num"], opts["batch_size"]
-        self.s = resolve_settings(pipeline, opts)
+        self.s = resolve_settings(pipeline, opts, inpainting=edit is not None and edit.mask is not None)
         image = opts["image"]
         self.base = {**run_metadata(self.s, resolved, opts["precision"], pipeline.device), "base_seed": seed, "num": self.num,
                      "batch_size": self.batch_size, "negative_prompt": opts.get("negative_prompt"),

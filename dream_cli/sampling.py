@@ -175,12 +175,12 @@ def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offlo
     return pipeline, resolved
 
 
-def resolve_settings(pipeline, opts: dict):
+def resolve_settings(pipeline, opts: dict, inpainting: bool = False):
     """The run's sampling settings: options given over the model's defaults; a misfit names its option."""
     from dalle2_core.pipeline import SettingError
 
     try:
-        return pipeline.resolve(**{k: opts[k] for k in SETTING_OPTIONS})
+        return pipeline.resolve(inpainting=inpainting, **{k: opts[k] for k in SETTING_OPTIONS})
     except SettingError as err:
         raise click.BadParameter(str(err), param_hint=SETTING_OPTIONS.get(err.setting, "settings")) from None
 

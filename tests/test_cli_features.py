@@ -64,11 +64,15 @@ def test_inpainting_keeps_the_unmasked_pixels_and_outpainting_grows_the_canvas(t
     m = Image.new("L", (64, 64), 0)
     m.paste(255, (32, 0, 64, 64))  # regenerate the right half
     m.save(mask)
-    shapes = ("--model", "shapes", "--steps", "4,3", "--prior-steps", "4", "--sampler", "ddpm", "-q", "--seed", 3)
+    shapes = ("--model", "shapes", "--steps", "4,3", "--prior-steps", "4", "-q", "--seed", 3)
+    # the model's default sampler (dpmpp_sde) cannot inpaint: the run takes DDPM and records it
     result = dream(*shapes, "--init-image", source, "--mask", mask, "--outdir", tmp_path / "a", RED_LEFT)
     assert result.exit_code == 0, result.output
     out, src = pixels(only_png(tmp_path / "a")).view(64, 64, 3), pixels(source).view(64, 64, 3)
-    assert torch.equal(out[:, :32], src[:, :32])
+    assert torch.equal(out[:, :32], src[:, :32]) and settings(only_png(tmp_path / "a"))["sampler"] == "ddpm"
+    refused = dream(*shapes, "--init-image", source, "--mask", mask, "--sampler", "dpmpp", "--outdir", tmp_path / "c", RED_LEFT)
+    assert refused.exit_code == 2 and "--sampler" in refused.output and "inpainting supports samplers ddpm, ddim" in refused.output
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
     result = dream(*shapes, "--init-image", source, "--outpaint", "left:64", "--outdir", tmp_path / "b", RED_LEFT)
     assert result.exit_code == 0, result.output
     assert settings(only_png(tmp_path / "b"))["outpaint"] == "left:64"

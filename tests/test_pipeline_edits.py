@@ -30,6 +30,21 @@ def test_sdedit_keeps_the_first_steps_of_the_schedule():
     assert torch.equal(half.alphas_cumprod, d.alphas_cumprod[:5]) and truncated_diffusion(d, 0.0) is None
 
 
+def test_settings_for_inpainting_take_a_sampler_repaint_runs_with(pipeline, monkeypatch):
+    import dataclasses
+
+    from dalle2_core.pipeline import SettingError
+
+    assert pipeline.resolve(inpainting=True).sampler == "ddim"  # the folder's default inpaints: kept
+    monkeypatch.setattr(pipeline, "defaults", dataclasses.replace(pipeline.defaults, sampler="dpmpp_sde"))
+    assert pipeline.resolve(inpainting=True).sampler == "ddpm" and pipeline.resolve().sampler == "dpmpp_sde"
+    assert pipeline.resolve(inpainting=True, sampler="ddim").sampler == "ddim"
+    assert pipeline.resolve(sampler="dpmpp").sampler == "dpmpp"  # without a mask any sampler
+    with pytest.raises(SettingError, match="inpainting supports samplers ddpm, ddim; got 'dpmpp'") as err:
+        pipeline.resolve(inpainting=True, sampler="dpmpp")
+    assert err.value.setting == "sampler"
+
+
 def test_strength_0_returns_the_image_and_1_is_plain_generation(pipeline):
     s = pipeline.resolve()
     init = picture()

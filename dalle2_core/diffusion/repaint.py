@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import INPAINT_SAMPLERS
 from ..helpers import exists
 from .gaussian import DenoiseFn, GaussianDiffusion, ModelFn
 from .samplers import ddim_step, p_sample_step, randn_like
-
-INPAINT_SAMPLERS = ("ddpm", "ddim")
 
 
 @torch.no_grad()

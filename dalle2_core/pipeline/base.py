@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dalle2_core.checkpoint import SamplingSettings
+from dalle2_core.choices import INPAINT_SAMPLERS
 from dalle2_core.helpers import cast_tuple, default, exists
 
 # on_step(stage, i, total, x): after step i (0-based) of `total` in the named stage ("prior", "unet 1", ...)
@@ -148,16 +149,22 @@ class Pipeline(nn.Module, abc.ABC):
 
     # ---- settings ---------------------------------------------------------------------------------
 
-    def resolve(self, settings: SamplingSettings | dict | None = None, **given) -> SamplingSettings:
+    def resolve(self, settings: SamplingSettings | dict | None = None, *, inpainting: bool = False, **given) -> SamplingSettings:
         """Concrete settings: `given` (None = not given) over `settings` over the model's defaults.
 
         Steps and guidance become one value per decoder stage; every step count is checked against
-        the training schedule of its stage. Raises `SettingError` naming the offending field.
+        the training schedule of its stage. `inpainting`: the settings are for an edit with a mask, so the
+        sampler must be one RePaint runs with (`choices.INPAINT_SAMPLERS`); a model default that is not
+        becomes DDPM, a sampler asked for that is not is refused. Raises `SettingError` naming the field.
         """
         base = self.defaults.to_dict()
-        if exists(settings):
-            base.update(settings if isinstance(settings, dict) else settings.to_dict())
-        base.update({k: v for k, v in given.items() if exists(v)})
+        asked = dict(settings if isinstance(settings, dict) else settings.to_dict()) if exists(settings) else {}
+        asked.update({k: v for k, v in given.items() if exists(v)})
+        if inpainting and "sampler" not in asked and base["sampler"] not in INPAINT_SAMPLERS:
+            base["sampler"] = INPAINT_SAMPLERS[0]  # the model's default sampler cannot inpaint
+        base.update(asked)
+        if inpainting and base["sampler"] not in INPAINT_SAMPLERS:
+            raise SettingError("sampler", f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {base['sampler']!r}")
         stages = self.stage_defaults()
         n = len(stages.decoder)
         steps = per_stage(default(base["steps"], tuple(s for s, _ in stages.decoder)), n, "steps")
