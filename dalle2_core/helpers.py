@@ -61,6 +61,13 @@ def randn(shape, *, generator=None, device=None, dtype=None) -> torch.Tensor:
     return generator.randn(tuple(shape), device=device, dtype=dtype)
 
 
+def resize(images: torch.Tensor, size: int | tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Antialiased `F.interpolate` (align_corners False) to `size`; half and bfloat16 images are resized in float32
+    (the CPU has no reduced-precision antialiased kernels) and come back in their own dtype."""
+    x = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
+    return F.interpolate(x, size=cast_tuple(size, 2), mode=mode, antialias=True, align_corners=False).to(images.dtype)
+
+
 def l2norm(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return F.normalize(t, dim=dim)
 
@@ -76,6 +83,7 @@ def unnormalize_zero_to_one(img: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "eval_mode",
+    "resize",
     "cast_tuple",
     "default",
     "exists",

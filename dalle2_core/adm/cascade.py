@@ -24,7 +24,7 @@ from dalle2_core.adm.text_proj import TextProj, TextProjConfig
 from dalle2_core.adm.unet import AdmUnet
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import DiffusionConfig, StageEdit, classifier_free_guidance, redraws_nothing, sample_stage
-from dalle2_core.helpers import cast_tuple, default, eval_mode, exists, randn, unnormalize_zero_to_one
+from dalle2_core.helpers import cast_tuple, default, eval_mode, exists, randn, resize, unnormalize_zero_to_one
 
 STAGES = ("decoder", "super_res")
 
@@ -250,7 +250,7 @@ class KarloCascade(nn.Module):
         """64 -> 256 px: `super_res_first` for every step but the last, `super_res_last` for the last."""
         c = self.config
         size = c.super_res_first.sample_size
-        lowres = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        lowres = resize(small, size)
         steps = default(steps, c.super_res_diffusion.sample_steps)
         diffusion = self.super_res_diffusion.respace(steps) if exists(steps) else self.super_res_diffusion
         last_t = int(diffusion.timestep_map[0])  # every sampler's final model call is at the cleanest kept timestep
@@ -286,7 +286,7 @@ class _Picture(NamedTuple):
         return cls(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask, resample_times)
 
     def _at(self, image: torch.Tensor, size: int) -> torch.Tensor:
-        return F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        return resize(image, size).clamp(0, 1)
 
     def stage(self, diffusion, steps, size: int) -> dict:
         """`sample_stage` keywords for a stage of `size` px: the picture in [-1, 1] at that size."""

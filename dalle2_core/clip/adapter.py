@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..helpers import cast_tuple
+from ..helpers import cast_tuple, resize
 from .tokenizer import truncate_tokens
 
 
@@ -34,7 +33,7 @@ def resize_center_crop(images: torch.Tensor, size: int | tuple[int, int], mode: 
     scale = max(out_h / h, out_w / w)
     new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
     if (new_h, new_w) != (h, w):
-        images = F.interpolate(images, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
+        images = resize(images, (new_h, new_w), mode)
     top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
     return images[..., top : top + out_h, left : left + out_w]
 

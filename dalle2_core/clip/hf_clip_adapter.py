@@ -31,7 +31,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _buil
 from open_clip.transformer import TextTransformer, VisionTransformer
 
 from ..config import Config, config_dataclass
-from ..helpers import default, exists, l2norm
+from ..helpers import default, exists, l2norm, resize
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
 from .tokenizer import clip_bpe_tokenizer, tokenize
 
@@ -176,7 +176,7 @@ class HFClipAdapter(ClipAdapter):
         new_long = int(self.resize_to * long / short)  # transformers' get_resize_output_image_size truncates
         new_h, new_w = (self.resize_to, new_long) if h <= w else (new_long, self.resize_to)
         if (new_h, new_w) != (h, w):
-            images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+            images = resize(images, (new_h, new_w))
             images = images.clamp(0.0, 1.0)
         s = self.image_size
         top, left = int((new_h - s) / 2.0), int((new_w - s) / 2.0)
