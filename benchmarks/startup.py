@@ -1,5 +1,5 @@
 """What a user feels first: `dream --help`, `--version` and a usage error, the imports behind a run, and
-`dream --model shapes -n 4` end to end — each in fresh processes, medians over runs.
+`dream --model shapes -n 4` end to end and by phase — each in fresh processes, medians over runs.
 
     python benchmarks/startup.py                 # writes benchmarks/results/startup.{md,json}
     python benchmarks/startup.py --runs 9
@@ -36,6 +36,30 @@ IMPORTS = {
     "import dalle2_core.pipeline": "import dalle2_core.pipeline",
 }
 
+# one fresh process: the phases of `dream --model shapes -n 4` in the library, seconds each, as JSON
+PHASES = """
+import json, time
+t = [time.perf_counter()]
+import torch; t.append(time.perf_counter())
+import open_clip; t.append(time.perf_counter())
+from dalle2_core.hub import bundled_path
+from dalle2_core.pipeline import load_pipeline; t.append(time.perf_counter())
+pipeline = load_pipeline(bundled_path("shapes")); t.append(time.perf_counter())
+pipeline.generate([PROMPT] * 4, pipeline.resolve(), generator=[torch.Generator().manual_seed(i) for i in range(4)])
+t.append(time.perf_counter())
+names = ("import torch", "import open_clip (torchvision with it)", "import dalle2_core.pipeline (the rest)",
+         "load the bundled model", "sample 4 images (default settings)")
+print(json.dumps({n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}))
+"""
+
+
+def _phases(runs: int, env: dict) -> dict:
+    """Median seconds of each phase over `runs` fresh processes."""
+    code = PHASES.replace("PROMPT", repr(PROMPT))
+    results = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+                          .stdout.splitlines()[-1]) for _ in range(runs)]
+    return {k: round(statistics.median(r[k] for r in results), 2) for k in results[0]}
+
 
 def _median_seconds(cmd: list[str], runs: int, env: dict) -> float:
     times = []
@@ -58,6 +82,7 @@ def measure(runs: int, shapes_runs: int) -> dict:
         "load_average": [round(x, 2) for x in os.getloadavg()], "runs": runs,
         "quick_s": {k: round(v, 3) for k, v in rows.items()}, "imports_s": {k: round(v, 3) for k, v in imports.items()},
         "shapes_n4_runs_s": [round(s, 2) for s in shapes], "shapes_n4_median_s": round(statistics.median(shapes), 2),
+        "shapes_n4_phases_s": _phases(shapes_runs, env),
     }
 
 
@@ -76,6 +101,10 @@ def table(r: dict, command: str) -> str:
               f"(runs {', '.join(map(str, r['shapes_n4_runs_s']))}) | ≤ 4 |", "", "Imports behind a run:", "",
               "| import | seconds |", "|---|---|"]
     lines += [f"| `{k}` | {v:.3f} |" for k, v in r["imports_s"].items()]
+    lines += ["", f"Where `dream --model shapes -n 4` spends its time (medians over {len(r['shapes_n4_runs_s'])} fresh processes, "
+              "the library's calls in one process; the CLI adds its own import and writing the PNGs):", "",
+              "| phase | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in r["shapes_n4_phases_s"].items()]
     return "\n".join(lines) + "\n"
 
 
