@@ -23,7 +23,7 @@ from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmCondi
 from dalle2_core.adm.text_proj import TextProj, TextProjConfig
 from dalle2_core.adm.unet import AdmUnet
 from dalle2_core.config import Config, config_dataclass
-from dalle2_core.diffusion import DiffusionConfig, StageEdit, classifier_free_guidance, redraws_nothing, sample_stage
+from dalle2_core.diffusion import DiffusionConfig, StageEdit, check_picture, classifier_free_guidance, redraws_nothing, sample_stage
 from dalle2_core.helpers import cast_tuple, default, eval_mode, exists, randn, resize, unnormalize_zero_to_one
 
 STAGES = ("decoder", "super_res")
@@ -233,7 +233,7 @@ class KarloCascade(nn.Module):
         x = sample_stage(
             model, self.decoder_diffusion, noise, sampler=sampler, steps=default(steps, c.decoder_diffusion.sample_steps),
             denoise_fn=c.decoder_diffusion.denoise_fn(), generator=generator, on_step=on_step,
-            **default(picture, _NO_PICTURE).stage(self.decoder_diffusion, default(steps, c.decoder_diffusion.sample_steps), size),
+            **default(picture, _NO_PICTURE).stage(size),
         )
         return x.clamp(-1.0, 1.0)
 
@@ -252,7 +252,7 @@ class KarloCascade(nn.Module):
         size = c.super_res_first.sample_size
         lowres = resize(small, size)
         steps = default(steps, c.super_res_diffusion.sample_steps)
-        diffusion = self.super_res_diffusion.respace(steps) if exists(steps) else self.super_res_diffusion
+        diffusion = self.super_res_diffusion.respace(steps)
         last_t = int(diffusion.timestep_map[0])  # every sampler's final model call is at the cleanest kept timestep
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -262,7 +262,7 @@ class KarloCascade(nn.Module):
         noise = randn(small.shape[:2] + (size, size), generator=generator, device=small.device, dtype=small.dtype)
         return sample_stage(
             model, diffusion, noise, sampler=sampler, denoise_fn=c.super_res_diffusion.denoise_fn(), generator=generator,
-            on_step=on_step, **default(picture, _NO_PICTURE).stage(diffusion, None, size),
+            on_step=on_step, **default(picture, _NO_PICTURE).stage(size),
         )
 
 
@@ -277,33 +277,30 @@ class _Picture(NamedTuple):
 
     @classmethod
     def of(cls, init_image, strength, inpaint_image, inpaint_mask, resample_times) -> _Picture:
-        if exists(inpaint_image) != exists(inpaint_mask):
-            raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
-        if exists(inpaint_image) and exists(init_image):
-            raise ValueError("give init_image (SDEdit) or inpaint_image (RePaint), not both")
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1] (the fraction of the schedule re-drawn), got {strength!r}")
-        return cls(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask, resample_times)
+        return cls(check_picture(init_image, strength, inpaint_image, inpaint_mask), strength, inpaint_image, inpaint_mask,
+                   resample_times)
 
     def _at(self, image: torch.Tensor, size: int) -> torch.Tensor:
         return resize(image, size).clamp(0, 1)
 
-    def stage(self, diffusion, steps, size: int) -> dict:
+    def _keep_at(self, size: int) -> torch.Tensor:
+        return F.interpolate(self.keep[:, None].float(), size=(size, size), mode="nearest") > 0.5  # (b, 1, size, size)
+
+    def stage(self, size: int) -> dict:
         """`sample_stage` keywords for a stage of `size` px: the picture in [-1, 1] at that size."""
         if exists(self.known):
-            keep = F.interpolate(self.keep[:, None].float(), size=(size, size), mode="nearest") > 0.5
-            return dict(edit=StageEdit(known=self._at(self.known, size) * 2 - 1, keep=keep), resample_times=self.resample_times)
+            return dict(edit=StageEdit(known=self._at(self.known, size) * 2 - 1, keep=self._keep_at(size)),
+                        resample_times=self.resample_times)
         if exists(self.init):
             return dict(edit=StageEdit(init=self._at(self.init, size) * 2 - 1, strength=self.strength))
         return {}
 
     def restore(self, image: torch.Tensor) -> torch.Tensor:
-        """The final images with the kept pixels exactly the picture's; strength 0 gives the picture itself."""
+        """The final images with the kept pixels exactly the picture's."""
+        if not exists(self.known):
+            return image
         size = image.shape[-1]
-        if exists(self.known):
-            keep = F.interpolate(self.keep[:, None].float(), size=(size, size), mode="nearest") > 0.5
-            return torch.where(keep, self._at(self.known, size), image)
-        return image
+        return torch.where(self._keep_at(size), self._at(self.known, size), image)
 
 
 _NO_PICTURE = _Picture()

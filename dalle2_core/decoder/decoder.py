@@ -23,6 +23,7 @@ from dalle2_core.decoder.unet import Unet
 from dalle2_core.diffusion import (
     GaussianDiffusion,
     StageEdit,
+    check_picture,
     classifier_free_guidance,
     dynamic_thresholding,
     redraws_nothing,
@@ -464,18 +465,10 @@ class _Edit(NamedTuple):
 
 
 def _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler) -> _Edit:
-    if exists(inpaint_image) != exists(inpaint_mask):
-        raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
-    if exists(inpaint_mask) and (inpaint_mask.dtype != torch.bool or inpaint_mask.ndim != 3):
-        raise ValueError(f"inpaint_mask must be a bool tensor (b, h, w), got {inpaint_mask.dtype} {tuple(inpaint_mask.shape)}")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1] (the fraction of the schedule re-drawn), got {strength!r}")
-    if exists(inpaint_image) and exists(init_image):
-        raise ValueError("give init_image (SDEdit) or inpaint_image (RePaint), not both")
-    if exists(inpaint_image) and sampler not in INPAINT_SAMPLERS:
+    init_image = check_picture(init_image, strength, inpaint_image, inpaint_mask)
+    if exists(inpaint_image) and sampler not in INPAINT_SAMPLERS:  # before any stage runs
         raise ValueError(f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
-    # strength 1 starts from pure noise: plain sampling, the image plays no part
-    return _Edit(init_image if strength < 1.0 else None, strength, inpaint_image, inpaint_mask)
+    return _Edit(init_image, strength, inpaint_image, inpaint_mask)
 
 
 __all__ = ["Decoder"]

@@ -1,7 +1,7 @@
 """Parameter-free diffusion math: schedules, the Gaussian diffusion, respacing, guidance, samplers."""
 
 from .config import DiffusionConfig
-from .edit import StageEdit, redraws_nothing, sample_stage, truncated_diffusion
+from .edit import StageEdit, check_picture, redraws_nothing, sample_stage, truncated_diffusion
 from .gaussian import OBJECTIVES, POSTERIOR_LOG_VARIANCES, GaussianDiffusion, ModelPrediction, PMeanVariance
 from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp, static_clamping
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
@@ -22,6 +22,7 @@ from .schedules import BETA_SCHEDULES, beta_schedule
 
 __all__ = [
     "StageEdit",
+    "check_picture",
     "redraws_nothing",
     "sample_stage",
     "truncated_diffusion",

@@ -27,6 +27,20 @@ class StageEdit(NamedTuple):
     keep: torch.Tensor | None = None  # (b, 1, h, w) bool, True = kept
 
 
+def check_picture(init_image, strength: float, inpaint_image, inpaint_mask) -> torch.Tensor | None:
+    """Refuses an inconsistent start picture (SDEdit's `init_image` and `strength`, or RePaint's `inpaint_image`
+    with its bool `inpaint_mask` (b, h, w)); returns `init_image`, or None when strength 1 ignores it."""
+    if exists(inpaint_image) != exists(inpaint_mask):
+        raise ValueError("inpainting needs both inpaint_image (b, c, h, w) and inpaint_mask (b, h, w)")
+    if exists(inpaint_mask) and (inpaint_mask.dtype != torch.bool or inpaint_mask.ndim != 3):
+        raise ValueError(f"inpaint_mask must be a bool tensor (b, h, w), got {inpaint_mask.dtype} {tuple(inpaint_mask.shape)}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1] (the fraction of the schedule re-drawn), got {strength!r}")
+    if exists(inpaint_image) and exists(init_image):
+        raise ValueError("give init_image (SDEdit) or inpaint_image (RePaint), not both")
+    return init_image if strength < 1.0 else None  # strength 1 starts from pure noise: the image plays no part
+
+
 def truncated_diffusion(diffusion: GaussianDiffusion, strength: float) -> GaussianDiffusion | None:
     """The first round(strength · T) steps of `diffusion`: sampling from its last index re-draws that fraction of
     the schedule (SDEdit). None for no step. Same tables, so every sampler runs on it."""
@@ -39,7 +53,7 @@ def truncated_diffusion(diffusion: GaussianDiffusion, strength: float) -> Gaussi
 
 def redraws_nothing(diffusion: GaussianDiffusion, steps: int | str | None, strength: float) -> bool:
     """Whether SDEdit at `strength` keeps the picture as it is (no step of the respaced schedule is re-drawn)."""
-    return round(strength * (diffusion.respace(steps) if exists(steps) else diffusion).num_timesteps) == 0
+    return round(strength * diffusion.respace(steps).num_timesteps) == 0
 
 
 def sample_stage(
@@ -62,11 +76,11 @@ def sample_stage(
         return sample(model, diffusion, noise, steps=steps, **opts)
     if exists(edit.known):
         return repaint_sample(model, diffusion, noise, edit.known, edit.keep, steps=steps, resample_times=resample_times, **opts)
-    truncated = truncated_diffusion(diffusion.respace(steps) if exists(steps) else diffusion, edit.strength)
+    truncated = truncated_diffusion(diffusion.respace(steps), edit.strength)
     if truncated is None:
         return edit.init
     start = torch.full((noise.shape[0],), truncated.num_timesteps - 1, device=noise.device, dtype=torch.long)
     return sample(model, truncated, truncated.q_sample(edit.init, start, noise=noise), **opts)
 
 
-__all__ = ["StageEdit", "redraws_nothing", "sample_stage", "truncated_diffusion"]
+__all__ = ["StageEdit", "check_picture", "redraws_nothing", "sample_stage", "truncated_diffusion"]

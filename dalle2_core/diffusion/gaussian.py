@@ -128,11 +128,11 @@ class GaussianDiffusion:
     def is_identity_map(self) -> bool:
         return torch.equal(self.timestep_map, torch.arange(self.num_timesteps, device="cpu"))
 
-    def respace(self, steps: int | str) -> GaussianDiffusion:
-        """A diffusion over a subset of these timesteps (see `respace.space_timesteps`)."""
+    def respace(self, steps: int | str | None) -> GaussianDiffusion:
+        """A diffusion over a subset of these timesteps (see `respace.space_timesteps`); None: this one."""
         from .respace import respaced_diffusion
 
-        return respaced_diffusion(self, steps)
+        return self if steps is None else respaced_diffusion(self, steps)
 
     # ---- table lookup ------------------------------------------------------------------------
 

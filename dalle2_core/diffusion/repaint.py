@@ -42,8 +42,7 @@ def repaint_sample(
         raise ValueError(f"inpaint_resample_times must be >= 1, got {resample_times}")
     if sampler == "ddpm" and eta != 0:
         raise ValueError(f"eta applies to the ddim sampler only; got eta={eta!r} with sampler 'ddpm'")
-    if exists(steps):
-        diffusion = diffusion.respace(steps)
+    diffusion = diffusion.respace(steps)
 
     def reverse_step(x, t):
         if sampler == "ddim":

@@ -184,8 +184,7 @@ def sample(
         opts["eta"] = eta
     elif eta != 0:
         raise ValueError(f"eta applies to the ddim sampler only; got eta={eta!r} with sampler {sampler!r}")
-    if exists(steps):
-        diffusion = diffusion.respace(steps)
+    diffusion = diffusion.respace(steps)
     run = SAMPLERS[sampler]
     return run(model, diffusion, noise, denoise_fn=denoise_fn, generator=generator, on_step=on_step, **opts)
 
