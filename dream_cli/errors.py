@@ -74,18 +74,13 @@ def run(command: click.Command, args: list[str] | None, prog_name: str | None, *
         code = click.Command.main(command, args, prog_name, standalone_mode=False, **extra)
     except (interrupt.Interrupted, KeyboardInterrupt):
         interrupt.exit_interrupted()
-    except (click.ClickException, click.Abort, Exception) as err:
+    except Exception as err:  # click's usage errors and Abort included
         if interrupt.happened():  # an error the interrupt caused on its way out
             interrupt.exit_interrupted()
         sys.exit(report(err, debug, args))
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
-    # an interrupt that something swallowed on its way (import machinery, a finaliser) still ends the run
-    _exit_unless_interrupted(code if isinstance(code, int) else 0)
-
-
-def _exit_unless_interrupted(code: int) -> None:
-    if interrupt.happened():
+    if interrupt.happened():  # an interrupt that something swallowed on its way (import machinery, a finaliser)
         interrupt.exit_interrupted()
-    sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)

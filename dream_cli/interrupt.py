@@ -27,8 +27,8 @@ def _handler(signum, frame) -> None:
 
 
 def install() -> None:
-    """From now on SIGINT raises `Interrupted` (main thread only, as Python's own handler); no interrupt yet."""
-    _state["interrupted"] = False
+    """From now on SIGINT raises `Interrupted` (main thread only, as Python's own handler). Installing it again
+    keeps what already happened: an interrupt swallowed while the command modules loaded still counts."""
     signal.signal(signal.SIGINT, _handler)
 
 
