@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from procmem import reset_peak, status_bytes
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "karlo-memory"
@@ -94,17 +95,7 @@ COMPONENTS: dict[str, Callable[[], Component]] = {"text_encoder": _text_encoder,
 
 
 def _status() -> dict[str, int]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0]) * 1024
-    return fields
-
-
-def _reset_peak() -> int:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    return _status()["VmRSS"]
+    return {key: status_bytes(key) for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 
 
 def _touch(module: torch.nn.Module) -> float:
@@ -128,7 +119,7 @@ def load(component: Component, path: Path, dtype: torch.dtype, mode: str) -> dic
     from dalle2_core.convert.materialize import Rule, SafetensorsWeights, build_on_meta, materialize
 
     build_on_meta(component.build)  # construction code paths warmed up before the baseline
-    base = _reset_peak()
+    base = reset_peak()
     start = time.perf_counter()
     if mode == "materialize":
         with SafetensorsWeights([path]) as weights:

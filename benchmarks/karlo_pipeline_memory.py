@@ -24,6 +24,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from procmem import status_bytes
+
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 RESULTS = HERE / "results"
@@ -31,10 +33,7 @@ MiB = 2**20
 
 
 def _hwm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / MiB
-    return float("nan")
+    return status_bytes("VmHWM") / MiB
 
 
 def write_source(folder: Path, seed: int = 0) -> int:

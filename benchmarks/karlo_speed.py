@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from procmem import reset_peak, status_bytes
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,21 +96,14 @@ def _sync(device: str) -> None:
 def _peak_now(device: str) -> int:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated()
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
+    return status_bytes("VmHWM")
 
 
 def _reset_peak(device: str) -> int:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
-    Path("/proc/self/clear_refs").write_text("5")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found")
+    return reset_peak()
 
 
 def count_flops(net: str, tiny: bool) -> int:

@@ -16,20 +16,7 @@ import time
 
 import torch
 from cases import CASES
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{key} not found in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from procmem import reset_peak, status_bytes
 
 
 def _sync(device: str) -> None:
@@ -95,8 +82,8 @@ def measure(args) -> dict:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _status_kib("VmRSS") * 1024
-        _reset_peak_rss()
+        base = status_bytes("VmRSS")
+        reset_peak()
 
     times = []
     for _ in range(args.iters):
@@ -106,7 +93,7 @@ def measure(args) -> dict:
         _sync(args.device)
         times.append(time.perf_counter() - start)
 
-    peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else status_bytes("VmHWM")
     result = dict(
         impl=args.impl,
         library_version=_version(args.impl),
