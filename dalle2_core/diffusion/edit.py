@@ -13,9 +13,9 @@ from typing import NamedTuple
 import torch
 
 from ..helpers import exists
-from .gaussian import DenoiseFn, GaussianDiffusion, ModelFn
+from .gaussian import GaussianDiffusion, ModelFn
 from .repaint import repaint_sample
-from .samplers import OnStep, sample
+from .samplers import sample
 
 
 class StageEdit(NamedTuple):
@@ -56,27 +56,15 @@ def redraws_nothing(diffusion: GaussianDiffusion, steps: int | str | None, stren
     return round(strength * diffusion.respace(steps).num_timesteps) == 0
 
 
-def sample_stage(
-    model: ModelFn,
-    diffusion: GaussianDiffusion,
-    noise: torch.Tensor,
-    *,
-    sampler: str = "ddpm",
-    steps: int | str | None = None,
-    eta: float = 0.0,
-    denoise_fn: DenoiseFn | None = None,
-    generator=None,
-    on_step: OnStep | None = None,
-    edit: StageEdit | None = None,
-    resample_times: int = 5,
-) -> torch.Tensor:
-    """x_0 of one stage from `noise`, or from the picture of `edit` (strength 0 returns `edit.init` itself)."""
-    opts = dict(sampler=sampler, eta=eta, denoise_fn=denoise_fn, generator=generator, on_step=on_step)
+def sample_stage(model: ModelFn, diffusion: GaussianDiffusion, noise: torch.Tensor, *, edit: StageEdit | None = None,
+                 resample_times: int = 5, **opts) -> torch.Tensor:
+    """x_0 of one stage: `sample(model, diffusion, noise, **opts)` (its keywords: sampler, steps, eta, denoise_fn,
+    generator, on_step), or from the picture of `edit` (strength 0 returns `edit.init` itself)."""
     if edit is None or (edit.init is None and edit.known is None):
-        return sample(model, diffusion, noise, steps=steps, **opts)
+        return sample(model, diffusion, noise, **opts)
     if exists(edit.known):
-        return repaint_sample(model, diffusion, noise, edit.known, edit.keep, steps=steps, resample_times=resample_times, **opts)
-    truncated = truncated_diffusion(diffusion.respace(steps), edit.strength)
+        return repaint_sample(model, diffusion, noise, edit.known, edit.keep, resample_times=resample_times, **opts)
+    truncated = truncated_diffusion(diffusion.respace(opts.pop("steps", None)), edit.strength)
     if truncated is None:
         return edit.init
     start = torch.full((noise.shape[0],), truncated.num_timesteps - 1, device=noise.device, dtype=torch.long)
