@@ -174,7 +174,7 @@ def test_cascade_shapes_with_start_and_stop():
     torch.testing.assert_close(up, full)
     with pytest.raises(ValueError, match="needs start_image_or_video"):
         decoder.sample(e, steps=3, start_at_unet_number=2)
-    with pytest.raises(ValueError, match="one per unet"):
+    with pytest.raises(ValueError, match=r"3 values but the model has 2 decoder stage\(s\); give 1 or 2"):
         decoder.sample(e, steps=(3, 3, 3))
     steps_seen = []
     decoder.sample(e, steps=(4, 2), on_step=lambda n, i, total, x: steps_seen.append((n, i, total)))
@@ -309,7 +309,7 @@ def test_per_unet_options_take_one_value_or_one_per_unet():
         config.per_unet((1, 2, 3), "cond_scale")
     with pytest.raises(ValueError, match=r"beta_schedule \('cosine', 'linear', 'cosine'\) needs one value or one per unet"):
         two_stage(beta_schedule=("cosine", "linear", "cosine"))
-    with pytest.raises(ValueError, match=r"steps \(3, 3, 3\) needs one value or one per unet \(2\)"):
+    with pytest.raises(ValueError, match=r"3,3,3 has 3 values but the model has 2 decoder stage\(s\)"):
         decoder.sample(embed(1), steps=(3, 3, 3))
 
 

@@ -5,11 +5,12 @@ import torch
 from fixtures.karlo import loader as kf
 
 from dalle2_core.checkpoint import load_component, save_component
+from dalle2_core.conditioning import TextCondition
 from dalle2_core.diffusion import SAMPLERS
 from dalle2_core.prior import rerank_by_similarity
 
 R = kf.reference()
-EMPTY = (R["text.empty_text_embed"], R["text.empty_text_encodings"], R["text.empty_text_mask"])
+EMPTY = TextCondition(R["text.empty_text_embed"], R["text.empty_text_encodings"], R["text.empty_text_mask"])
 TEXT_EMBED, TEXT_STATES, TEXT_MASK = R["text.text_embed"], R["text.text_encodings"], R["text.text_mask"]
 IMAGE_EMBED = R["chain.image_embed"]
 
@@ -101,17 +102,19 @@ def test_guidance_scale_one_needs_no_empty_prompt(cascade):
 @pytest.mark.parametrize(
     "opts,message",
     [
-        (dict(cond_scale=(8.0, 2.0)), "the super-resolution stage is unconditioned, its scale must be 1.0"),
         (dict(cond_scale=8.0, uncond=None), "cond_scale=8.0 needs uncond"),
-        (dict(steps=(3, 2, 1)), r"steps needs one value or two \(decoder, super-resolution\)"),
+        (dict(steps=(3, 2, 1)), r"3 values but the model has 2 decoder stage\(s\); give 1 or 2"),
         (dict(sampler="euler"), "unknown sampler 'euler'"),
-        (dict(uncond=(EMPTY[0], EMPTY[1])), "uncond must be a mapping or a 3-tuple"),
-        (dict(uncond=(EMPTY[0].expand(3, -1), EMPTY[1], EMPTY[2])), "uncond text_embed has 3 rows; expected 1"),
+        (dict(uncond=EMPTY._replace(text_embed=EMPTY.text_embed.expand(3, -1))), "uncond has 3 rows; expected 1"),
     ],
 )
 def test_bad_sampling_options_are_refused(cascade, opts, message):
     with pytest.raises(ValueError, match=message):
         sample(cascade, **opts)
+
+
+def test_the_unconditioned_super_resolution_stage_ignores_a_guidance_scale(cascade):
+    assert torch.equal(sample(cascade, cond_scale=(8.0, 2.0)), sample(cascade, cond_scale=8.0))
 
 
 def test_cascade_checkpoint_round_trip(cascade, tmp_path):
@@ -147,8 +150,7 @@ def test_prior_candidates_are_unstandardised_and_per_prompt_reproducible(prior):
 
 def test_prior_uncond_broadcasts_one_row(prior):
     one = prior_embeds(prior)
-    two = prior_embeds(prior, uncond={"text_embed": EMPTY[0].expand(2, -1), "text_encodings": EMPTY[1].expand(2, -1, -1),
-                                      "text_mask": EMPTY[2].expand(2, -1)})
+    two = prior_embeds(prior, uncond=EMPTY.expand(2))
     assert torch.equal(one, two)
 
 
@@ -182,7 +184,7 @@ def test_the_cascade_samples_in_bfloat16_on_the_cpu():
     cascade = kf.cascade().to(torch.bfloat16)
     bf = lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t  # noqa: E731
     images = cascade.sample(bf(IMAGE_EMBED), bf(TEXT_STATES), TEXT_MASK, text_embed=bf(TEXT_EMBED), steps=(3, 2),
-                            uncond=tuple(bf(t) for t in EMPTY), generator=torch.Generator().manual_seed(0))
+                            uncond=EMPTY.to(dtype=torch.bfloat16), generator=torch.Generator().manual_seed(0))
     plain = sample(kf.cascade())
     assert images.dtype == torch.bfloat16 and images.shape == plain.shape and torch.isfinite(images).all()
     assert (images.float() - plain).abs().mean() < 0.1  # the same images at bfloat16's precision

@@ -4,15 +4,17 @@ The references are diffusers' outputs on a tiny random Karlo (tests/fixtures/kar
 diffusers itself is not needed here.
 """
 
+import dataclasses
+
 import pytest
 import torch
-import torch.nn.functional as F
 from fixtures.karlo import loader as kf
 
+from dalle2_core.conditioning import TextCondition
 from dalle2_core.diffusion import GaussianDiffusion, RecordedNoise, p_sample_step
 
 R = kf.reference()
-EMPTY = (R["text.empty_text_embed"], R["text.empty_text_encodings"], R["text.empty_text_mask"])
+EMPTY = TextCondition(R["text.empty_text_embed"], R["text.empty_text_encodings"], R["text.empty_text_mask"])
 TEXT = (R["text.text_embed"], R["text.text_encodings"], R["text.text_mask"])
 
 
@@ -100,17 +102,22 @@ def test_prior_decoder_super_res_chain_matches_unclip_pipeline():
 
     cascade = kf.cascade()
     stage_inputs = {}
-    sample_super_res = cascade._sample_super_res
+    super_res_stage = cascade.super_res_stage
 
-    def spy(small, **opts):
-        stage_inputs["upscaled"] = F.interpolate(small, size=(16, 16), mode="bicubic", align_corners=False, antialias=True)
-        return sample_super_res(small, **opts)
+    def spy():  # records the low-resolution input the super-resolution stage takes from the decoder stage
+        stage = super_res_stage()
 
-    cascade._sample_super_res = spy
+        def lowres(previous, generator):
+            stage_inputs.update(stage.lowres(previous, generator))
+            return {"lowres": stage_inputs["lowres"]}
+
+        return dataclasses.replace(stage, lowres=lowres)
+
+    cascade.super_res_stage = spy
     images = cascade.sample(embeds[:, 0], TEXT[1], TEXT[2], text_embed=TEXT[0], cond_scale=(8.0, 1.0), steps=(25, 7),
                             generator=noise, uncond=EMPTY)
     assert noise.remaining == 0
-    assert (stage_inputs["upscaled"] - R["chain.upscaled"]).abs().max() < 1e-4
+    assert (stage_inputs["lowres"] - R["chain.upscaled"]).abs().max() < 1e-4
     assert images.shape == (2, 3, 16, 16) and 0.0 <= images.min() and images.max() <= 1.0
     assert (images - R["chain.images"]).abs().max() < 1e-4
     assert R["chain.images"].std() > 0.3  # the reference is an image, not a constant

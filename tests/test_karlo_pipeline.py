@@ -67,14 +67,15 @@ def test_generate_equals_the_modules_chained_and_encodes_text_once_per_batch(pip
     assert torch.equal(images, again) and images.shape == (2, 3, 16, 16)
     # by hand: CLIP's raw embeddings, the prior guided against the empty prompt, the cascade against it and its null image
     clip, prior, cascade = pipeline.clip, pipeline.prior, pipeline.decoder
-    embed, states, mask = clip.embed_text([*prompts, ""])
-    empty = (embed[2:], states[2:], mask[2:])
+    both = clip.embed_text([*prompts, ""])
+    embed, states, mask = both.text_embed, both.text_encodings, both.text_mask
+    empty = both.rows(2, 3)
     generators = gens()
     candidates = prior.sample_embeds(embed[:2], states[:2], mask[:2], num_samples_per_batch=1, cond_scale=4.0, steps=3,
                                      generator=generators, uncond=empty)
     image_embed = rerank_by_similarity(candidates, embed[:2])
     direct = cascade.sample(image_embed, states[:2], mask[:2], text_embed=embed[:2], cond_scale=(8.0, 1.0), steps=(3, 2),
-                            generator=generators, uncond=dict(zip(("text_embed", "text_encodings", "text_mask"), empty)))
+                            generator=generators, uncond=empty)
     torch.testing.assert_close(images, direct, rtol=0, atol=1e-6)
 
 

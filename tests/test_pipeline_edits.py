@@ -105,3 +105,20 @@ def test_mix_of_prompts_and_pictures_decodes_the_mixed_embedding(pipeline):
     prompt_embed = pipeline.sample_prior(text, s, generator=[torch.Generator().manual_seed(5)])
     mixed = mix_embeddings(torch.cat([prompt_embed, pipeline.embed_images(image)]), [0.7, 0.3]).expand(2, -1)
     torch.testing.assert_close(out, pipeline.decode(mixed, None, s, generator=gens()))
+
+
+def test_sdedit_truncates_the_respaced_schedule_with_its_numerics_options():
+    # Karlo's decoder schedule (float32 betas, unclipped minimum log-variance): SDEdit samples the first steps of the
+    # very diffusion plain sampling respaces. A copy rebuilt from alpha_bar alone, as img2img once used, loses both
+    # options: its log-variance at the cleanest step is the clipped one, and its betas come back in float64.
+    from dalle2_core.adm.cascade import karlo_decoder_diffusion
+
+    respaced = karlo_decoder_diffusion().to_diffusion().respace(25)
+    first = truncated_diffusion(respaced, 0.4)
+    assert first.num_timesteps == 10 and first.float32_schedule and first.posterior_log_variance == "unclipped"
+    for name in ("betas", "alphas_cumprod", "posterior_variance", "posterior_log_variance", "posterior_mean_coef1", "log_betas"):
+        assert torch.equal(first._tables[name], respaced._tables[name][:10]), name
+    rebuilt = GaussianDiffusion(alphas_cumprod=respaced.alphas_cumprod[:10], objective=respaced.objective,
+                                learned_variance=respaced.learned_variance, timestep_map=respaced.timestep_map[:10])
+    lost = (rebuilt._tables["posterior_log_variance"] - first._tables["posterior_log_variance"]).abs()
+    assert lost[0] > 1.0 and lost[1:].max() < 1e-5  # t = 0 (ddpm's last step on a learned range); float32 rounding elsewhere

@@ -32,7 +32,7 @@ def test_prior_with_clip_from_text_and_images():
     image_embeds = diffusion_prior.sample(text[:1], cond_scale=2.0, steps=2, generator=torch.Generator().manual_seed(1))
     assert image_embeds.shape == (1, 512) and torch.isfinite(image_embeds).all()
     # of its two candidates (the same noise), sampling keeps the one closest to the CLIP text embedding
-    text_embed, text_encodings, text_mask = diffusion_prior.clip.embed_text(text[:1])
+    text_embed, text_encodings, text_mask, _ = diffusion_prior.clip.embed_text(text[:1])
     candidates = diffusion_prior.sample_embeds(text_embed, text_encodings, text_mask, cond_scale=2.0, steps=2,
                                                generator=torch.Generator().manual_seed(1))[0]  # (2, 512)
     similarity = torch.nn.functional.cosine_similarity(candidates, text_embed, dim=-1)

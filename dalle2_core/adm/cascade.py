@@ -12,19 +12,18 @@ for the final one. The diffusion math is `dalle2_core.diffusion`; the text encod
 from __future__ import annotations
 
 from dataclasses import field
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dalle2_core.adm.conditioning import expand_rows, text_conditioning
 from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnetConfig
 from dalle2_core.adm.text_proj import TextProj, TextProjConfig
 from dalle2_core.adm.unet import AdmUnet
+from dalle2_core.cascade import Picture, Stage, sample_cascade, stage_settings
+from dalle2_core.conditioning import Condition, TextCondition
 from dalle2_core.config import Config, config_dataclass
-from dalle2_core.diffusion import DiffusionConfig, StageEdit, check_picture, classifier_free_guidance, redraws_nothing, sample_stage
-from dalle2_core.helpers import cast_tuple, default, eval_mode, exists, randn, resize, unnormalize_zero_to_one
+from dalle2_core.diffusion import DiffusionConfig
+from dalle2_core.helpers import default, eval_mode, exists, resize
 
 STAGES = ("decoder", "super_res")
 
@@ -152,7 +151,7 @@ class KarloCascade(nn.Module):
         sampler: str | tuple[str, str] = "ddpm",
         generator=None,
         on_step=None,
-        uncond=None,
+        uncond: Condition | TextCondition | None = None,
         init_image: torch.Tensor | None = None,
         strength: float = 1.0,
         inpaint_image: torch.Tensor | None = None,
@@ -166,144 +165,79 @@ class KarloCascade(nn.Module):
         True = keep, inpaints (RePaint) and returns the kept pixels exactly.
 
         image_embed, text_embed (b, clip_dim); text_encodings (b, n, clip_dim); text_mask (b, n) bool.
-        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask), 1 row or b (a mapping or a 3-tuple),
-        needed when the decoder's `cond_scale != 1`; a mapping may add an `image_embed` (a negative prompt's prior
-        embedding, Kandinsky-style) in place of the learned null image embedding. `cond_scale`, `steps`, `sampler` are
-        one value or (decoder, super-resolution); the super-resolution stage is unconditioned, so its scale must be 1;
-        `steps` default to the config's `sample_steps`. `on_step(stage_number, i, total, x)` as in `Decoder.sample` (1
-        = decoder, 2 = super-resolution). `generator`: one generator or one per image (an image's noise is then the
-        same alone or in a batch).
+        `uncond`: guidance's unconditional branch, needed when the decoder's `cond_scale != 1`: the empty prompt's
+        `TextCondition` (1 row or b) with the learned null image embedding, or a `Condition` whose image embedding
+        (a negative prompt's prior embedding, Kandinsky-style) replaces that null. `cond_scale`, `steps`, `sampler`
+        are one value or (decoder, super-resolution); the super-resolution stage is unconditioned, so its scale is
+        not used; `steps` default to the config's `sample_steps`. `on_step(stage_number, i, total, x)` as in
+        `Decoder.sample` (1 = decoder, 2 = super-resolution). `generator`: one generator or one per image (an image's
+        noise is then the same alone or in a batch).
         """
-        scales = self._per_stage(cond_scale, "cond_scale", scalar_second=1.0)
-        if float(scales[1]) != 1.0:
-            raise ValueError(f"cond_scale {cond_scale!r}: the super-resolution stage is unconditioned, its scale must be 1.0")
-        steps = self._per_stage(steps, "steps") if exists(steps) else (None, None)
-        samplers = self._per_stage(sampler, "sampler")
-        picture = _Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
-        c = self.config
-        if exists(picture.init) and all(redraws_nothing(d.to_diffusion(), default(s, d.sample_steps), picture.strength)
-                                        for d, s in ((c.decoder_diffusion, steps[0]), (c.super_res_diffusion, steps[1]))):
-            return picture._at(picture.init, self.image_size)  # nothing is re-drawn: the picture itself
+        settings = stage_settings(2, cond_scale=cond_scale, steps=steps, sampler=sampler)
+        if isinstance(uncond, TextCondition):
+            uncond = Condition(None, uncond)
+        if not exists(uncond) and settings[0].cond_scale != 1.0:
+            raise ValueError(f"cond_scale={settings[0].cond_scale} needs uncond: the empty prompt's TextCondition")
+        picture = Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
+        text = TextCondition(text_embed, text_encodings, text_mask)
+        hook = (lambda position, i, total, x: on_step(position + 1, i, total, x)) if exists(on_step) else None
         with eval_mode(self):
-            stage = lambda n: (lambda i, total, x: on_step(n, i, total, x)) if exists(on_step) else None  # noqa: E731
-            small = self._sample_decoder(
-                image_embed, text_embed, text_encodings, text_mask, uncond, cond_scale=scales[0], steps=steps[0],
-                sampler=samplers[0], generator=generator, on_step=stage(1), picture=picture,
-            )
-            image = self._sample_super_res(small, steps=steps[1], sampler=samplers[1], generator=generator, on_step=stage(2),
-                                           picture=picture)
-        return picture.restore(unnormalize_zero_to_one(image).clamp(0.0, 1.0))
-
-    def _per_stage(self, value, name: str, scalar_second=None) -> tuple:
-        values = cast_tuple(value)
-        if len(values) == 1:
-            return (values[0], default(scalar_second, values[0]))
-        if len(values) != 2:
-            raise ValueError(f"{name} needs one value or two (decoder, super-resolution), got {value!r}")
-        return values
-
-    def _sample_decoder(
-        self, image_embed, text_embed, text_encodings, text_mask, uncond, *, cond_scale, steps, sampler, generator, on_step,
-        picture=None,
-    ):
-        """The 64 px stage: x_0 in [-1, 1] (b, channels, s, s)."""
-        b = image_embed.shape[0]
-        if not exists(text_mask):
-            text_mask = torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=text_encodings.device)
-        cond = dict(image_embed=image_embed, text_embed=text_embed, text_encodings=text_encodings, text_mask=text_mask)
-        if float(cond_scale) == 1.0:
-            encoded = self.decoder.encode_context(**self.text_proj(**cond))
-            model = lambda x, t: self.decoder(x, t, **encoded)  # noqa: E731
-        else:
-            if not exists(uncond):
-                raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's (text_embed, text_encodings, text_mask)")
-            empty = expand_rows(text_conditioning(uncond, "uncond"), b, "uncond")
-            empty["text_mask"] = default(empty["text_mask"], lambda: torch.ones_like(text_mask))
-            negative = uncond.get("image_embed") if isinstance(uncond, dict) else None
-            null_image = negative if exists(negative) else self.text_proj.null_image_embeds(b)
-            null = dict(image_embed=null_image.to(image_embed.dtype), **empty)
-            # the context and added time embedding depend on neither x_t nor t: projected once per run
-            # (and so is every attention layer's projection of the context to keys and values)
-            encode = lambda **kw: self.decoder.encode_context(**self.text_proj(**kw))  # noqa: E731
-            model = classifier_free_guidance(self.decoder, cond_scale, encode=encode, uncond=null, **cond)
-        c = self.config
-        param = next(self.decoder.parameters())
-        size = c.decoder.sample_size
-        noise = randn((b, self.channels, size, size), generator=generator, device=param.device, dtype=param.dtype)
-        x = sample_stage(
-            model, self.decoder_diffusion, noise, sampler=sampler, steps=default(steps, c.decoder_diffusion.sample_steps),
-            denoise_fn=c.decoder_diffusion.denoise_fn(), generator=generator, on_step=on_step,
-            **default(picture, _NO_PICTURE).stage(size),
-        )
-        return x.clamp(-1.0, 1.0)
+            stages = [self.decoder_stage(image_embed, text, uncond), self.super_res_stage()]
+            return sample_cascade(stages, settings, batch_size=image_embed.shape[0], generator=generator, on_step=hook,
+                                  picture=picture)
 
     @torch.no_grad()
     def upscale(self, images: torch.Tensor, *, steps=None, sampler: str = "ddpm", generator=None, on_step=None) -> torch.Tensor:
         """The super-resolution stage alone on [0, 1] images at the decoder's size (b, c, s, s); [0, 1] out.
         `on_step(2, i, total, x)` as in `sample`."""
-        stage = (lambda i, total, x: on_step(2, i, total, x)) if exists(on_step) else None  # noqa: E731
+        hook = (lambda position, i, total, x: on_step(2, i, total, x)) if exists(on_step) else None
         with eval_mode(self):
-            image = self._sample_super_res(images * 2 - 1, steps=steps, sampler=sampler, generator=generator, on_step=stage)
-        return unnormalize_zero_to_one(image).clamp(0.0, 1.0)
+            return sample_cascade([self.super_res_stage()], stage_settings(1, steps=steps, sampler=sampler),
+                                  batch_size=images.shape[0], generator=generator, on_step=hook, start=images * 2 - 1)
 
-    def _sample_super_res(self, small: torch.Tensor, *, steps, sampler, generator, on_step, picture=None) -> torch.Tensor:
-        """64 -> 256 px: `super_res_first` for every step but the last, `super_res_last` for the last."""
+    def decoder_stage(self, image_embed: torch.Tensor, text: TextCondition, uncond: Condition | None) -> Stage:
+        """The 64 px stage: the decoder guided on eps, its context and added time embedding projected once per run."""
+        b, c = image_embed.shape[0], self.config
+        text = text.with_mask()
+        cond = dict(image_embed=image_embed, **text.tensors())
+        negative = cond  # without guidance the unconditional branch never runs
+        if exists(uncond):
+            empty = uncond.text.expand(b, "uncond")
+            empty = empty._replace(text_mask=default(empty.text_mask, lambda: torch.ones_like(text.text_mask)))
+            null_image = uncond.image_embed if exists(uncond.image_embed) else self.text_proj.null_image_embeds(b)
+            negative = dict(image_embed=null_image.to(image_embed.dtype), **empty.tensors())
+        param = next(self.decoder.parameters())
+        # the context and added time embedding depend on neither x_t nor t: projected once per run
+        # (and so is every attention layer's projection of the context to keys and values)
+        encode = lambda **kw: self.decoder.encode_context(**self.text_proj(**kw))  # noqa: E731
+        return Stage(
+            name="decoder", network=self.decoder, diffusion=self.decoder_diffusion, size=c.decoder.sample_size,
+            channels=self.channels, dtype=param.dtype, device=param.device, cond=cond, uncond=negative, encode=encode,
+            denoise_fn=c.decoder_diffusion.denoise_fn(), default_steps=c.decoder_diffusion.sample_steps,
+        )
+
+    def super_res_stage(self) -> Stage:
+        """64 -> 256 px: the clamped decoder image upsampled (bicubic, antialiased) beside the noisy image;
+        `super_res_first` for every step but the last, `super_res_last` for the last."""
         c = self.config
         size = c.super_res_first.sample_size
-        lowres = resize(small, size)
-        steps = default(steps, c.super_res_diffusion.sample_steps)
-        diffusion = self.super_res_diffusion.respace(steps)
-        last_t = int(diffusion.timestep_map[0])  # every sampler's final model call is at the cleanest kept timestep
-
-        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            net = self.super_res_last if int(t[0]) == last_t else self.super_res_first
-            return net(torch.cat([x, lowres], dim=1), t)  # (b, 2·channels, size, size)
-
-        noise = randn(small.shape[:2] + (size, size), generator=generator, device=small.device, dtype=small.dtype)
-        return sample_stage(
-            model, diffusion, noise, sampler=sampler, denoise_fn=c.super_res_diffusion.denoise_fn(), generator=generator,
-            on_step=on_step, **default(picture, _NO_PICTURE).stage(size),
+        param = next(self.super_res_first.parameters())
+        return Stage(
+            name="super-res", network=_LowresConcat(self.super_res_first), final_network=_LowresConcat(self.super_res_last),
+            diffusion=self.super_res_diffusion, size=size, channels=self.channels, dtype=param.dtype, device=param.device,
+            guided=False, lowres=lambda previous, generator: {"lowres": resize(previous, size)},
+            denoise_fn=c.super_res_diffusion.denoise_fn(), default_steps=c.super_res_diffusion.sample_steps,
         )
 
 
-class _Picture(NamedTuple):
-    """What a sampling run starts from besides noise, in [0, 1] pixels: SDEdit's image or RePaint's kept pixels."""
+class _LowresConcat:
+    """A super-resolution U-Net called on [noisy image ‖ upsampled low-resolution image] (b, 2·channels, s, s)."""
 
-    init: torch.Tensor | None = None
-    strength: float = 1.0
-    known: torch.Tensor | None = None
-    keep: torch.Tensor | None = None  # (b, H, W) bool, True = kept
-    resample_times: int = 5
+    def __init__(self, net: AdmUnet):
+        self.net = net
 
-    @classmethod
-    def of(cls, init_image, strength, inpaint_image, inpaint_mask, resample_times) -> _Picture:
-        return cls(check_picture(init_image, strength, inpaint_image, inpaint_mask), strength, inpaint_image, inpaint_mask,
-                   resample_times)
-
-    def _at(self, image: torch.Tensor, size: int) -> torch.Tensor:
-        return resize(image, size).clamp(0, 1)
-
-    def _keep_at(self, size: int) -> torch.Tensor:
-        return F.interpolate(self.keep[:, None].float(), size=(size, size), mode="nearest") > 0.5  # (b, 1, size, size)
-
-    def stage(self, size: int) -> dict:
-        """`sample_stage` keywords for a stage of `size` px: the picture in [-1, 1] at that size."""
-        if exists(self.known):
-            return dict(edit=StageEdit(known=self._at(self.known, size) * 2 - 1, keep=self._keep_at(size)),
-                        resample_times=self.resample_times)
-        if exists(self.init):
-            return dict(edit=StageEdit(init=self._at(self.init, size) * 2 - 1, strength=self.strength))
-        return {}
-
-    def restore(self, image: torch.Tensor) -> torch.Tensor:
-        """The final images with the kept pixels exactly the picture's."""
-        if not exists(self.known):
-            return image
-        size = image.shape[-1]
-        return torch.where(self._keep_at(size), self._at(self.known, size), image)
-
-
-_NO_PICTURE = _Picture()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *, lowres: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, lowres], dim=1), t)
 
 
 __all__ = [

@@ -9,14 +9,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..conditioning import TextCondition
 from ..helpers import cast_tuple, resize
 from .tokenizer import truncate_tokens
 
-
-class EmbeddedText(NamedTuple):
-    text_embed: torch.Tensor  # (b, dim_latent), l2-normalised
-    text_encodings: torch.Tensor  # (b, n, dim_text), zero where text_mask is False
-    text_mask: torch.Tensor  # (b, n) bool, True = a real token
+# what `embed_text` returns: text_embed (b, dim_latent), l2-normalised; text_encodings (b, n, dim_text), zero where
+# text_mask (b, n, bool, True = a real token) is False; text, the prompts or token ids given
+EmbeddedText = TextCondition
 
 
 class EmbeddedImage(NamedTuple):
@@ -68,7 +67,7 @@ class ClipAdapter(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def embed_text(self, text: torch.Tensor | str | Sequence[str]) -> EmbeddedText:
+    def embed_text(self, text: torch.Tensor | str | Sequence[str]) -> TextCondition:
         """Embed token ids (b, n) or prompts; ids longer than `max_text_len` are cut (with a warning)."""
         if isinstance(text, torch.Tensor):
             if text.dtype.is_floating_point or text.dtype == torch.bool or text.ndim != 2:
@@ -77,8 +76,9 @@ class ClipAdapter(nn.Module, abc.ABC):
                 )
             tokens = truncate_tokens(text, self.max_text_len)
         else:
+            text = [text] if isinstance(text, str) else list(text)
             tokens = self.tokenize(text).to(self.device)
-        return self._embed_tokens(tokens.long())
+        return self._embed_tokens(tokens.long())._replace(text=text)
 
     def embed_image(self, images: torch.Tensor) -> EmbeddedImage:
         """Embed images in [0, 1] of shape (b, c, h, w), any h and w: resized to the CLIP's size."""

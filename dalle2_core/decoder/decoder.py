@@ -11,34 +11,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from dalle2_core.cascade import Picture, Stage, sample_cascade, stage_settings
+from dalle2_core.conditioning import Condition
 from dalle2_core.decoder.decoder_build import frozen_clip, networks_and_config
 from dalle2_core.decoder.decoder_config import DecoderConfig
 from dalle2_core.decoder.decoder_lowres import LowresConditioner, crop, random_crop_params, resize_image_to
 from dalle2_core.decoder.unet import Unet
-from dalle2_core.diffusion import (
-    GaussianDiffusion,
-    StageEdit,
-    check_picture,
-    classifier_free_guidance,
-    dynamic_thresholding,
-    redraws_nothing,
-    sample_stage,
-    static_clamp,
-)
-from dalle2_core.diffusion.repaint import INPAINT_SAMPLERS
-from dalle2_core.helpers import (
-    default,
-    eval_mode,
-    exists,
-    normalize_neg_one_to_one,
-    randn,
-    unnormalize_zero_to_one,
-)
+from dalle2_core.diffusion import GaussianDiffusion, dynamic_thresholding, static_clamp
+from dalle2_core.helpers import default, eval_mode, exists, normalize_neg_one_to_one, unnormalize_zero_to_one
 from dalle2_core.vqgan.vae import NullVQGanVAE, VQGanVAE
 
 
@@ -222,7 +206,8 @@ class Decoder(nn.Module):
             if not exists(self.clip):
                 raise ValueError("raw text needs a clip on the decoder; pass text_encodings instead")
             with torch.no_grad():
-                _, text_encodings, text_mask = self.clip.embed_text(text)
+                embedded = self.clip.embed_text(text)
+                text_encodings, text_mask = embedded.text_encodings, embedded.text_mask
         if self.condition_on_text_encodings and not exists(text_encodings):
             raise ValueError("this decoder is conditioned on text: pass text or text_encodings")
         if not self.condition_on_text_encodings and exists(text_encodings):
@@ -348,7 +333,7 @@ class Decoder(nn.Module):
         inpaint_resample_times: int = 5,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         on_step=None,
-        uncond: dict | None = None,
+        uncond: Condition | None = None,
     ) -> torch.Tensor:
         """Run the cascade from `start_at_unet_number` to `stop_at_unet_number`; images in [0, 1].
 
@@ -359,9 +344,8 @@ class Decoder(nn.Module):
         from pure noise (0 returns the image itself). Inpainting (RePaint) keeps `inpaint_image`
         where `inpaint_mask` (b, h, w) is True. `on_step(unet_number, i, total, x)` is called after
         every denoising step. `generator` may be a list with one generator per image: each image's
-        noise is then the same as when sampled alone. `uncond` (keys image_embed, text_encodings,
-        text_mask: a negative prompt's, Kandinsky-style) replaces the learned null conditions in the
-        unconditional branch of guidance.
+        noise is then the same as when sampled alone. `uncond` (a negative prompt's image embedding and
+        text, Kandinsky-style) replaces the learned null conditions in the unconditional branch of guidance.
         """
         start = self._unet_index(start_at_unet_number)
         stop = self._unet_index(default(stop_at_unet_number, self.num_unets))
@@ -369,30 +353,30 @@ class Decoder(nn.Module):
             raise ValueError(f"stop_at_unet_number {stop + 1} is before start_at_unet_number {start + 1}")
         image_embed, text_encodings, text_mask, batch_size = self._sample_conditions(
             range(start, stop + 1), image_embed, text, text_encodings, text_mask, batch_size)
-        edit = _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler)
-
-        img = self._start_images(start, start_image_or_video, batch_size)
-        scales = self.config.per_unet(cond_scale, "cond_scale")
-        steps = self.config.per_unet(default(steps, self.config.diffusion.sample_timesteps), "steps")
+        picture = Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
+        previous = self._start_images(start, start_image_or_video, batch_size)
+        settings = stage_settings(self.num_unets, cond_scale=cond_scale, sampler=sampler, eta=self.config.diffusion.ddim_sampling_eta,
+                                  steps=default(steps, self.config.diffusion.sample_timesteps))
+        hook = (lambda position, i, total, x: on_step(start + position + 1, i, total, x)) if exists(on_step) else None
         with eval_mode(self):
-            for index in range(start, stop + 1):
-                stage_on_step = (lambda i, total, x, _n=index + 1: on_step(_n, i, total, x)) if exists(on_step) else None
-                img = self._sample_stage(
-                    index, img, batch_size, image_embed, text_encodings, text_mask,
-                    cond_scale=scales[index], sampler=sampler, steps=steps[index], generator=generator,
-                    on_step=stage_on_step, edit=edit, inpaint_resample_times=inpaint_resample_times, uncond=uncond,
-                )
-        return img
+            stages = self.stages(image_embed, text_encodings, text_mask, uncond=uncond, start=start, stop=stop)
+            return sample_cascade(stages, settings[start : stop + 1], batch_size=batch_size, generator=generator, on_step=hook,
+                                  picture=picture, start=previous)
+
+    def stages(self, image_embed=None, text_encodings=None, text_mask=None, *, uncond: Condition | None = None, start: int = 0,
+               stop: int | None = None) -> list[Stage]:
+        """The cascade's stages `start` .. `stop` (0-based indices) for `sample_cascade`, with these conditions."""
+        return [self._stage(i, image_embed, text_encodings, text_mask, uncond) for i in range(start, default(stop, self.num_unets - 1) + 1)]
 
     def _start_images(self, start: int, images: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-        """What the first running stage upsamples: None for the base unet, else the previous stage's images."""
+        """What the first running stage upsamples ([-1, 1]): None for the base unet, else the previous stage's images."""
         if start == 0:
             return None
         if not exists(images):
             raise ValueError(f"start_at_unet_number={start + 1} needs start_image_or_video (the stage {start} images)")
         if images.shape[0] != batch_size:
             raise ValueError(f"start_image_or_video has batch {images.shape[0]}, expected {batch_size}")
-        return resize_image_to(images, self.image_sizes[start - 1])
+        return normalize_neg_one_to_one(resize_image_to(images, self.image_sizes[start - 1]))
 
     def _sample_conditions(self, stages, image_embed, text, text_encodings, text_mask, batch_size):
         """(image_embed, text_encodings, text_mask, batch) for the stages that will run; None where none uses it."""
@@ -406,69 +390,50 @@ class Decoder(nn.Module):
             if exists(text) and not exists(text_encodings):
                 if not exists(self.clip):
                     raise ValueError("raw text needs a clip on the decoder; pass text_encodings instead")
-                _, text_encodings, text_mask = self.clip.embed_text(text)
+                embedded = self.clip.embed_text(text)
+                text_encodings, text_mask = embedded.text_encodings, embedded.text_mask
             if not exists(text_encodings):
                 raise ValueError("these stages are conditioned on text: pass text or text_encodings")
             batch_size = text_encodings.shape[0]
         return None, text_encodings, text_mask, batch_size
 
-    def _sample_stage(self, index, lowres_source, batch_size, image_embed, text_encodings, text_mask, *,
-                      cond_scale, sampler, steps, generator, on_step, edit, inpaint_resample_times, uncond=None) -> torch.Tensor:
-        """One unet of the cascade: [0, 1] images at `image_sizes[index]` from noise (and the previous stage)."""
+    def _stage(self, index, image_embed, text_encodings, text_mask, uncond: Condition | None) -> Stage:
+        """Unet `index` as a cascade stage: its network, conditions, diffusion, VQ-GAN and low-resolution input."""
         unet, vae, diffusion = self.unets[index], self.vaes[index], self.diffusions[index]
         param = next(unet.parameters())
-        size, latent_size = self.image_sizes[index], self._stage_size(index)
-        lowres_x = lowres_level = None
-        if exists(self.lowres_conds[index]):
-            lowres_img, lowres_level = self.lowres_conds[index].for_sampling(lowres_source, target_size=size, generator=generator)
-            lowres_x = self._encode(index, lowres_img)
-        cond = self._unet_cond(index, image_embed, text_encodings, text_mask, lowres_x, lowres_level)
+        cond = self._unet_cond(index, image_embed, text_encodings, text_mask, None, None)
         # a stage without image/text condition has nothing to guide; guiding every output channel,
         # the variance fraction included, is what the trained (LAION) checkpoints expect
         conditioned = unet.cond_on_image_embeds or unet.cond_on_text_encodings
         negative = None
         if exists(uncond) and conditioned:
-            negative = self._unet_cond(index, uncond.get("image_embed"), uncond.get("text_encodings"), uncond.get("text_mask"),
-                                       lowres_x, lowres_level)
-        # past the unet's row cap (a memory choice of the caller) the guided batch runs in chunks
-        model = classifier_free_guidance(self._network(index), cond_scale if conditioned else 1.0, guide_variance=True,
-                                         uncond=negative, max_batch=unet.sampling_max_batch, **cond)
-
+            text = uncond.text
+            encodings, mask = (text.text_encodings, text.text_mask) if exists(text) else (None, None)
+            negative = self._unet_cond(index, uncond.image_embed, encodings, mask, None, None)
         c = self.config.conditioning
         denoise_fn = None
         if c.clip_denoised and not isinstance(vae, VQGanVAE):  # latents have no [-1, 1] range to clamp to
             denoise_fn = dynamic_thresholding(c.dynamic_thresholding_percentile) if c.dynamic_thresholding else static_clamp
-        noise = randn((batch_size, vae.encoded_dim, latent_size, latent_size),
-                      generator=generator, device=param.device, dtype=param.dtype)
-        eta = self.config.diffusion.ddim_sampling_eta if sampler == "ddim" else 0.0
-        stage_edit, known_px, mask_px = None, None, None
-        if exists(edit.inpaint_image):
-            known_px = resize_image_to(edit.inpaint_image, size)
-            mask_px = resize_image_to(edit.inpaint_mask[:, None].float(), size) > 0.5  # (b, 1, h, w)
-            stage_edit = StageEdit(known=self._encode(index, known_px), keep=resize_image_to(mask_px.float(), latent_size) > 0.5)
-        elif exists(edit.init_image):
-            init = resize_image_to(edit.init_image, size).to(param.dtype)
-            if redraws_nothing(diffusion, steps, edit.strength):
-                return init  # strength 0: the picture itself
-            stage_edit = StageEdit(init=self._encode(index, init), strength=edit.strength)
-        x = sample_stage(model, diffusion, noise, sampler=sampler, steps=steps, eta=eta, denoise_fn=denoise_fn,
-                         generator=generator, on_step=on_step, edit=stage_edit, resample_times=inpaint_resample_times)
-        img = unnormalize_zero_to_one(vae.decode(x)).clamp(0.0, 1.0)
-        return img if known_px is None else torch.where(mask_px, known_px, img)  # the known pixels exactly
+        lowres = None
+        if exists(self.lowres_conds[index]):
+            lowres = lambda previous, generator: self._lowres_input(index, previous, generator)  # noqa: E731
+        return Stage(
+            name=f"unet {index + 1}", network=self._network(index), diffusion=diffusion, size=self.image_sizes[index],
+            channels=vae.encoded_dim, latent_size=self._stage_size(index), dtype=param.dtype, device=param.device,
+            codec=vae if isinstance(vae, VQGanVAE) else None, cond=cond, uncond=negative, guided=conditioned,
+            guide_variance=True, lowres=lowres, denoise_fn=denoise_fn, max_batch=unet.sampling_max_batch,
+            default_steps=self.config.option_per_unet("diffusion", "sample_timesteps")[index], resize=resize_image_to,
+        )
 
-
-class _Edit(NamedTuple):
-    init_image: torch.Tensor | None
-    strength: float
-    inpaint_image: torch.Tensor | None
-    inpaint_mask: torch.Tensor | None
-
-
-def _check_edit(init_image, strength, inpaint_image, inpaint_mask, sampler) -> _Edit:
-    init_image = check_picture(init_image, strength, inpaint_image, inpaint_mask)
-    if exists(inpaint_image) and sampler not in INPAINT_SAMPLERS:  # before any stage runs
-        raise ValueError(f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
-    return _Edit(init_image, strength, inpaint_image, inpaint_mask)
+    def _lowres_input(self, index: int, previous: torch.Tensor, generator) -> dict:
+        """The previous stage's [-1, 1] image as unet `index`'s low-resolution conditions (noised at the sampling level)."""
+        u = self.unets[index]
+        lowres_img, lowres_level = self.lowres_conds[index].for_sampling(
+            unnormalize_zero_to_one(previous), target_size=self.image_sizes[index], generator=generator)
+        cond = {"lowres_cond_img": self._encode(index, lowres_img)}
+        if u.lowres_noise_cond:
+            cond["lowres_noise_level"] = lowres_level
+        return cond
 
 
 __all__ = ["Decoder"]

@@ -7,7 +7,7 @@ from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thres
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .noise import RecordedNoise
 from .repaint import INPAINT_SAMPLERS, repaint_sample
-from .respace import respaced_diffusion, space_timesteps
+from .respace import space_timesteps
 from .samplers import (
     SAMPLERS,
     ddim_step,
@@ -46,7 +46,6 @@ __all__ = [
     "normal_kl",
     "p_sample_step",
     "repaint_sample",
-    "respaced_diffusion",
     "sample",
     "sample_ddim",
     "sample_ddpm",

@@ -43,12 +43,10 @@ def check_picture(init_image, strength: float, inpaint_image, inpaint_mask) -> t
 
 def truncated_diffusion(diffusion: GaussianDiffusion, strength: float) -> GaussianDiffusion | None:
     """The first round(strength · T) steps of `diffusion`: sampling from its last index re-draws that fraction of
-    the schedule (SDEdit). None for no step. Same tables, so every sampler runs on it."""
+    the schedule (SDEdit). None for no step. A subset of the same diffusion (its numerics options kept), so every
+    sampler runs on it."""
     keep = round(strength * diffusion.num_timesteps)
-    if keep == 0:
-        return None
-    return GaussianDiffusion(alphas_cumprod=diffusion.alphas_cumprod[:keep], objective=diffusion.objective,
-                             learned_variance=diffusion.learned_variance, timestep_map=diffusion.timestep_map[:keep])
+    return diffusion.subset(range(keep)) if keep else None
 
 
 def redraws_nothing(diffusion: GaussianDiffusion, steps: int | str | None, strength: float) -> bool:

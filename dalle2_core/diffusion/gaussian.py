@@ -8,13 +8,14 @@ with `t` the timesteps of the *training* schedule; a respaced diffusion maps its
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 
 from ..helpers import default, exists
 from .losses import SIMPLE_LOSSES, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .respace import space_timesteps
 from .schedules import beta_schedule
 
 OBJECTIVES = ("eps", "x0", "v")
@@ -128,11 +129,34 @@ class GaussianDiffusion:
     def is_identity_map(self) -> bool:
         return torch.equal(self.timestep_map, torch.arange(self.num_timesteps, device="cpu"))
 
-    def respace(self, steps: int | str | None) -> GaussianDiffusion:
-        """A diffusion over a subset of these timesteps (see `respace.space_timesteps`); None: this one."""
-        from .respace import respaced_diffusion
+    def respace(self, steps: int | str | Sequence[int] | None) -> GaussianDiffusion:
+        """The diffusion over the timesteps `steps` keeps (`respace.space_timesteps`: a count, "ddimN", section
+        counts, or an explicit list of timesteps); None: this one."""
+        return self if steps is None else self.subset(space_timesteps(self.num_timesteps, steps))
 
-        return self if steps is None else respaced_diffusion(self, steps)
+    def subset(self, indices: Sequence[int]) -> GaussianDiffusion:
+        """The diffusion over some of this one's indices (ascending), with exactly the same alpha_bar there.
+
+        Respacing (Nichol & Dhariwal 2021 §4) and SDEdit's truncated schedule are both subsets. The betas are
+        the ratios 1 - alpha_bar_t / alpha_bar_prev; a float32 schedule computes them in float32, as
+        UnCLIPScheduler steps it, except that a step onto the index just before keeps the schedule's own beta.
+        `timestep_map` composes, so the network still sees training timesteps. Every numerics option is kept.
+        """
+        kept = [int(i) for i in indices]
+        if not kept or any(b <= a for a, b in zip(kept, kept[1:])) or kept[0] < 0 or kept[-1] >= self.num_timesteps:
+            raise ValueError(f"a subset needs ascending indices in 0 .. {self.num_timesteps - 1}, got {kept[:8]}{'...' * (len(kept) > 8)}")
+        if kept == list(range(self.num_timesteps)):
+            return self
+        options = dict(objective=self.objective, learned_variance=self.learned_variance,
+                       timestep_map=self.timestep_map[kept], posterior_log_variance=self.posterior_log_variance)
+        if not self.float32_schedule:
+            return GaussianDiffusion(alphas_cumprod=self.alphas_cumprod[kept], **options)
+        alphas_cumprod = self.alphas_cumprod[kept].to(torch.float32)  # exact: the values are float32 already
+        betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        previous = torch.tensor([-1] + kept[:-1], device="cpu")
+        adjacent = torch.tensor(kept, device="cpu") - 1 == previous  # (steps,)
+        betas = torch.where(adjacent, self.betas[kept].to(torch.float32), betas)
+        return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, float32_schedule=True, **options)
 
     # ---- table lookup ------------------------------------------------------------------------
 

@@ -10,9 +10,16 @@ from __future__ import annotations
 import torch
 
 from ..choices import INPAINT_SAMPLERS
+from ..errors import SettingError
 from ..helpers import exists
 from .gaussian import DenoiseFn, GaussianDiffusion, ModelFn
 from .samplers import ddim_step, p_sample_step, randn_like
+
+
+def check_inpaint_sampler(sampler: str) -> None:
+    """RePaint runs on the ancestral and DDIM steps only (`choices.INPAINT_SAMPLERS`): the one place this is checked."""
+    if sampler not in INPAINT_SAMPLERS:
+        raise SettingError("sampler", f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
 
 
 @torch.no_grad()
@@ -36,8 +43,7 @@ def repaint_sample(
     `sampler` is "ddpm" (ancestral, as in the paper) or "ddim"; `steps` respaces the diffusion.
     `on_step(i, total, x)` runs after each completed step, as for the other samplers.
     """
-    if sampler not in INPAINT_SAMPLERS:
-        raise ValueError(f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {sampler!r}")
+    check_inpaint_sampler(sampler)
     if resample_times < 1:
         raise ValueError(f"inpaint_resample_times must be >= 1, got {resample_times}")
     if sampler == "ddpm" and eta != 0:
@@ -68,4 +74,4 @@ def repaint_sample(
     return torch.where(mask, known, x)
 
 
-__all__ = ["INPAINT_SAMPLERS", "repaint_sample"]
+__all__ = ["INPAINT_SAMPLERS", "check_inpaint_sampler", "repaint_sample"]

@@ -1,10 +1,12 @@
-"""Timestep respacing (Nichol & Dhariwal 2021 §4): sample with fewer steps than the network was trained on."""
+"""Which timesteps a shorter sampling run keeps (Nichol & Dhariwal 2021 §4); `GaussianDiffusion.subset` builds it.
+
+Pure functions of integers: a spacing is a producer of timesteps, so new spacings (DDIM's stride, diffusers'
+"leading" with an offset, Karras-style) need no new sampler.
+"""
 
 from __future__ import annotations
 
-import torch
-
-from .gaussian import GaussianDiffusion
+from collections.abc import Sequence
 
 
 def _evenly(num_timesteps: int, count: int) -> list[int]:
@@ -15,15 +17,18 @@ def _evenly(num_timesteps: int, count: int) -> list[int]:
     return [round(i * stride) for i in range(count)]
 
 
-def space_timesteps(num_timesteps: int, spacing: int | str) -> list[int]:
+def space_timesteps(num_timesteps: int, spacing: int | str | Sequence[int]) -> list[int]:
     """The training timesteps to keep, sorted ascending.
 
     `spacing` is a step count (evenly spaced, first and last kept), "ddimN" (every N // steps-th
-    step from 0, as in DDIM), or guided-diffusion's section counts "10,15,20" (the schedule cut into
-    equal sections, each spaced evenly with that many steps).
+    step from 0, as in DDIM), guided-diffusion's section counts "10,15,20" (the schedule cut into
+    equal sections, each spaced evenly with that many steps), or the timesteps themselves (a list or
+    tuple of distinct ints in 0 .. num_timesteps - 1, in any order).
     """
+    if isinstance(spacing, (list, tuple)):
+        return _explicit(num_timesteps, spacing)
     if isinstance(spacing, bool) or not isinstance(spacing, (int, str)):
-        raise ValueError(f"steps must be an int or a string like 'ddim50' or '10,15,20', got {spacing!r}")
+        raise ValueError(f"steps must be an int, a string like 'ddim50' or '10,15,20', or a list of timesteps, got {spacing!r}")
     if isinstance(spacing, str) and spacing.startswith("ddim"):
         count = _parse_count(spacing[len("ddim"):], spacing)
         _check_count(count, num_timesteps)
@@ -50,11 +55,22 @@ def space_timesteps(num_timesteps: int, spacing: int | str) -> list[int]:
     return kept
 
 
+def _explicit(num_timesteps: int, timesteps: Sequence[int]) -> list[int]:
+    bad = [t for t in timesteps if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < num_timesteps]
+    if not timesteps or bad:
+        shown = bad[0] if bad else "none"
+        raise ValueError(f"timesteps must be distinct ints in 0 .. {num_timesteps - 1}; got {shown!r}")
+    kept = sorted(set(timesteps))
+    if len(kept) != len(timesteps):
+        raise ValueError(f"timesteps must be distinct; {len(timesteps) - len(kept)} repeat")
+    return kept
+
+
 def _parse_count(text: str, spacing: str) -> int:
     try:
         return int(text)
     except ValueError:
-        accepted = "an int, 'ddimN' or section counts like '10,15,20'"
+        accepted = "an int, 'ddimN', section counts like '10,15,20', or a list of timesteps"
         raise ValueError(f"cannot read steps {spacing!r}; accepted: {accepted}") from None
 
 
@@ -63,29 +79,4 @@ def _check_count(count: int, num_timesteps: int) -> None:
         raise ValueError(f"steps must be between 1 and the {num_timesteps} training timesteps, got {count}")
 
 
-def respaced_diffusion(diffusion: GaussianDiffusion, spacing: int | str) -> GaussianDiffusion:
-    """A diffusion over the kept timesteps with exactly the same alpha_bar there (its betas are the ratios).
-
-    A float32 schedule is respaced as UnCLIPScheduler steps it: beta = 1 - alpha_bar_t / alpha_bar_prev
-    in float32, except that a step onto the timestep just before keeps the schedule's own beta.
-    """
-    kept = space_timesteps(diffusion.num_timesteps, spacing)
-    if kept == list(range(diffusion.num_timesteps)):
-        return diffusion
-    options = dict(
-        objective=diffusion.objective,
-        learned_variance=diffusion.learned_variance,
-        timestep_map=diffusion.timestep_map[kept],  # composes with an earlier respacing
-        posterior_log_variance=diffusion.posterior_log_variance,
-    )
-    if not diffusion.float32_schedule:
-        return GaussianDiffusion(alphas_cumprod=diffusion.alphas_cumprod[kept], **options)
-    alphas_cumprod = diffusion.alphas_cumprod[kept].to(torch.float32)  # exact: the values are float32 already
-    betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    previous = torch.tensor([-1] + kept[:-1], device="cpu")
-    adjacent = torch.tensor(kept, device="cpu") - 1 == previous  # (steps,)
-    betas = torch.where(adjacent, diffusion.betas[kept].to(torch.float32), betas)
-    return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, float32_schedule=True, **options)
-
-
-__all__ = ["respaced_diffusion", "space_timesteps"]
+__all__ = ["space_timesteps"]

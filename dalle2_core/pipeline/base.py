@@ -22,50 +22,23 @@ import abc
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from dalle2_core.cascade import per_stage
 from dalle2_core.checkpoint import SamplingSettings
 from dalle2_core.choices import INPAINT_SAMPLERS
-from dalle2_core.helpers import cast_tuple, default, exists
+from dalle2_core.conditioning import Condition, TextCondition
+from dalle2_core.diffusion.repaint import check_inpaint_sampler
+from dalle2_core.errors import NonFiniteOutputError, SettingError, check_finite
+from dalle2_core.helpers import default, exists
+from dalle2_core.interpolation import mix_embeddings, slerp
 
 # on_step(stage, i, total, x): after step i (0-based) of `total` in the named stage ("prior", "unet 1", ...)
 OnStep = Callable[[str, int, int, torch.Tensor], None]
 Generator = torch.Generator | Sequence[torch.Generator] | None
 PRIOR_STAGE = "prior"
-
-
-class TextCondition(NamedTuple):
-    """What a text encoder gives for a batch of prompts; computed once and shared by prior and decoder."""
-
-    text_embed: torch.Tensor  # (b, d)
-    text_encodings: torch.Tensor | None  # (b, n, d_text)
-    text_mask: torch.Tensor | None  # (b, n) bool, True = a real token
-    text: list[str] | torch.Tensor  # the prompts (or token ids) they came from
-
-    def __len__(self) -> int:  # type: ignore[override]
-        return self.text_embed.shape[0]
-
-
-class SettingError(ValueError):
-    """A sampling setting this model cannot take; `setting` names the `SamplingSettings` field."""
-
-    def __init__(self, setting: str, message: str):
-        super().__init__(message)
-        self.setting = setting
-
-
-class NonFiniteOutputError(RuntimeError):
-    """A stage produced NaN or infinite values; `stage` names it (as in `Pipeline.stage_names`)."""
-
-    def __init__(self, stage: str, cond_scale: float | None = None):
-        hint = ""
-        if exists(cond_scale) and cond_scale > 1e3:
-            hint = f"; guidance scale {cond_scale:g} is the likely cause (try a value below 20)"
-        super().__init__(f"the {stage} stage produced NaN or infinite values{hint}")
-        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -83,12 +56,6 @@ class StageDefaults:
 
     prior: tuple[int, int] | None
     decoder: tuple[tuple[int, int], ...]
-
-
-def check_finite(x: torch.Tensor, stage: str, cond_scale: float | None = None) -> torch.Tensor:
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteOutputError(stage, cond_scale)
-    return x
 
 
 class Pipeline(nn.Module, abc.ABC):
@@ -136,10 +103,10 @@ class Pipeline(nn.Module, abc.ABC):
     @abc.abstractmethod
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
-               edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
+               edit: ImageEdit | None = None, negative: Condition | None = None) -> torch.Tensor:
         """Images (b, c, H, W) in [0, 1]; `text=None` on a text-conditioned decoder means its null text.
 
-        `negative` = (the negative prompt's image embedding, its text) conditions guidance's unconditional branch.
+        `negative` (the negative prompt's image embedding and text) conditions guidance's unconditional branch.
         """
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
@@ -163,8 +130,8 @@ class Pipeline(nn.Module, abc.ABC):
         if inpainting and "sampler" not in asked and base["sampler"] not in INPAINT_SAMPLERS:
             base["sampler"] = INPAINT_SAMPLERS[0]  # the model's default sampler cannot inpaint
         base.update(asked)
-        if inpainting and base["sampler"] not in INPAINT_SAMPLERS:
-            raise SettingError("sampler", f"inpainting supports samplers {', '.join(INPAINT_SAMPLERS)}; got {base['sampler']!r}")
+        if inpainting:
+            check_inpaint_sampler(base["sampler"])
         stages = self.stage_defaults()
         n = len(stages.decoder)
         steps = per_stage(default(base["steps"], tuple(s for s, _ in stages.decoder)), n, "steps")
@@ -189,18 +156,12 @@ class Pipeline(nn.Module, abc.ABC):
         except (TypeError, ValueError) as err:
             raise SettingError(_field_named(err), str(err)) from None
 
-    def _stage_hook(self, settings: SamplingSettings, on_step: OnStep | None):
-        """A cascade's `on_step(stage_number, i, total, x)`: names the stage, and refuses a stage whose x_0 (after
-        its last step, before it is decoded and clamped) holds NaN or infinity."""
-        names, scales = self.stage_names, settings.cond_scale
-
-        def step(stage_number: int, i: int, total: int, x: torch.Tensor) -> None:
-            if i == total - 1:
-                check_finite(x, names[stage_number - 1], scales[stage_number - 1])
-            if exists(on_step):
-                on_step(names[stage_number - 1], i, total, x)
-
-        return step
+    def _stage_hook(self, on_step: OnStep | None):
+        """A cascade's `on_step(stage_number, i, total, x)` with the stage named (as in `stage_names`)."""
+        if on_step is None:
+            return None
+        names = self.stage_names
+        return lambda stage_number, i, total, x: on_step(names[stage_number - 1], i, total, x)
 
     def stages(self, settings: SamplingSettings) -> list[tuple[str, int]]:
         """(stage name, steps) in the order a text-to-image run goes through them."""
@@ -255,7 +216,7 @@ class Pipeline(nn.Module, abc.ABC):
             raise ValueError("this model has no prior, so it cannot generate from text; give images to vary instead")
         cond, neg = self._encode_with_negatives(text, negative_prompts)
         image_embed = self.sample_prior(cond, s, generator=generator, on_step=on_step, negative=neg)
-        negative = None if neg is None else (self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
+        negative = None if neg is None else Condition(self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
         return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, edit=edit, negative=negative)
 
     def _encode_with_negatives(self, text, negative_prompts):
@@ -265,7 +226,7 @@ class Pipeline(nn.Module, abc.ABC):
         if isinstance(text, torch.Tensor) or len(negative_prompts) != len(text):
             raise ValueError(f"negative prompts need one string per prompt ({len(text)}), got {len(negative_prompts)}")
         both = self.encode_text([*text, *negative_prompts])
-        return _rows(both, 0, len(text)), _rows(both, len(text), 2 * len(text))
+        return both.rows(0, len(text)), both.rows(len(text), 2 * len(text))
 
     @torch.no_grad()
     def mix(self, items: Sequence[tuple[str | torch.Tensor, float]], settings: SamplingSettings | None = None, *,
@@ -276,8 +237,6 @@ class Pipeline(nn.Module, abc.ABC):
         prior, with generators seeded `seed`) are combined by `mix_embeddings`. The heaviest prompt conditions
         a text-conditioned decoder (only pictures: its null text).
         """
-        from dalle2_core.dalle2 import mix_embeddings
-
         if not items:
             raise ValueError("mix needs at least one prompt or image with a weight")
         s = self.resolve(settings)
@@ -316,7 +275,7 @@ class Pipeline(nn.Module, abc.ABC):
             if not self.has_prior:
                 raise ValueError("a negative prompt is embedded by the prior, and this model has none")
             neg = self.encode_text(list(negative_prompts))
-            negative = (self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
+            negative = Condition(self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
         return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, negative=negative)
 
     @torch.no_grad()
@@ -347,8 +306,6 @@ class Pipeline(nn.Module, abc.ABC):
 
     def _slerp(self, a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
         """slerp between two embeddings; raw embeddings keep the interpolated norm of their ends."""
-        from dalle2_core.dalle2 import slerp
-
         out = slerp(a, b, t)
         if self.unit_embeddings:
             return out
@@ -368,7 +325,7 @@ class Pipeline(nn.Module, abc.ABC):
         for end in ends:
             if isinstance(end, str):
                 embeds.append(prompt_embeds[j])
-                conds.append(_row(text, j))
+                conds.append(text.rows(j, j + 1))
                 j += 1
             else:
                 embeds.append(self.embed_images(end))
@@ -394,38 +351,15 @@ def edit_options(edit: ImageEdit | None, batch: int) -> dict:
     return dict(inpaint_image=image, inpaint_mask=~mask)
 
 
-def per_stage(values, n: int, setting: str) -> tuple:
-    """One value per decoder stage from a scalar or a list of 1 or n values."""
-    values = cast_tuple(values)
-    if len(values) == 1:
-        return values * n
-    if len(values) != n:
-        shown = ",".join(map(str, values))
-        raise SettingError(setting, f"{shown} has {len(values)} values but the model has {n} decoder stage(s); give 1 or {n}")
-    return values
-
-
 def _field_named(err: Exception) -> str:
     text = str(err)
     return next((f for f in SamplingSettings.__dataclass_fields__ if text.startswith(f)), "settings")
 
 
-def _rows(cond: TextCondition, start: int, stop: int) -> TextCondition:
-    pick = lambda t: t[start:stop] if isinstance(t, torch.Tensor) else None  # noqa: E731
-    return TextCondition(cond.text_embed[start:stop], pick(cond.text_encodings), pick(cond.text_mask), cond.text[start:stop])
-
-
-def _row(cond: TextCondition, i: int) -> TextCondition:
-    return _rows(cond, i, i + 1)
-
-
 def _stack_conditions(rows: list[TextCondition | None], null: Callable[[TextCondition], TextCondition]) -> TextCondition:
     """One batched condition from single rows; a None row is the family's null text."""
     like = next(r for r in rows if r is not None)
-    rows = [r if r is not None else null(like) for r in rows]
-    cat = lambda name: torch.cat([getattr(r, name) for r in rows]) if getattr(like, name) is not None else None  # noqa: E731
-    text = [t for r in rows for t in (r.text if isinstance(r.text, list) else [r.text])]
-    return TextCondition(cat("text_embed"), cat("text_encodings"), cat("text_mask"), text)
+    return TextCondition.cat([r if r is not None else null(like) for r in rows])
 
 
 __all__ = [

@@ -15,6 +15,7 @@ import torch
 from dalle2_core.adm.cascade import KarloCascade
 from dalle2_core.checkpoint import SamplingSettings
 from dalle2_core.clip.adapter import ClipAdapter
+from dalle2_core.conditioning import Condition, TextCondition
 from dalle2_core.helpers import default, exists
 from dalle2_core.pipeline.base import (
     PRIOR_STAGE,
@@ -23,7 +24,6 @@ from dalle2_core.pipeline.base import (
     OnStep,
     Pipeline,
     StageDefaults,
-    TextCondition,
     check_finite,
     edit_options,
 )
@@ -84,11 +84,11 @@ class KarloPipeline(Pipeline):
             key = self._key()
             extra = [""] if key not in self._empty else []
             with torch.no_grad():
-                embed, encodings, mask = self.clip.embed_text([*prompts, *extra])
-            if extra:
-                self._empty[key] = TextCondition(embed[-1:], encodings[-1:], mask[-1:], [""])
+                both = self.clip.embed_text([*prompts, *extra])
             n = len(prompts)
-            return TextCondition(embed[:n], encodings[:n], mask[:n], prompts)
+            if extra:
+                self._empty[key] = both.rows(n, n + 1)
+            return both.rows(0, n)
 
     def _key(self) -> tuple:
         return (self.device, next(self.clip.parameters()).dtype)
@@ -113,7 +113,7 @@ class KarloPipeline(Pipeline):
             candidates = self.prior.sample_embeds(
                 text.text_embed, text.text_encodings, text.text_mask, num_samples_per_batch=settings.prior_samples,
                 cond_scale=settings.prior_cond_scale, steps=settings.prior_steps, sampler=settings.sampler, generator=generator,
-                uncond=tuple(uncond[:3]), on_step=step,
+                uncond=uncond, on_step=step,
             )
             check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
             return rerank_by_similarity(candidates, text.text_embed)
@@ -125,18 +125,15 @@ class KarloPipeline(Pipeline):
 
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
-               edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
+               edit: ImageEdit | None = None, negative: Condition | None = None) -> torch.Tensor:
         with self.on_device(self.decoder):
             b = image_embed.shape[0]
-            rows = lambda t: t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731  (the empty prompt is one row)
-            text_embed, encodings, mask = (rows(t) for t in (text if exists(text) else self._empty_prompt())[:3])
-            uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), self._empty_prompt()[:3]))
-            if exists(negative):
-                negative_embed, negative_text = negative
-                uncond = dict(zip(("text_embed", "text_encodings", "text_mask"), negative_text[:3]), image_embed=negative_embed)
-            return self.decoder.sample(image_embed, encodings, mask, text_embed=text_embed, cond_scale=settings.cond_scale,
-                                       steps=settings.steps, sampler=settings.sampler, generator=generator, uncond=uncond,
-                                       on_step=self._stage_hook(settings, on_step), **edit_options(edit, b))
+            text = (text if exists(text) else self._empty_prompt()).expand(b)  # the empty prompt is one row
+            uncond = negative if exists(negative) else Condition(None, self._empty_prompt())
+            return self.decoder.sample(image_embed, text.text_encodings, text.text_mask, text_embed=text.text_embed,
+                                       cond_scale=settings.cond_scale, steps=settings.steps, sampler=settings.sampler,
+                                       generator=generator, uncond=uncond, on_step=self._stage_hook(on_step),
+                                       **edit_options(edit, b))
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
@@ -146,6 +143,6 @@ class KarloPipeline(Pipeline):
 
             small = resize_center_crop(images, self.decoder.config.decoder.sample_size, "bicubic").clamp(0.0, 1.0)
             return self.decoder.upscale(small, steps=settings.steps[1], sampler=settings.sampler, generator=generator,
-                                        on_step=self._stage_hook(settings, on_step))
+                                        on_step=self._stage_hook(on_step))
 
 __all__ = ["KarloPipeline"]

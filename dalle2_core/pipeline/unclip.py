@@ -12,6 +12,7 @@ import torch
 
 from dalle2_core.checkpoint import SamplingSettings
 from dalle2_core.clip import CLIP, ClipAdapter, XClipAdapter, as_clip_adapter, resize_center_crop
+from dalle2_core.conditioning import Condition, TextCondition
 from dalle2_core.decoder.decoder import Decoder
 from dalle2_core.helpers import default, exists
 from dalle2_core.pipeline.base import (
@@ -21,7 +22,6 @@ from dalle2_core.pipeline.base import (
     OnStep,
     Pipeline,
     StageDefaults,
-    TextCondition,
     check_finite,
     edit_options,
 )
@@ -101,8 +101,7 @@ class UnclipPipeline(Pipeline):
             if not isinstance(text, torch.Tensor):
                 text = list(text)
             with torch.no_grad():
-                embed, encodings, mask = clip.embed_text(text)
-            return TextCondition(embed, encodings, mask, text)
+                return clip.embed_text(text)._replace(text=text)
 
     def sample_prior(self, text: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
                      on_step: OnStep | None = None, negative: TextCondition | None = None) -> torch.Tensor:
@@ -115,9 +114,7 @@ class UnclipPipeline(Pipeline):
             if prior.config.condition_on_text_encodings:
                 cond.update(text_encodings=text.text_encodings, text_mask=text.text_mask)
             step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
-            uncond = None
-            if exists(negative):
-                uncond = dict(text_embed=negative.text_embed, text_encodings=negative.text_encodings, text_mask=negative.text_mask)
+            uncond = negative
             candidates = prior.sample_embeds(
                 **cond, num_samples_per_batch=settings.prior_samples, cond_scale=settings.prior_cond_scale,
                 steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step, uncond=uncond,
@@ -132,24 +129,32 @@ class UnclipPipeline(Pipeline):
 
     def decode(self, image_embed: torch.Tensor | None, text: TextCondition | None, settings: SamplingSettings, *,
                batch_size: int | None = None, generator: Generator = None, on_step: OnStep | None = None,
-               edit: ImageEdit | None = None, negative: tuple[torch.Tensor, TextCondition] | None = None) -> torch.Tensor:
+               edit: ImageEdit | None = None, negative: Condition | None = None) -> torch.Tensor:
         with self.on_device(self.decoder):
             decoder = self.decoder
-            cond = uncond = {}
+            cond, uncond = {}, None
             if not decoder.unconditional:
                 cond = self._decoder_cond(image_embed, text)
                 if exists(negative):
-                    uncond = self._decoder_cond(*negative)
+                    uncond = self._decoder_uncond(negative)
             b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
             return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
-                                  steps=settings.steps, generator=generator, on_step=self._stage_hook(settings, on_step),
-                                  uncond=uncond or None, **edit_options(edit, b))
+                                  steps=settings.steps, generator=generator, on_step=self._stage_hook(on_step),
+                                  uncond=uncond, **edit_options(edit, b))
 
     def _decoder_cond(self, image_embed: torch.Tensor, text: TextCondition | None) -> dict:
         cond = dict(image_embed=image_embed)
         if self.decoder.condition_on_text_encodings:
             cond.update(self._decoder_text(text, image_embed.shape[0]))
         return cond
+
+    def _decoder_uncond(self, negative: Condition) -> Condition:
+        """A negative prompt as the decoder's unconditional branch: its prior embedding and its text."""
+        cond = self._decoder_cond(negative.image_embed, negative.text)
+        text = None
+        if "text_encodings" in cond:
+            text = TextCondition(negative.text.text_embed, cond["text_encodings"], cond.get("text_mask"))
+        return Condition(cond["image_embed"], text)
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
@@ -165,7 +170,7 @@ class UnclipPipeline(Pipeline):
                 cond = self._decoder_text(text, low.shape[0])
             return decoder.sample(**cond, batch_size=low.shape[0], cond_scale=settings.cond_scale, sampler=settings.sampler,
                                   steps=settings.steps, start_at_unet_number=2, start_image_or_video=low, generator=generator,
-                                  on_step=self._stage_hook(settings, on_step))
+                                  on_step=self._stage_hook(on_step))
 
     def _decoder_text(self, text: TextCondition | None, batch: int) -> dict:
         """Text encodings for the decoder: the shared encoding, its own CLIP's, or its learned null text."""
@@ -174,8 +179,8 @@ class UnclipPipeline(Pipeline):
         clip = self.decoder.clip
         if exists(clip) and not _same_clip(clip, self.text_encoder):  # a decoder trained with another CLIP
             with torch.no_grad():
-                _, encodings, mask = clip.embed_text(text.text)
-            return dict(text_encodings=encodings, text_mask=mask)
+                own = clip.embed_text(text.text)
+            return dict(text_encodings=own.text_encodings, text_mask=own.text_mask)
         return dict(text_encodings=text.text_encodings, text_mask=text.text_mask)
 
     def _null_encodings(self, batch: int) -> dict:

@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from dalle2_core.clip import CLIP, ClipAdapter, as_clip_adapter
+from dalle2_core.conditioning import TextCondition
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import BETA_SCHEDULES, GaussianDiffusion, classifier_free_guidance, sample
 from dalle2_core.diffusion.losses import SIMPLE_LOSSES
@@ -166,7 +167,7 @@ class DiffusionPrior(nn.Module):
         if exists(text) == exists(text_embed):
             raise ValueError("pass exactly one of text (token ids or prompts, embedded by the CLIP) or text_embed")
         if exists(text):
-            text_embed, text_encodings, text_mask = self._embed_text(text)
+            text_embed, text_encodings, text_mask, _ = self._embed_text(text)
         if not self.config.condition_on_text_encodings:
             return dict(text_embed=text_embed)
         if not exists(text_encodings):
@@ -227,13 +228,12 @@ class DiffusionPrior(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         on_step=None,
-        uncond: dict | None = None,
+        uncond: TextCondition | None = None,
     ) -> torch.Tensor:
         """Denoise `noise` (b, d) into image embeddings in the *scaled* diffusion space (b, d), with any sampler.
 
-        `on_step(i, total, x)` runs after every step (see `dalle2_core.diffusion.sample`). `uncond` (keys
-        text_embed, text_encodings, text_mask: a negative prompt's rows) takes the place of the learned
-        null condition in guidance's unconditional branch.
+        `on_step(i, total, x)` runs after every step (see `dalle2_core.diffusion.sample`). `uncond` (a negative
+        prompt's text, b rows) takes the place of the learned null condition in guidance's unconditional branch.
         """
         if cond_scale != 1 and self.text_cond_drop_prob == 0 and uncond is None:
             raise ValueError(
@@ -242,7 +242,7 @@ class DiffusionPrior(nn.Module):
             )
         cond, negative = self._guidance_cond(text_embed, text_encodings, text_mask), None
         if uncond is not None:
-            negative = self._guidance_cond(**uncond)
+            negative = self._guidance_cond(uncond.text_embed, uncond.text_encodings, uncond.text_mask)
             keep = torch.zeros(text_embed.shape[0], dtype=torch.bool, device=text_embed.device)  # no learned nulls
             cond["cond_drop_mask"] = negative["cond_drop_mask"] = keep
         scale = self.image_embed_scale
@@ -273,12 +273,12 @@ class DiffusionPrior(nn.Module):
         *,
         num_samples_per_batch: int = 2,
         generator: torch.Generator | None = None,
-        uncond: dict | None = None,
+        uncond: TextCondition | None = None,
         **sample_opts,
     ) -> torch.Tensor:
         """All candidates (b, num_samples_per_batch, d), unscaled, for precomputed text conditioning.
 
-        `uncond`: a negative prompt's text conditioning (b rows) for guidance (see `denoise`)."""
+        `uncond`: a negative prompt's text (b rows) for guidance (see `denoise`)."""
         if num_samples_per_batch < 1:
             raise ValueError(f"num_samples_per_batch must be >= 1, got {num_samples_per_batch}")
         r = num_samples_per_batch
@@ -291,7 +291,7 @@ class DiffusionPrior(nn.Module):
             text_encodings=repeat(text_encodings),
             text_mask=repeat(text_mask),
             generator=generator,
-            uncond={k: repeat(v) for k, v in uncond.items()} if exists(uncond) else None,
+            uncond=uncond.repeat_interleave(r) if exists(uncond) else None,
             **sample_opts,
         )
         return rearrange(x / self.image_embed_scale, "(b r) d -> b r d", r=r)

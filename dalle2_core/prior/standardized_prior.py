@@ -15,10 +15,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dalle2_core.adm.conditioning import TEXT_KEYS, expand_rows, text_conditioning
+from dalle2_core.conditioning import TextCondition
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import DiffusionConfig, classifier_free_guidance, sample
-from dalle2_core.helpers import default, exists, randn
+from dalle2_core.helpers import default, eval_mode, exists, randn
 from dalle2_core.prior.prior import rerank_by_similarity
 from dalle2_core.prior.prior_transformer import PriorTransformer, PriorTransformerConfig
 
@@ -79,41 +79,34 @@ class StandardizedPrior(nn.Module):
         steps: int | str | None = None,
         sampler: str = "ddpm",
         generator=None,
-        uncond=None,
+        uncond: TextCondition | None = None,
         on_step=None,
     ) -> torch.Tensor:
         """All candidates (b, num_samples_per_batch, embed_dim): CLIP image embeddings in CLIP's own scale.
 
-        `uncond`: the empty prompt's (text_embed, text_encodings, text_mask) — or a negative prompt's —,
-        1 row or b, a mapping or a 3-tuple; required when `cond_scale != 1`. `steps` default: the config's
-        `sample_steps`. `generator`: one generator, or one per prompt (its candidates' noise is then drawn
-        from it). `on_step(i, total, x)` runs after every step.
+        `uncond`: the empty prompt's text — or a negative prompt's —, 1 row or b; required when `cond_scale != 1`.
+        `steps` default: the config's `sample_steps`. `generator`: one generator, or one per prompt (its candidates'
+        noise is then drawn from it). `on_step(i, total, x)` runs after every step.
         """
         if isinstance(num_samples_per_batch, bool) or not isinstance(num_samples_per_batch, int) or num_samples_per_batch < 1:
             raise ValueError(f"num_samples_per_batch must be an int >= 1, got {num_samples_per_batch!r}")
         r, b = num_samples_per_batch, text_embed.shape[0]
-        repeat = lambda v: v.repeat_interleave(r, dim=0) if exists(v) else None  # noqa: E731  (b · r, ...)
-        cond = {k: repeat(v) for k, v in zip(TEXT_KEYS, (text_embed, text_encodings, text_mask))}
-        if not exists(text_mask):
-            cond["text_mask"] = torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=text_encodings.device).repeat_interleave(r, 0)
+        cond = TextCondition(text_embed, text_encodings, text_mask).with_mask()
+        rows = cond.repeat_interleave(r).tensors()  # (b · r, ...)
         if float(cond_scale) == 1.0:
-            model = lambda x, t: self.net(x, t, **cond)  # noqa: E731
+            model = lambda x, t: self.net(x, t, **rows)  # noqa: E731
         else:
             if not exists(uncond):
-                raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's (text_embed, text_encodings, text_mask)")
-            empty = {k: repeat(v) for k, v in expand_rows(text_conditioning(uncond, "uncond"), b, "uncond").items()}
-            empty["text_mask"] = default(empty["text_mask"], lambda: torch.ones_like(cond["text_mask"]))
-            model = classifier_free_guidance(self.net, cond_scale, uncond=empty, **cond)
+                raise ValueError(f"cond_scale={cond_scale} needs uncond: the empty prompt's TextCondition")
+            empty = uncond.expand(b, "uncond")
+            empty = empty._replace(text_mask=default(empty.text_mask, lambda: torch.ones_like(cond.text_mask)))
+            model = classifier_free_guidance(self.net, cond_scale, uncond=empty.repeat_interleave(r).tensors(), **rows)
         noise = randn((b * r, self.config.net.embed_dim), generator=generator, device=text_embed.device, dtype=text_embed.dtype)
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             x = sample(
                 model, self.diffusion, noise, sampler=sampler, steps=default(steps, self.config.diffusion.sample_steps),
                 denoise_fn=self.config.diffusion.denoise_fn(), generator=generator, on_step=on_step,
             )
-        finally:
-            self.net.train(was_training)
         return rearrange(self.unstandardize(x), "(b r) d -> b r d", r=r)
 
     @torch.no_grad()
