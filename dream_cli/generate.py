@@ -51,7 +51,7 @@ def run_metadata(settings, resolved, precision: str, device) -> dict:
         "model_source": resolved.source,
         "model_path": str(resolved.path.resolve()),
         "model_revision": resolved.revision,
-        "model_sources": list(resolved.sources),
+        **({"model_sources": list(resolved.sources)} if resolved.sources else {}),  # the Hub repos (commits) it came from
         "model_hash": weights_sha256(resolved.path / "decoder" / "model.safetensors"),
         "sampler": settings.sampler,
         "cond_scale": list(settings.cond_scale),

@@ -36,7 +36,7 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from ..config import Config, config_dataclass
 from ..helpers import default, exists, l2norm, resize
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
-from .tokenizer import ClipTokenizer, TokenizerFolderError, read_tokenizer_folder, tokenize
+from .tokenizer import ClipTokenizer, tokenize
 
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as preprocessor configs store it
 # preprocessor_config.json keys that only name the class that wrote the file
@@ -266,11 +266,7 @@ def preprocessor_options(config: dict, image_size: int) -> dict:
 def check_tokenizer_folder(folder: str | os.PathLike, context_length: int) -> str:
     """The padding token of a Hugging Face CLIP tokenizer folder (either layout), after refusing one whose ids this
     adapter would not reproduce: not OpenAI's BPE, or another length than the text tower's."""
-    settings = read_tokenizer_folder(folder)
-    length = settings["model_max_length"]
-    if exists(length) and length != context_length:
-        raise TokenizerFolderError(f"tokenizer {folder} has model_max_length {length}; the text tower reads {context_length}")
-    return settings["pad_token"]
+    return ClipTokenizer.from_folder(folder, context_length).pad_token
 
 
 def _read_config(folder: Path, name: str, what: str) -> dict:

@@ -151,7 +151,9 @@ class ClipTokenizer:
 
     def encode(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, attention mask) of shape (b, context_length): long ids, and True on every token but the padding."""
-        encodings = _backend(self.pad_token, self.context_length).encode_batch(as_text_list(texts))
+        backend = _backend(self.pad_token, self.context_length)
+        # one at a time: encode_batch's thread pool makes every later fork (data loader workers) warn on stderr
+        encodings = [backend.encode(text) for text in as_text_list(texts)]
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).reshape(-1, self.context_length)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(-1, self.context_length)
         return ids, mask
