@@ -41,7 +41,6 @@ def write_source(folder: Path, seed: int = 0) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from dalle2_core.clip.tokenizer import clip_bpe_tokenizer
     from dalle2_core.convert.hf_clip_keys import transformers_shapes
 
     configs, shapes = TESTS / "fixtures" / "karlo" / "configs", json.loads((TESTS / "fixtures" / "karlo" / "full_size.json").read_text())
@@ -62,9 +61,8 @@ def write_source(folder: Path, seed: int = 0) -> int:
         total += sum(t.numel() * 4 for t in tensors.values())
         del tensors
     (folder / "text_encoder" / "config.json").write_text(json.dumps(text))
-    (folder / "tokenizer").mkdir(exist_ok=True)
-    (folder / "tokenizer" / "vocab.json").write_text(json.dumps(clip_bpe_tokenizer(77).encoder))
-    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"pad_token": "!", "model_max_length": 77}))
+    # Karlo's tokenizer as transformers wrote it (vocab.json + merges.txt, "!" padding)
+    shutil.copytree(TESTS / "fixtures" / "tokenizers" / "karlo", folder / "tokenizer", dirs_exist_ok=True)
     index = json.loads((folder / "model_index.json").read_text())
     index.update(text_encoder=["transformers", "CLIPTextModelWithProjection"], tokenizer=["transformers", "CLIPTokenizer"])
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))

@@ -172,15 +172,12 @@ def image_worker(args) -> dict:
 
 def _pipeline(tiny: bool, dtype: torch.dtype, work: Path):
     """A KarloPipeline on the CPU: random full-size networks from the real configs (CLIP ViT-L/14's text tower
-    included), or with `tiny` the tiny diffusers fixture of the tests converted into `work`."""
+    included), or with `tiny` the tests' tiny Karlo (saved by diffusers, tests/fixtures/hub) converted into `work`."""
     if tiny:
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from karlo_tiny import tiny_unclip_folder
-
         from dalle2_core.convert.diffusers_unclip import convert_unclip
         from dalle2_core.pipeline import load_pipeline
 
-        convert_unclip(tiny_unclip_folder(work / "diffusers"), work / "model")
+        convert_unclip(HERE.parent / "tests" / "fixtures" / "hub" / "kakaobrain--karlo-v1-alpha", work / "model")
         return load_pipeline(work / "model", dtype=dtype)
     from dalle2_core.adm import KarloCascade
     from dalle2_core.clip.hf_clip_adapter import HFClipAdapter

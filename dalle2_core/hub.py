@@ -28,12 +28,16 @@ class ModelNotFoundError(ModelLoadError):
     """The requested model cannot be found or downloaded; the message is one line.
 
     `offline` is True when the model is missing only because nothing can be downloaded: a caller
-    can then point its user to the bundled model in its own terms.
+    can then point its user to the bundled model in its own terms. `pinned_repo` / `pinned_revision` name a
+    pinned commit the Hub no longer serves (`pinned_file`: the file, when a single file was pinned): a caller can
+    then say how to choose another revision in its own terms.
     """
 
-    def __init__(self, message: str, *, offline: bool = False):
+    def __init__(self, message: str, *, offline: bool = False, pinned_repo: str | None = None,
+                 pinned_revision: str | None = None, pinned_file: str | None = None):
         super().__init__(message)
         self.offline = offline
+        self.pinned_repo, self.pinned_revision, self.pinned_file = pinned_repo, pinned_revision, pinned_file
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class ResolvedModel:
     spec: str  # what was asked for
     source: str  # "local" | "hub" | "bundled" | "preset"
     revision: str | None = None  # the Hub commit actually used
+    sources: tuple[str, ...] = ()  # every Hub repo (or file) it was converted from, as "org/name@commit[:file]"
 
 
 def default_model_spec() -> str:
@@ -95,7 +100,9 @@ def _quiet_tqdm():
     return QuietTqdm
 
 
-def _hub_error(err: Exception, what: str, revision: str | None) -> ModelNotFoundError:
+def _hub_error(err: Exception, what: str, revision: str | None, *, pinned_repo: str | None = None,
+               pinned_file: str | None = None) -> ModelNotFoundError:
+    """One line for a huggingface_hub failure. `pinned_repo`: `revision` is a commit this library pins there."""
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -111,6 +118,11 @@ def _hub_error(err: Exception, what: str, revision: str | None) -> ModelNotFound
         )
     if isinstance(err, GatedRepoError):
         return ModelNotFoundError(f"{what} is gated: accept its terms on huggingface.co and set HF_TOKEN")
+    if isinstance(err, RevisionNotFoundError) and exists(pinned_repo):
+        return ModelNotFoundError(
+            f"{what} is pinned to commit {revision} of {pinned_repo!r}, which the Hugging Face Hub no longer serves",
+            pinned_repo=pinned_repo, pinned_revision=revision, pinned_file=pinned_file,
+        )
     if isinstance(err, RevisionNotFoundError):
         return ModelNotFoundError(f"revision {revision!r} of {what} does not exist (use a branch, tag or commit)")
     if isinstance(err, RepositoryNotFoundError):
@@ -136,22 +148,24 @@ def _snapshot(repo_id: str, revision: str | None, progress: bool, cache_dir) -> 
     return Path(path)
 
 
-def resolve_hub(repo_id: str, revision: str | None = None, *, progress: bool = False, cache_dir=None) -> ResolvedModel:
+def resolve_hub(repo_id: str, revision: str | None = None, *, progress: bool = False, cache_dir=None,
+                pictures: bool = False) -> ResolvedModel:
     """A Hub repo holding a model folder, downloaded (or found) in the Hugging Face cache; a diffusers UnCLIP
-    pipeline repo is downloaded in full (safetensors only) and converted once."""
+    pipeline repo is downloaded in full (safetensors only) and converted once (`pictures`: see `resolve_model`)."""
     path = _snapshot(repo_id, revision, progress, cache_dir)
     spec = repo_id + (f"@{revision}" if exists(revision) else "")
     if exists(unclip_pipeline_class(path)):
         from dalle2_core.presets import converted_unclip
 
         snapshot = download_unclip(repo_id, revision, progress=progress, cache_dir=cache_dir)
-        return converted_unclip(snapshot.path, spec, revision=snapshot.revision, source="hub")
+        return converted_unclip(snapshot.path, spec, revision=snapshot.revision, source="hub", pictures=pictures,
+                                progress=progress, cache_dir=cache_dir)
     if not (path / INDEX_FILE).is_file():
         raise ModelNotFoundError(
             f"Hugging Face repo {spec!r} is not a dream model folder: it has no {INDEX_FILE} at its root"
         )
     # snapshot folders are named by commit: the exact weights used, whatever the branch says now
-    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name)
+    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name, sources=(f"{repo_id}@{path.name}",))
 
 
 def dream_cache_dir() -> Path:
@@ -166,11 +180,13 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or (has_sep and not exists(parse_hub_id(spec)))
 
 
-def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=None) -> ResolvedModel:
-    """A local model folder for `spec`: 'shapes', 'laion', a folder path, or a Hub id org/name[@revision].
+def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=None, pictures: bool = False) -> ResolvedModel:
+    """A local model folder for `spec`: 'shapes', 'karlo', 'laion', a folder path, or a Hub id org/name[@revision].
 
     The names are checked first: a local folder called `shapes` is reached as `./shapes`.
     `progress` lets huggingface_hub show download bars (off by default: the library never prints).
+    `pictures`: the caller will embed pictures, so a model converted from a diffusers UnCLIPPipeline (Karlo) gets
+    its CLIP vision tower, fetched on first use (`presets.add_vision_tower`); text to image never needs it.
     """
     spec = default_model_spec() if spec is None else spec
     if not isinstance(spec, str) or not spec.strip():
@@ -195,7 +211,9 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
     if spec in PRESETS:
         from dalle2_core import presets
 
-        return {"karlo": presets.resolve_karlo, "laion": presets.resolve_laion}[spec](progress=progress, cache_dir=cache_dir)
+        if spec == "karlo":
+            return presets.resolve_karlo(progress=progress, cache_dir=cache_dir, pictures=pictures)
+        return presets.resolve_laion(progress=progress, cache_dir=cache_dir)
     local = Path(spec).expanduser()
     if local.exists() or _looks_like_path(spec):
         if not local.exists():
@@ -203,11 +221,11 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
         if exists(unclip_pipeline_class(local)):  # a diffusers UnCLIP pipeline folder: converted once
             from dalle2_core.presets import converted_unclip
 
-            return converted_unclip(local, spec)
+            return converted_unclip(local, spec, pictures=pictures, progress=progress, cache_dir=cache_dir)
         return ResolvedModel(path=local, spec=spec, source="local")
     hub = parse_hub_id(spec)
     if exists(hub):
-        return resolve_hub(*hub, progress=progress, cache_dir=cache_dir)
+        return resolve_hub(*hub, progress=progress, cache_dir=cache_dir, pictures=pictures)
     raise ModelNotFoundError(
         f"model {spec!r} not found: expected a model folder path, a Hugging Face repo id "
         f"org/name[@revision], or one of: {', '.join((*BUNDLED, *PRESETS))}"
@@ -217,13 +235,16 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
 # --- diffusers UnCLIP pipelines (Karlo) ----------------------------------------------------------------
 
 UNCLIP_PIPELINES = ("UnCLIPPipeline", "UnCLIPImageVariationPipeline")
+# Karlo v1-alpha at the commit its main branch points to ("Update README for image variation (#9)"); its weights have
+# not changed since the safetensors commit of 2022-12-19 (docs/karlo.md)
 KARLO_REPO = "kakaobrain/karlo-v1-alpha"
-KARLO_IMAGE_VARIATIONS_REPO = "kakaobrain/karlo-v1-alpha-image-variations"
-# The commits to pin these repos at. No public source at hand states them, so they are unset: a
-# download then takes the default branch, and `ResolvedModel.revision` records the commit it got.
-KARLO_REVISION: str | None = None
-KARLO_IMAGE_VARIATIONS_REVISION: str | None = None
-UNCLIP_REVISIONS = {KARLO_REPO: KARLO_REVISION, KARLO_IMAGE_VARIATIONS_REPO: KARLO_IMAGE_VARIATIONS_REVISION}
+KARLO_REVISION = "5ee45298e0956749e621bcb30c799a0b599afa83"
+UNCLIP_REVISIONS = {KARLO_REPO: KARLO_REVISION}
+# Karlo's image encoder is OpenAI's CLIP ViT-L/14 vision tower. kakaobrain/karlo-v1-alpha-image-variations holds it
+# as .bin pickles only; OpenAI's own repo holds it as safetensors (both towers, transformers' names), at this commit
+VISION_TOWER_REPO = "openai/clip-vit-large-patch14"
+VISION_TOWER_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"
+VISION_TOWER_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
 # weights that are pickles (they can run code when opened) or for other frameworks: never fetched
 NEVER_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.msgpack", "*.h5", "*.onnx"]
 
@@ -291,6 +312,7 @@ def download_unclip(
     """
     from huggingface_hub import snapshot_download
 
+    pinned = revision is None and exists(UNCLIP_REVISIONS.get(repo_id))
     revision = revision or UNCLIP_REVISIONS.get(repo_id)
     allow, ignore = unclip_file_patterns(variant, components)
     try:
@@ -301,7 +323,7 @@ def download_unclip(
             )
         )
     except Exception as err:  # huggingface_hub raises many types, all mapped to one line
-        raise _hub_error(err, f"Hugging Face repo {repo_id!r}", revision) from None
+        raise _hub_error(err, f"Hugging Face repo {repo_id!r}", revision, pinned_repo=repo_id if pinned else None) from None
     spec = repo_id + (f"@{revision}" if exists(revision) else "")
     if not exists(unclip_pipeline_class(path)):
         from dalle2_core.convert.diffusers_folder import pipeline_class
@@ -310,21 +332,43 @@ def download_unclip(
             f"Hugging Face repo {spec!r} is not a diffusers UnCLIP pipeline: its {INDEX_FILE} names "
             f"{pipeline_class(path)!r}; expected {' or '.join(UNCLIP_PIPELINES)}"
         )
-    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name)
+    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name, sources=(f"{repo_id}@{path.name}",))
+
+
+def download_vision_tower(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
+    """OpenAI's CLIP ViT-L/14 (`VISION_TOWER_REPO` at its pinned commit) from the Hugging Face cache, downloading what
+    is missing: its config, image-processor config and safetensors weights, nothing else."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(
+            VISION_TOWER_REPO, revision=VISION_TOWER_REVISION, cache_dir=cache_dir, allow_patterns=VISION_TOWER_FILES,
+            local_files_only=_offline(), tqdm_class=None if progress else _quiet_tqdm(), library_name="dream-dalle2",
+        ))
+    except Exception as err:  # huggingface_hub raises many types, all mapped to one line
+        what = f"the CLIP vision tower (Hugging Face repo {VISION_TOWER_REPO!r})"
+        raise _hub_error(err, what, VISION_TOWER_REVISION, pinned_repo=VISION_TOWER_REPO) from None
+    missing = [name for name in VISION_TOWER_FILES if not (path / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"Hugging Face repo {VISION_TOWER_REPO!r} at {path.name} lacks {', '.join(missing)}")
+    spec = f"{VISION_TOWER_REPO}@{path.name}"
+    return ResolvedModel(path=path, spec=spec, source="hub", revision=path.name, sources=(spec,))
 
 
 __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
-    "KARLO_IMAGE_VARIATIONS_REPO",
-    "KARLO_IMAGE_VARIATIONS_REVISION",
     "KARLO_REPO",
     "KARLO_REVISION",
+    "VISION_TOWER_FILES",
+    "VISION_TOWER_REPO",
+    "VISION_TOWER_REVISION",
     "ModelNotFoundError",
     "ResolvedModel",
     "bundled_path",
     "default_model_spec",
     "download_unclip",
+    "download_vision_tower",
     "dream_cache_dir",
     "hub_pipeline_class",
     "parse_hub_id",

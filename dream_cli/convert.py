@@ -51,7 +51,8 @@ def laion(prior: Path, prior_config: Path, decoder: Path, upsampler: Path | None
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New or empty folder for the model.")
 @click.option("--image-variations", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="An UnCLIPImageVariationPipeline folder: its CLIP vision tower lets the model embed pictures.")
+              help="An UnCLIPImageVariationPipeline folder or a transformers CLIP folder (openai/clip-vit-large-patch14): "
+                   "its CLIP vision tower lets the model embed pictures.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the weights in this precision. [as given]")
 @click.option("-q", "--quiet", is_flag=True, help="No notes on stderr (the folder path is still printed).")

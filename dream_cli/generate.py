@@ -51,6 +51,7 @@ def run_metadata(settings, resolved, precision: str, device) -> dict:
         "model_source": resolved.source,
         "model_path": str(resolved.path.resolve()),
         "model_revision": resolved.revision,
+        **({"model_sources": list(resolved.sources)} if resolved.sources else {}),  # the Hub repos (commits) it came from
         "model_hash": weights_sha256(resolved.path / "decoder" / "model.safetensors"),
         "sampler": settings.sampler,
         "cond_scale": list(settings.cond_scale),
@@ -121,7 +122,8 @@ def generate(prompt: tuple[str, ...], prompts_file: Path | None, from_image: Pat
     quiet = opts["quiet"] or rank > 0
 
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], _rank_device(device, world), dtype, quiet, opts["offload"])
+        pipeline, resolved = load(opts["model_spec"], _rank_device(device, world), dtype, quiet, opts["offload"],
+                                  pictures=picture is not None)
         if pipeline.unconditional:
             picture = None  # nothing conditions the images: no prior, no image embedding
         elif picture is None and not pipeline.has_prior:
@@ -302,7 +304,8 @@ def interpolate(a: str, b: str, frames: int, batch_size: int, outdir: Path, **op
     quiet = opts["quiet"]
 
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
+        pictures = any(not isinstance(end, str) for end in ends)
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"], pictures=pictures)
         s = resolve_settings(pipeline, opts)
         _info_line(quiet, seed, resolved, device, opts["precision"])
         label = " to ".join(e if isinstance(e, str) else Path(v).stem for e, v in zip(ends, (a, b)))
@@ -351,7 +354,8 @@ def mix(items: tuple[str, ...], num: int, outdir: Path, **opts) -> None:
     seed = first_seed(opts["seed"], num)
     quiet = opts["quiet"]
     with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
+        pictures = any(not isinstance(item, str) for item, _, _ in parsed)
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"], pictures=pictures)
         s = resolve_settings(pipeline, opts)
         _info_line(quiet, seed, resolved, device, opts["precision"])
         runs = {name: 1 for name in pipeline.stage_names}

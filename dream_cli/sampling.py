@@ -158,21 +158,33 @@ def per_image_generators(first: int, count: int, device) -> list[torch.Generator
 # --- the model ---------------------------------------------------------------------------------------
 
 
-def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offload: bool = False):
-    """(pipeline, resolved model) for a `--model` value; every load failure is one line, exit 1."""
+def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offload: bool = False, pictures: bool = False):
+    """(pipeline, resolved model) for a `--model` value; every load failure is one line, exit 1. `pictures`: the run
+    embeds pictures (a Karlo model then fetches its CLIP vision tower on first use)."""
     from dalle2_core.checkpoint import ModelLoadError
     from dalle2_core.hub import resolve_model
     from dalle2_core.pipeline import load_pipeline
 
     try:
-        resolved = resolve_model(spec, progress=not quiet)
+        resolved = resolve_model(spec, progress=not quiet, pictures=pictures)
         pipeline = load_pipeline(resolved.path, device="cpu" if offload else device, dtype=dtype)
         if offload:
             pipeline.offload(device)
     except ModelLoadError as err:
-        hint = "; use --model shapes" if getattr(err, "offline", False) else ""
-        raise DreamError(one_line(err) + hint) from None
+        raise DreamError(one_line(err) + _load_hint(err)) from None
     return pipeline, resolved
+
+
+def _load_hint(err) -> str:
+    """What the user can do about a load failure, in this command's options."""
+    if getattr(err, "offline", False):
+        return "; use --model shapes"
+    repo, filename = getattr(err, "pinned_repo", None), getattr(err, "pinned_file", None)
+    if repo and filename:
+        return f"; download {filename} of {repo} at another commit yourself and convert it with `dream convert laion`"
+    if repo:
+        return f"; choose another commit with --model {repo}@REVISION"
+    return ""
 
 
 def resolve_settings(pipeline, opts: dict, inpainting: bool = False):

@@ -153,28 +153,35 @@ def test_cli_convert_writes_a_folder_that_names_the_openai_clip(tmp_path):
     assert half.exit_code == 2 and "--upsampler and --upsampler-config go together" in half.stderr
 
 
+def fixture_pins(presets) -> dict:
+    """The presets' LAION pins with the prior's published sha256 replaced by the fixture's (its commits stay)."""
+    prior = hashlib.sha256(FILES["prior"].read_bytes()).hexdigest()
+    return dict(presets.LAION_FILES, prior=presets.LAION_FILES["prior"]._replace(sha256=prior))
+
+
 def test_model_laion_downloads_once_converts_once_and_reuses(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from dalle2_core.presets import LAION_FILES
+    from dalle2_core import presets
 
     calls = []
-    by_file = {pin.filename: FILES[key] for key, pin in LAION_FILES.items()}
+    by_file = {pin.filename: FILES[key] for key, pin in presets.LAION_FILES.items()}
 
-    def fake_download(repo_id, filename, **kwargs):
-        calls.append((repo_id, filename))
+    def fake_download(repo_id, filename, revision=None, **kwargs):
+        calls.append((repo_id, filename, revision))
         return str(by_file[filename])
 
     monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(presets, "LAION_FILES", fixture_pins(presets))
     first = resolve_model("laion")
     assert first.path == tmp_path / "cache" / "models" / "laion" and first.source == "preset"
-    assert sorted(calls) == sorted((pin.repo, pin.filename) for pin in LAION_FILES.values())
+    assert sorted(calls) == sorted((pin.repo, pin.filename, pin.revision) for pin in presets.LAION_FILES.values())
     assert (first.path / "conversion.json").is_file() and (first.path / "decoder" / "model.safetensors").is_file()
     source = json.loads((first.path / "source.json").read_text())["files"]
     assert source["decoder"]["sha256"] == hashlib.sha256(FILES["decoder"].read_bytes()).hexdigest()
     second = resolve_model("laion")
-    assert second.path == first.path and len(calls) == len(LAION_FILES)  # nothing downloaded or converted again
+    assert second.path == first.path and len(calls) == len(presets.LAION_FILES)  # nothing downloaded or converted again
 
 
 def test_model_laion_refuses_a_file_whose_sha256_is_not_the_pinned_one(tmp_path, monkeypatch):
@@ -185,9 +192,13 @@ def test_model_laion_refuses_a_file_whose_sha256_is_not_the_pinned_one(tmp_path,
     by_file = {pin.filename: FILES[key] for key, pin in presets.LAION_FILES.items()}
     monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(by_file[filename]))
-    pins = dict(presets.LAION_FILES, decoder=presets.LAION_FILES["decoder"]._replace(sha256="0" * 64))
-    monkeypatch.setattr(presets, "LAION_FILES", pins)
-    with pytest.raises(ModelNotFoundError, match=r"decoder/v1.0.2/latest.pth has sha256 [0-9a-f]{16}\.\.\., not the pinned 0{16}"):
+    pins = fixture_pins(presets)
+    monkeypatch.setattr(presets, "LAION_FILES", dict(pins, decoder=pins["decoder"]._replace(sha256="0" * 64)))
+    digest = hashlib.sha256(FILES["decoder"].read_bytes()).hexdigest()
+    with pytest.raises(ModelNotFoundError, match=(
+        rf"^LAION file laion/DALLE2-PyTorch/decoder/v1\.0\.2/latest\.pth at commit bab7ed655b7fd637b698d4e3c189e3d9bacce43d "
+        rf"has sha256 {digest}, not the pinned 0{{64}}: .* nothing was converted"
+    )):
         resolve_model("laion")
     assert not (tmp_path / "cache" / "models" / "laion").exists()
 

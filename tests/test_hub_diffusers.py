@@ -14,6 +14,7 @@ from huggingface_hub.utils import filter_repo_objects
 from dalle2_core import hub
 from dalle2_core.hub import (
     KARLO_REPO,
+    KARLO_REVISION,
     ModelNotFoundError,
     download_unclip,
     hub_pipeline_class,
@@ -21,7 +22,7 @@ from dalle2_core.hub import (
     unclip_pipeline_class,
 )
 
-COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+COMMIT_A, COMMIT_B = KARLO_REVISION, "b" * 40  # Karlo's pinned commit, and a newer one main points to
 # a Karlo-like repo listing: what the Hub holds (pickles and fp16 variants included)
 LISTING = [
     ".gitattributes", "README.md", "model_index.json",
@@ -73,7 +74,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     storage = cached_repo(tmp_path / "hub", KARLO_REPO, COMMIT_A, NEEDED)
     cached_repo(tmp_path / "hub", KARLO_REPO, COMMIT_B, NEEDED)
-    (storage / "refs" / "main").write_text(COMMIT_A)
+    (storage / "refs" / "main").write_text(COMMIT_B)
     return tmp_path / "hub"
 
 
@@ -86,15 +87,15 @@ def test_patterns_keep_configs_tokenizer_and_safetensors_never_pickles():
     assert not any(p.endswith((".bin", ".msgpack")) for p in kept) and "tokenizer/merges.txt" in kept
 
 
-def test_download_reads_the_cache_at_the_default_branch_or_a_pinned_commit(cache, monkeypatch):
-    resolved = download_unclip(cache_dir=cache)  # no pin known: the default branch, commit recorded
+def test_download_reads_the_cache_at_the_pinned_commit_or_the_default_branch(cache, monkeypatch):
+    resolved = download_unclip(cache_dir=cache)  # Karlo's pin, whatever main points to
     assert resolved.path == cache / "models--kakaobrain--karlo-v1-alpha" / "snapshots" / COMMIT_A
-    assert (resolved.spec, resolved.source, resolved.revision) == (KARLO_REPO, "hub", COMMIT_A)
-    assert unclip_pipeline_class(resolved.path) == "UnCLIPPipeline"
-    monkeypatch.setitem(hub.UNCLIP_REVISIONS, KARLO_REPO, COMMIT_B)  # what a pinned KARLO_REVISION does
-    pinned = download_unclip(KARLO_REPO, cache_dir=cache)
-    assert pinned.revision == COMMIT_B and pinned.spec == f"{KARLO_REPO}@{COMMIT_B}"
-    assert download_unclip(KARLO_REPO, COMMIT_A, cache_dir=cache).revision == COMMIT_A  # an explicit revision wins
+    assert (resolved.spec, resolved.source, resolved.revision) == (f"{KARLO_REPO}@{COMMIT_A}", "hub", COMMIT_A)
+    assert resolved.sources == (f"{KARLO_REPO}@{COMMIT_A}",) and unclip_pipeline_class(resolved.path) == "UnCLIPPipeline"
+    assert download_unclip(KARLO_REPO, COMMIT_B, cache_dir=cache).revision == COMMIT_B  # an explicit revision wins
+    monkeypatch.delitem(hub.UNCLIP_REVISIONS, KARLO_REPO)  # a repo without a pin: the default branch, commit recorded
+    unpinned = download_unclip(KARLO_REPO, cache_dir=cache)
+    assert unpinned.revision == COMMIT_B and unpinned.spec == KARLO_REPO
 
 
 def test_the_cached_tree_listing_would_demand_the_pickles_without_the_patterns(cache):
@@ -115,7 +116,7 @@ def test_repos_that_are_not_unclip_pipelines_or_not_cached(cache):
     )):
         download_unclip("org/sd", cache_dir=cache)
     assert hub_pipeline_class("org/sd", cache_dir=cache) == "StableDiffusionPipeline"
-    assert hub_pipeline_class(KARLO_REPO, COMMIT_B, cache_dir=cache) == "UnCLIPPipeline"
+    assert hub_pipeline_class(KARLO_REPO, COMMIT_A, cache_dir=cache) == "UnCLIPPipeline"
     assert unclip_pipeline_class(other / "snapshots" / COMMIT_A) is None
     with pytest.raises(ModelNotFoundError, match=r"'org/missing' is not in the local Hugging Face cache"):
         download_unclip("org/missing", cache_dir=cache)

@@ -1,7 +1,7 @@
-"""Karlo behind the pipeline seam: conversion of a diffusers UnCLIPPipeline folder, the karlo pipeline against its
-modules chained by hand, the CLI on it, the `karlo` preset from a Hugging Face cache, and the refusals."""
+"""Karlo behind the pipeline seam: conversion of a diffusers UnCLIPPipeline folder (the tiny Karlo diffusers 0.42 and
+transformers 5 saved, tests/fixtures/hub), the karlo pipeline against its modules chained by hand, the CLI on it, and
+the refusals. The `karlo` preset's first run from a Hugging Face cache: tests/test_hub_first_run.py."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +10,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fixtures.karlo import loader as kf
-from karlo_tiny import tiny_unclip_folder
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
@@ -21,12 +19,12 @@ from dalle2_core.prior import rerank_by_similarity
 from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
-HF_CLIP = Path(__file__).parent / "fixtures" / "hf_clip"
+KARLO = Path(__file__).parent / "fixtures" / "hub" / "kakaobrain--karlo-v1-alpha"
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    return tiny_unclip_folder(tmp_path_factory.mktemp("karlo") / "src")
+    return shutil.copytree(KARLO, tmp_path_factory.mktemp("karlo") / "src")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,7 @@ def gens(n=2, seed=0):
 
 def test_conversion_holds_every_tensor_of_the_diffusers_components(pipeline, converted):
     assert isinstance(pipeline, KarloPipeline) and pipeline.stage_names == ("decoder", "super-res")
-    for ours, theirs in ((pipeline.prior, kf.prior()), (pipeline.decoder, kf.cascade())):
+    for ours, theirs in ((pipeline.prior, kf.prior(KARLO)), (pipeline.decoder, kf.cascade(KARLO))):
         a, b = ours.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     index = json.loads((converted / "model_index.json").read_text())
@@ -117,66 +115,6 @@ def test_refusals_name_the_component_or_the_tensor(source, tmp_path):
     result = CliRunner().invoke(cli, ["convert", "diffusers", str(wrong), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 1 and "conv_in.weight" in result.output and "(3, 3, 3, 3)" in result.output
     assert result.output.count("\n") == 1
-
-
-# --- the `karlo` preset, from a Hugging Face cache laid out as huggingface_hub lays it out -------------------
-
-
-def cache_folder(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
-    """`folder`'s files as one commit of `repo_id` (blobs, snapshot links, the main ref, a tree listing)."""
-    storage = cache / ("models--" + repo_id.replace("/", "--"))
-    tree = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        rel = path.relative_to(folder).as_posix()
-        link = storage / "snapshots" / commit / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(blob)
-        tree[rel] = {"size": len(data), "blob_id": hashlib.sha1(data).hexdigest()}
-    (storage / "refs").mkdir(exist_ok=True)
-    (storage / "refs" / "main").write_text(commit)
-    (storage / "trees").mkdir(exist_ok=True)
-    (storage / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
-
-
-def image_variations_folder(dest: Path) -> Path:
-    """The parts of Karlo's image-variations repo the preset takes: its CLIP vision tower and feature extractor."""
-    dest.mkdir()
-    shutil.copytree(HF_CLIP / "image_encoder", dest / "image_encoder")
-    shutil.copytree(HF_CLIP / "feature_extractor", dest / "feature_extractor")
-    index = {"_class_name": "UnCLIPImageVariationPipeline", "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-             "feature_extractor": ["transformers", "CLIPImageProcessor"]}
-    (dest / "model_index.json").write_text(json.dumps(index))
-    return dest
-
-
-def test_the_karlo_preset_downloads_once_converts_once_and_embeds_pictures(source, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    from dalle2_core.hub import KARLO_IMAGE_VARIATIONS_REPO, KARLO_REPO, resolve_model
-
-    hub_cache = tmp_path / "hf" / "hub"
-    cache_folder(hub_cache, KARLO_REPO, source, "c" * 40)
-    cache_folder(hub_cache, KARLO_IMAGE_VARIATIONS_REPO, image_variations_folder(tmp_path / "iv"), "d" * 40)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "dream"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
-    resolved = resolve_model("karlo")
-    assert resolved.source == "preset" and resolved.revision == "c" * 40
-    provenance = json.loads((resolved.path / "source.json").read_text())
-    assert provenance["commit"] == "c" * 40 and provenance["image_variations_commit"] == "d" * 40
-    stamp = (resolved.path / "model_index.json").stat().st_mtime_ns
-    assert resolve_model("karlo").path == resolved.path and (resolved.path / "model_index.json").stat().st_mtime_ns == stamp
-    picture = tmp_path / "photo.png"
-    Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
-    result = CliRunner().invoke(cli, ["--model", "karlo", "--image", str(picture), "--steps", "2,2", "--seed", "1", "-q",
-                                      "--outdir", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    info = json.loads(read_png_text(tmp_path / "out" / "photo-1-0.png")[SETTINGS_CHUNK])
-    assert info["model"] == "karlo" and info["model_revision"] == "c" * 40
 
 
 def test_offloading_moves_each_network_to_the_device_only_for_its_stage(converted, monkeypatch):

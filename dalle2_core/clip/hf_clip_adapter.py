@@ -9,13 +9,16 @@ contract is an option each (Kakao Brain's Karlo code, `karlo/models/clip.py`, an
 - `zero_padding=False`: `text_encodings` are the whole 77-token state after the final LayerNorm
   (`last_hidden_state`, not zeroed after the end-of-text token); `text_mask` is the tokenizer's
   attention mask either way (True up to and including the end-of-text token).
-Tokens are open_clip's OpenAI BPE padded with 0 ("!"), which is what Karlo's tokenizer pads with.
+Tokens are OpenAI's BPE as transformers' CLIPTokenizer gives them (`clip.tokenizer.ClipTokenizer`), padded with the
+padding token of the tokenizer folder the towers came with (`pad_token`: "!", id 0, for Karlo; "<|endoftext|>" for
+Kandinsky 2.2's prior): the converted folder stores that token, so loading needs no tokenizer files.
 Images are preprocessed as transformers' `CLIPImageProcessor`: shorter side to `resize_to` (bicubic,
 antialiased; the longer side truncated to an integer as transformers does), centre crop, mean/std.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -33,9 +36,8 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from ..config import Config, config_dataclass
 from ..helpers import default, exists, l2norm, resize
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
-from .tokenizer import clip_bpe_tokenizer, tokenize
+from .tokenizer import ClipTokenizer, tokenize
 
-PAD_TOKEN = "!"  # id 0 in OpenAI's vocabulary; Karlo's tokenizer pads with it
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as preprocessor configs store it
 # preprocessor_config.json keys that only name the class that wrote the file
 _INFORMATIONAL = frozenset({"feature_extractor_type", "image_processor_type", "processor_class"})
@@ -52,6 +54,7 @@ class HFClipConfig(Config):
     vision: bool = True
     normalize: bool = True  # l2-normalise text_embed / image_embed; False: the raw projections
     zero_padding: bool = True  # zero text_encodings after the end-of-text token; False: the whole last hidden state
+    pad_token: str = "!"  # the tokenizer's padding token (Karlo's "!", id 0); a conversion stores its folder's
     image_mean: tuple[float, ...] = OPENAI_DATASET_MEAN
     image_std: tuple[float, ...] = OPENAI_DATASET_STD
     resize_to: int | None = None  # shorter side before the centre crop; None: the vision tower's image size
@@ -95,6 +98,7 @@ class HFClipAdapter(ClipAdapter):
             raise ValueError(f"resize_to {self.resize_to} must be at least the square image size {self.image_size}")
         self._eot_id = self.vocab_size - 1  # the end-of-text token is the highest id (argmax pooling reads it)
         self._tokenizer = None  # built on first use: loading weights needs no BPE tables
+        self._pad_id = None
 
     @classmethod
     def from_config(cls, config: HFClipConfig | dict) -> HFClipAdapter:
@@ -120,27 +124,35 @@ class HFClipAdapter(ClipAdapter):
         `feature_extractor` / `tokenizer` folders, when given, are checked to be what this adapter does
         (an unsupported preprocessing or tokenizer is refused). `variant` picks e.g. `model.fp16.safetensors`.
         """
-        config, files, key_map = _transformers_plan(text_encoder, image_encoder, feature_extractor, tokenizer, name, variant)
+        config, parts, key_map = _transformers_plan(text_encoder, image_encoder, feature_extractor, tokenizer, name, variant)
         config = HFClipConfig.build(config, normalize=normalize, zero_padding=zero_padding)
-        from dalle2_core.convert.materialize import SafetensorsWeights, materialize  # convert/ imports the networks
+        # convert/ imports the networks, so it is imported here
+        from dalle2_core.convert.materialize import NamespacedWeights, SafetensorsWeights, materialize
 
         what = " + ".join(str(p) for p in (text_encoder, image_encoder) if exists(p))
-        with SafetensorsWeights(files, what=what) as weights:
+        with contextlib.ExitStack() as stack:
+            weights = NamespacedWeights({ns: stack.enter_context(SafetensorsWeights(files, what=str(folder)))
+                                         for ns, (folder, files) in parts.items()})
             adapter = materialize(lambda: cls(config), weights, key_map, dtype=dtype, device=device, what=what)
         return adapter.eval()
 
     # --- text ------------------------------------------------------------------------------------------
 
-    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+    @property
+    def tokenizer(self) -> ClipTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = clip_bpe_tokenizer(self.max_text_len)
-        return tokenize(self._tokenizer, texts, self.max_text_len)
+            self._tokenizer = ClipTokenizer(self.max_text_len, self.config.pad_token)
+        return self._tokenizer
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        return tokenize(self.tokenizer, texts, self.max_text_len)
 
     def text_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """True up to and including the first end-of-text token; rows without one: the non-padding ids."""
+        """True up to and including the first end-of-text token (transformers' attention mask of tokenised prompts);
+        rows without one: the ids that are not the padding id."""
         is_eot = tokens == self._eot_id
         upto_eot = (is_eot.long().cumsum(dim=-1) - is_eot.long()) == 0
-        return torch.where(is_eot.any(dim=-1, keepdim=True), upto_eot, tokens != 0)
+        return torch.where(is_eot.any(dim=-1, keepdim=True), upto_eot, tokens != self.tokenizer.pad_id)
 
     def _embed_tokens(self, tokens: torch.Tensor) -> EmbeddedText:
         if self.text is None:
@@ -151,7 +163,7 @@ class HFClipAdapter(ClipAdapter):
             )
         short = self.max_text_len - tokens.shape[-1]
         if short > 0:  # the positional table and causal mask are context-sized
-            tokens = F.pad(tokens, (0, short), value=0)
+            tokens = F.pad(tokens, (0, short), value=self.tokenizer.pad_id)
         pooled, states = self.text(tokens)  # (b, dim_latent), (b, n, dim_text) after the final LayerNorm
         mask = self.text_mask(tokens)
         if self.config.zero_padding:
@@ -251,29 +263,10 @@ def preprocessor_options(config: dict, image_size: int) -> dict:
     return {"resize_to": resize_to, **stats}
 
 
-def _token_content(value) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def check_tokenizer_folder(folder: str | os.PathLike, context_length: int) -> None:
-    """Refuse a transformers CLIPTokenizer folder whose ids this adapter would not reproduce: another
-    vocabulary, another padding token than "!" or another length."""
-    folder = Path(folder)
-    settings = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if (folder / name).is_file():
-            settings.update(json.loads((folder / name).read_text(encoding="utf-8")))
-    pad = _token_content(settings.get("pad_token"))
-    if pad != PAD_TOKEN:
-        raise ValueError(f"tokenizer {folder} pads with {pad!r}; supported: {PAD_TOKEN!r} (id 0, Karlo's padding)")
-    length = settings.get("model_max_length", context_length)
-    if length != context_length:
-        raise ValueError(f"tokenizer {folder} has model_max_length {length}; the text tower reads {context_length}")
-    vocab_file = folder / "vocab.json"
-    if not vocab_file.is_file():
-        raise ValueError(f"tokenizer {folder} has no vocab.json; expected OpenAI CLIP's BPE vocabulary")
-    if json.loads(vocab_file.read_text(encoding="utf-8")) != clip_bpe_tokenizer(context_length).encoder:
-        raise ValueError(f"{vocab_file} is not OpenAI CLIP's BPE vocabulary (the one open_clip tokenizes with)")
+def check_tokenizer_folder(folder: str | os.PathLike, context_length: int) -> str:
+    """The padding token of a Hugging Face CLIP tokenizer folder (either layout), after refusing one whose ids this
+    adapter would not reproduce: not OpenAI's BPE, or another length than the text tower's."""
+    return ClipTokenizer.from_folder(folder, context_length).pad_token
 
 
 def _read_config(folder: Path, name: str, what: str) -> dict:
@@ -298,25 +291,47 @@ def _overrides(name: str, embed_dim: int, towers: dict[str, dict]) -> dict:
 
 
 def _transformers_plan(text_encoder, image_encoder, feature_extractor, tokenizer, name: str, variant: str | None):
-    """(config, safetensors files, key map) for transformers tower folders; every config is checked first."""
+    """(config, {namespace: (folder, safetensors files)}, key map) for transformers tower folders; every config is
+    checked first. Two folders' tensors are read in a namespace each ("text_encoder/", "image_encoder/": both may
+    hold `text_model.*`), one folder's as they are named.
+
+    A folder may hold a whole CLIPModel (openai/clip-vit-large-patch14): the tower it is given for is read from it,
+    the rest of its file is dropped, unless it is given for both towers.
+    """
     from dalle2_core.convert.diffusers_folder import weight_files
-    from dalle2_core.convert.hf_clip_keys import open_clip_text_cfg, open_clip_vision_cfg, text_key_map, vision_key_map
+    from dalle2_core.convert.hf_clip_keys import (
+        open_clip_text_cfg,
+        open_clip_vision_cfg,
+        other_tower_drops,
+        text_key_map,
+        vision_key_map,
+    )
+    from dalle2_core.convert.materialize import in_namespace
 
     if text_encoder is None and image_encoder is None:
         raise ValueError("from_transformers needs a text_encoder folder, an image_encoder folder, or both")
-    towers, dims, gelu, files, key_map = {}, set(), set(), [], []
+    same = exists(text_encoder) and exists(image_encoder) and Path(text_encoder).resolve() == Path(image_encoder).resolve()
+    two = exists(text_encoder) and exists(image_encoder) and not same  # two files: each read in a namespace of its own
+    towers, dims, gelu, parts, key_map = {}, set(), set(), {}, []
     for folder, key, read, keys, prefix in (
         (text_encoder, "text_cfg", open_clip_text_cfg, text_key_map, "text."),
         (image_encoder, "vision_cfg", open_clip_vision_cfg, vision_key_map, "visual."),
     ):
         if folder is None:
             continue
-        what = f"{'text' if key == 'text_cfg' else 'image'} encoder {folder}"
-        embed_dim, quick_gelu, towers[key] = read(_read_config(Path(folder), "config.json", what))
+        tower = "text" if key == "text_cfg" else "vision"
+        what = f"{'text' if tower == 'text' else 'image'} encoder {folder}"
+        hf_config = _read_config(Path(folder), "config.json", what)
+        embed_dim, quick_gelu, towers[key] = read(hf_config)
         dims.add(embed_dim)
         gelu.add(quick_gelu)
-        files += weight_files(folder, variant, what)
-        key_map += keys(towers[key]["layers"], prefix)
+        namespace = f"{'text' if tower == 'text' else 'image'}_encoder/" if two else ""
+        entries = keys(towers[key]["layers"], prefix)
+        if not (same and tower == "vision"):
+            parts[namespace] = (folder, weight_files(folder, variant, what))
+            drops = other_tower_drops(hf_config, tower)
+            entries += [d for d in drops if d.source == "logit_scale"] if same else drops
+        key_map += in_namespace(entries, namespace)
     if len(dims) > 1 or len(gelu) > 1:
         raise ValueError(f"the text and image encoders disagree: projection_dim {sorted(dims)}, quick_gelu {sorted(gelu)}")
     options = {}
@@ -324,13 +339,14 @@ def _transformers_plan(text_encoder, image_encoder, feature_extractor, tokenizer
         image_size = towers.get("vision_cfg", _architecture(name, {})["vision_cfg"])["image_size"]
         prep = _read_config(Path(feature_extractor), "preprocessor_config.json", f"feature extractor {feature_extractor}")
         options = preprocessor_options(prep, image_size)
-    config = HFClipConfig(
-        name=name, model_kwargs=_overrides(name, dims.pop(), towers), quick_gelu=gelu.pop(),
-        text=exists(text_encoder), vision=exists(image_encoder), **options,
-    )
+    model_kwargs = _overrides(name, dims.pop(), towers)
     if exists(tokenizer):
-        check_tokenizer_folder(tokenizer, _architecture(name, config.model_kwargs)["text_cfg"]["context_length"])
-    return config, files, key_map
+        options["pad_token"] = check_tokenizer_folder(tokenizer, _architecture(name, model_kwargs)["text_cfg"]["context_length"])
+    config = HFClipConfig(
+        name=name, model_kwargs=model_kwargs, quick_gelu=gelu.pop(), text=exists(text_encoder), vision=exists(image_encoder),
+        **options,
+    )
+    return config, parts, key_map
 
 
 __all__ = ["HFClipAdapter", "HFClipConfig", "check_tokenizer_folder", "preprocessor_options"]

@@ -13,11 +13,12 @@ import torch
 from .adapter import ClipAdapter, EmbeddedImage, EmbeddedText
 from .config import CLIPConfig
 from .model import CLIP
-from .tokenizer import clip_bpe_tokenizer, tokenize
+from .tokenizer import ClipTokenizer, tokenize
 
 
 class XClipAdapter(ClipAdapter):
-    """Wraps a `CLIP`; prompts go through open_clip's BPE tokenizer at the CLIP's `text_seq_len`.
+    """Wraps a `CLIP`; prompts go through OpenAI's BPE at the CLIP's `text_seq_len`, padded with id 0 as open_clip pads
+    ("!" stays text), which the CLIP's mask (`ids != 0`) reads.
 
     Images are handed to the CLIP in [0, 1] (resized here); the CLIP normalises them with its own
     `image_mean` / `image_std` (OpenAI's statistics by default).
@@ -33,7 +34,7 @@ class XClipAdapter(ClipAdapter):
         self.image_size = clip.image_size
         self.image_channels = clip.image_channels
         self.max_text_len = clip.text_seq_len
-        self._tokenizer = clip_bpe_tokenizer(clip.text_seq_len)
+        self._tokenizer = ClipTokenizer(clip.text_seq_len, pad_token=None)
 
     @property
     def config(self) -> CLIPConfig:

@@ -3,8 +3,9 @@
 Every network is built on `meta` from its diffusers config (`diffusers_config`) and filled from the
 memory-mapped safetensors through the checked key maps of `diffusers_keys` (`materialize`), so the weights
 are never held twice; pickled `.bin` weights are refused unopened. The text tower (and, from an
-image-variations pipeline folder, the vision tower) is OpenAI CLIP ViT-L/14 as open_clip builds it, filled
-from the transformers weights (`HFClipAdapter`), giving the raw projections and full token states Karlo reads.
+image-variations pipeline or a transformers CLIP folder, the vision tower) is OpenAI CLIP ViT-L/14 as open_clip
+builds it, filled from the transformers weights (`HFClipAdapter`), giving the raw projections and full token states
+Karlo reads; the tokenizer folder is checked to be OpenAI's BPE and its padding token is stored with the towers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from dalle2_core.checkpoint import SamplingSettings, save_model
 from dalle2_core.convert import diffusers_config as dc, diffusers_keys as dk
-from dalle2_core.convert.diffusers_folder import DiffusersFolder, read_diffusers_folder
+from dalle2_core.convert.diffusers_folder import DiffusersFolder, DiffusersFolderError, read_diffusers_folder
 from dalle2_core.convert.materialize import Rule, materialize
 from dalle2_core.helpers import exists
 
@@ -64,15 +65,36 @@ def convert_cascade(folder: DiffusersFolder, *, dtype: torch.dtype | None = None
     return KarloCascade(**parts, decoder_diffusion=config.decoder_diffusion, super_res_diffusion=config.super_res_diffusion)
 
 
-def convert_clip(folder: DiffusersFolder, image_variations: DiffusersFolder | None = None, *, dtype: torch.dtype | None = None):
+def vision_tower_folders(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """(image encoder, feature extractor) folders of a CLIP vision tower source: an UnCLIPImageVariationPipeline
+    folder (its `image_encoder/` and `feature_extractor/`), or a transformers CLIP folder holding `config.json`, the
+    safetensors weights and `preprocessor_config.json` (openai/clip-vit-large-patch14: a whole CLIPModel)."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        variations = read_diffusers_folder(folder, expect=IMAGE_VARIATIONS)
+        return variations["image_encoder"].path, variations["feature_extractor"].path
+    if (folder / "config.json").is_file() and (folder / "preprocessor_config.json").is_file():
+        return folder, folder
+    raise DiffusersFolderError(
+        f"{folder} is neither an {IMAGE_VARIATIONS} folder (model_index.json) nor a transformers CLIP folder "
+        "(config.json, preprocessor_config.json and safetensors weights)"
+    )
+
+
+def convert_clip(folder: DiffusersFolder, vision_tower: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None):
+    """The CLIP text tower (and tokenizer) of an UnCLIPPipeline folder, with the vision tower of `vision_tower`
+    (`vision_tower_folders`) or of the folder itself when it has an `image_encoder`."""
     from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
 
-    vision = image_variations if exists(image_variations) else folder if "image_encoder" in folder.components else None
+    if exists(vision_tower):
+        image_encoder, feature_extractor = vision_tower_folders(vision_tower)
+    elif "image_encoder" in folder.components:
+        image_encoder, feature_extractor = folder["image_encoder"].path, folder["feature_extractor"].path
+    else:
+        image_encoder = feature_extractor = None
     return HFClipAdapter.from_transformers(
-        text_encoder=folder["text_encoder"].path, tokenizer=folder["tokenizer"].path,
-        image_encoder=vision["image_encoder"].path if exists(vision) else None,
-        feature_extractor=vision["feature_extractor"].path if exists(vision) else None,
-        normalize=False, zero_padding=False, dtype=dtype,
+        text_encoder=folder["text_encoder"].path, tokenizer=folder["tokenizer"].path, image_encoder=image_encoder,
+        feature_extractor=feature_extractor, normalize=False, zero_padding=False, dtype=dtype,
     )
 
 
@@ -80,29 +102,34 @@ def convert_unclip(src: str | os.PathLike, out_dir: str | os.PathLike, *, image_
                    dtype: torch.dtype | None = None) -> UnclipConversion:
     """Write the model folder `out_dir` (new or empty) from the UnCLIPPipeline folder `src`.
 
-    `image_variations`: an UnCLIPImageVariationPipeline folder whose CLIP vision tower lets the model embed
-    pictures (variations, interpolation, mixes). `dtype`: store the weights in this dtype (default: as given).
+    `image_variations`: where the CLIP vision tower that lets the model embed pictures (variations, interpolation,
+    mixes) comes from: an UnCLIPImageVariationPipeline folder or a transformers CLIP folder such as
+    openai/clip-vit-large-patch14's (`vision_tower_folders`). `dtype`: store the weights in this dtype (default: as
+    given).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; converting writes a new model folder")
     folder = read_diffusers_folder(src, expect=UNCLIP)
-    variations = read_diffusers_folder(image_variations, expect=IMAGE_VARIATIONS) if exists(image_variations) else None
-    clip = convert_clip(folder, variations, dtype=dtype)
+    clip = convert_clip(folder, image_variations, dtype=dtype)
     prior = convert_prior(folder, dtype=dtype)
     cascade = convert_cascade(folder, dtype=dtype)
     save_model(out_dir, clip=clip, prior=prior, decoder=cascade, defaults=KARLO_DEFAULTS, family="karlo")
     notes = [
         f"converted the {UNCLIP} folder {folder.path} (diffusers {folder.diffusers_version or 'version unknown'}): "
         "prior, text_proj, decoder, super_res_first, super_res_last and the CLIP text tower, from safetensors only",
+        f"the tokenizer pads with {clip.config.pad_token!r} (read from its folder)",
         "sampling defaults are diffusers' UnCLIPPipeline call defaults: prior 25 steps, guidance 4; decoder 25 steps, "
         "guidance 8; super-resolution 7 steps",
     ]
-    if exists(variations) or "image_encoder" in folder.components:
-        notes.append("the CLIP vision tower was converted too: the model can embed pictures (--image, interpolate, mix)")
+    if clip.config.vision:
+        notes.append("the CLIP vision tower was converted too: the model can embed pictures (variations, interpolation, mixes)")
     else:
-        notes.append("no CLIP vision tower: give the image-variations pipeline folder to embed pictures")
+        notes.append("no CLIP vision tower: give an image-variations pipeline or a transformers CLIP folder to embed pictures")
     return UnclipConversion(out_dir, notes)
 
 
-__all__ = ["KARLO_DEFAULTS", "UnclipConversion", "convert_cascade", "convert_clip", "convert_prior", "convert_unclip"]
+__all__ = [
+    "KARLO_DEFAULTS", "UnclipConversion", "convert_cascade", "convert_clip", "convert_prior", "convert_unclip",
+    "vision_tower_folders",
+]

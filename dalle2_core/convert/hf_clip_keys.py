@@ -1,4 +1,5 @@
-"""transformers' CLIP towers (`CLIPTextModelWithProjection`, `CLIPVisionModelWithProjection`) onto open_clip's.
+"""transformers' CLIP towers (`CLIPTextModelWithProjection`, `CLIPVisionModelWithProjection`, or either tower of a
+whole `CLIPModel`) onto open_clip's.
 
 Names as transformers writes them (`models/clip/modeling_clip.py`) and where they go in open_clip's
 `TextTransformer` / `VisionTransformer` (`open_clip/transformer.py`):
@@ -122,8 +123,9 @@ def tower_config(config: dict, tower: str) -> dict:
         raise ValueError(f"tower {tower!r} is unknown; accepted: 'text', 'vision'")
     defaults = TEXT_DEFAULTS if tower == "text" else VISION_DEFAULTS
     model_type = config.get("model_type")
-    if model_type == "clip":  # a whole CLIPModel: its tower section, as CLIPTextConfig.from_pretrained reads it
-        section = dict(config.get(f"{tower}_config") or {})
+    if model_type == "clip":  # a whole CLIPModel: its tower section, as CLIPTextConfig.from_pretrained reads it,
+        section = dict(config.get(f"{tower}_config") or {})  # with the width of the projections the model holds
+        section.update({"projection_dim": config["projection_dim"]} if "projection_dim" in config else {})
     elif model_type in (None, f"clip_{tower}_model"):
         section = dict(config)
     else:
@@ -185,6 +187,16 @@ def open_clip_vision_cfg(config: dict) -> tuple[int, bool, dict]:
     return hf["projection_dim"], quick_gelu, vision_cfg
 
 
+def other_tower_drops(config: dict, tower: str) -> list[Entry]:
+    """What a whole `CLIPModel` file (openai/clip-vit-large-patch14's `model.safetensors`) holds beside `tower`: the
+    other tower, its projection and `logit_scale`, read and dropped. Empty for a single tower's config."""
+    if config.get("model_type") != "clip":
+        return []
+    other = "vision" if tower == "text" else "text"
+    drops: list[Entry] = [Drop(name) for name in transformers_shapes(config, other)]
+    return [*drops, Drop(f"{other}_model.embeddings.position_ids", optional=True), Drop("logit_scale")]
+
+
 def transformers_shapes(config: dict, tower: str) -> dict[str, tuple[int, ...]]:
     """The state-dict names and shapes transformers gives a CLIP tower of this config (no position_ids)."""
     hf = tower_config(config, tower)
@@ -220,6 +232,7 @@ def transformers_shapes(config: dict, tower: str) -> dict[str, tuple[int, ...]]:
 
 __all__ = [
     "open_clip_text_cfg",
+    "other_tower_drops",
     "open_clip_vision_cfg",
     "text_key_map",
     "tower_config",

@@ -140,7 +140,44 @@ class TensorDict:
         return self._tensors[key]
 
 
-Weights = SafetensorsWeights | TensorDict
+class NamespacedWeights:
+    """Several weight sets behind one interface, each tensor named `{namespace}{name}`: two files that name their
+    tensors alike (a text encoder's and a whole CLIPModel's `text_model.*`) fill one module without clashing."""
+
+    def __init__(self, parts: Mapping[str, SafetensorsWeights | TensorDict]):
+        self._parts = dict(parts)
+        self.what = " + ".join(w.what for w in self._parts.values())
+
+    def _part(self, key: str) -> tuple[SafetensorsWeights | TensorDict, str]:
+        for namespace, weights in self._parts.items():
+            if key.startswith(namespace) and key[len(namespace):] in weights:
+                return weights, key[len(namespace):]
+        raise KeyError(key)
+
+    def keys(self) -> list[str]:
+        return [namespace + key for namespace, weights in self._parts.items() for key in weights.keys()]
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self._part(key)
+        except KeyError:
+            return False
+        return True
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        weights, name = self._part(key)
+        return weights.shape(name)
+
+    def dtype(self, key: str) -> torch.dtype:
+        weights, name = self._part(key)
+        return weights.dtype(name)
+
+    def get(self, key: str, transient: bool = False) -> torch.Tensor:
+        weights, name = self._part(key)
+        return weights.get(name, transient=transient)
+
+
+Weights = SafetensorsWeights | TensorDict | NamespacedWeights
 
 
 # --- key maps ------------------------------------------------------------------------------------------
@@ -176,6 +213,19 @@ class Keep:
 
 
 Entry = Rule | Drop | Keep
+
+
+def in_namespace(entries: Sequence[Entry], namespace: str) -> list[Entry]:
+    """A key map whose source tensors are read from `namespace` of a `NamespacedWeights`."""
+    out: list[Entry] = []
+    for entry in entries:
+        if isinstance(entry, Rule):
+            out.append(Rule(entry.target, tuple(namespace + s for s in entry.sources), entry.fn))
+        elif isinstance(entry, Drop):
+            out.append(Drop(namespace + entry.source, entry.check, entry.optional))
+        else:
+            out.append(entry)
+    return out
 
 
 def rename(source: str, target: str) -> Rule:
@@ -318,7 +368,7 @@ def materialize(
     dtype; buffers that no file holds (non-persistent ones, `Keep` entries) are moved and cast the same
     way. The module is returned in the mode `build()` left it in.
     """
-    if not isinstance(weights, (SafetensorsWeights, TensorDict)):
+    if not isinstance(weights, (SafetensorsWeights, TensorDict, NamespacedWeights)):
         weights = TensorDict(weights)
     what = what or weights.what
     module = build_on_meta(build)
@@ -361,6 +411,7 @@ def materialize(
 __all__ = [
     "Drop",
     "Keep",
+    "NamespacedWeights",
     "Rule",
     "SAFETENSORS_DTYPES",
     "SafetensorsWeights",
@@ -369,6 +420,7 @@ __all__ = [
     "build_on_meta",
     "check_key_map",
     "identity_key_map",
+    "in_namespace",
     "materialize",
     "rename",
 ]
