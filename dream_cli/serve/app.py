@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -24,12 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from dream_cli.errors import one_line
-from dream_cli.serve.checks import MAX_BODY, BadInput
+from dream_cli.serve.checks import ACCEPTED, MAX_BODY, BadInput
 from dream_cli.serve.engine import Cancelled, Engine, Job, JobFailed, QueueFull, failure_of
 from dream_cli.serve.models import ServedModel
 from dream_cli.serve.results import Result, ResultStore, keep
 
 log = logging.getLogger("dream.serve")
+UNION_TAGS = ("int", "float", "str", "bool", "list", "dict", "none")
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = ("index.html", "app.js", "style.css")
 
@@ -156,10 +158,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {"loc": ("body",), "msg": "invalid request"}
-        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+        # field names and list indices; not the locations' parts pydantic adds for union members
+        loc = [str(p) for p in first.get("loc", ()) if isinstance(p, int) or (p not in ("body", "query", "path")
+                                                                              and re.fullmatch(r"[A-Za-z_]\w*", p) and p not in UNION_TAGS)]
         message = first.get("msg", "invalid")
         if first.get("type") == "json_invalid":
             loc, message = [], f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
+        if loc and loc[0] in ACCEPTED:
+            message = f"{message}; accepted: {ACCEPTED[loc[0]]}"
         return error_response(request, bad_input_status(request), message, param=".".join(loc) or "body")
 
     @app.exception_handler(StarletteHTTPException)

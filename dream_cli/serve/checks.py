@@ -42,6 +42,24 @@ SETTING_FIELDS = {"steps": "steps", "cond_scale": "cfg_scale", "prior_steps": "p
                   "prior_samples": "prior_samples", "sampler": "sampler_name"}
 
 
+# what each request field accepts, for messages about a value of the wrong type or out of range
+ACCEPTED = {
+    "prompt": f"a string of at most {MAX_PROMPT} characters ({OPENAI_MAX_PROMPT} under /v1/)",
+    "negative_prompt": f"a string of at most {MAX_PROMPT} characters",
+    "seed": f"an integer, {SEEDS}",
+    "batch_size": f"an integer 1..{MAX_IMAGES}", "n_iter": f"an integer 1..{MAX_IMAGES}", "n": f"an integer 1..{MAX_IMAGES}",
+    "steps": f"an integer 1..{MAX_STEPS} (the first decoder stage), or a list of one per decoder stage",
+    "cfg_scale": f"a finite number 0..{MAX_GUIDANCE:g} (the first decoder stage), or a list of one per decoder stage",
+    "prior_steps": f"an integer 1..{MAX_STEPS}", "prior_cfg_scale": f"a finite number 0..{MAX_GUIDANCE:g}",
+    "prior_samples": f"an integer 1..{MAX_PRIOR_SAMPLES}",
+    "width": "an integer, the model's size", "height": "an integer, the model's size",
+    "init_images": "a list of one base64 image", "mask": "a base64 image", "denoising_strength": "a finite number 0..1",
+    "inpainting_mask_invert": "0 or 1", "response_format": "url or b64_json", "size": "WIDTHxHEIGHT, the model's size",
+    "image": "an image file in the multipart field 'image'", "override_settings": "an object", "send_images": "true or false",
+    "sampler_name": "a sampler's name", "model": "a served model's name", "source": "the id of a result of this server",
+}
+
+
 class BadInput(ValueError):
     """A request field that cannot be taken; the message says what is accepted."""
 

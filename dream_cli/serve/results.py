@@ -58,7 +58,8 @@ class ResultStore:
     def get(self, result_id: str) -> Result | None:
         with self._lock:
             self._expire()
-            return self._items.get(result_id)
+            result = self._items.get(result_id)
+            return result if result is not None and result.expires > time.time() else None
 
     def recent(self, limit: int = 100) -> list[Result]:
         with self._lock:
