@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 from dream_cli.output import SETTINGS_CHUNK  # noqa: E402
 from dream_cli.serve import bind  # noqa: E402
-from dream_cli.serve.app import Auth, NoTracebacks, Server, create_app  # noqa: E402
+from dream_cli.serve.app import Auth, Server, create_app  # noqa: E402
 from dream_cli.serve.engine import Engine  # noqa: E402
 from dream_cli.serve.models import load_models  # noqa: E402
 from dream_cli.serve.results import ResultStore  # noqa: E402
@@ -34,7 +34,7 @@ def running_server(models, *, max_queue=16, max_batch=8, outdir=None, auth=None,
     srv = Server(models, Engine(max_queue, max_batch).start(), ResultStore(ttl=url_expiry), outdir, auth or Auth())
     app = create_app(srv, tuple(cors))
     sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(NoTracebacks(app), log_level="warning", access_log=False, ws="none",
+    config = uvicorn.Config(app, log_level="warning", access_log=False, ws="none",
                             limit_concurrency=max_queue + 64, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from cli_helpers import dream
 from PIL import Image
-from serve_helpers import FAST, png_bytes, png_info, running_server, shapes_models
+from serve_helpers import FAST, png_info, running_server, shapes_models
 
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 from dream_cli.serve.app import Auth

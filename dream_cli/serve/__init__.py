@@ -84,9 +84,7 @@ def run_server(app, sock: socket.socket, quiet: bool = False):
                 srv.engine.stop()
             super().handle_exit(sig, frame)
 
-    from dream_cli.serve.app import NoTracebacks
-
-    config = uvicorn.Config(NoTracebacks(app), log_config=log_config(quiet), access_log=not quiet, timeout_graceful_shutdown=10,
+    config = uvicorn.Config(app, log_config=log_config(quiet), access_log=not quiet, timeout_graceful_shutdown=10,
                             limit_concurrency=srv.engine.max_queue + 64, ws="none", lifespan="on")
     server = Server(config)
     # uvicorn raises the signal again once it has shut down: these handlers take it, so the process exits 0

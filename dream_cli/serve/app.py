@@ -170,6 +170,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
+        if err.status_code == 400:  # a body FastAPI could not parse (JSON nested past Python's recursion limit, ...)
+            return error_response(request, bad_input_status(request), f"{err.detail}; accepted: a JSON object", param="body")
+        if err.status_code == 413:
+            return too_large(request)
         return error_response(request, err.status_code, str(err.detail), headers=err.headers)
 
     @app.exception_handler(QueueFull)
@@ -197,16 +201,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, 500, f"internal error ({type(err).__name__})")
 
 
-class RequireAuth:
-    """Credentials before anything else is read: every path but the expiring image URLs (and, with only an API key,
-    the page's own files, which hold no data) needs them."""
+def too_large(request: Request) -> JSONResponse:
+    return error_response(request, 413, f"the request body is larger than {MAX_BODY} bytes")
+
+
+class Gate:
+    """Before anything is read: credentials, and the body size a request declares (a body that streams past the
+    limit is stopped by FastAPI's own limit). Every path but the expiring image URLs (and, with only an API key,
+    the page's own files, which hold no data) needs credentials."""
 
     def __init__(self, app, auth: Auth):
         self.app, self.auth = app, auth
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self.auth.required:
+        if scope["type"] == "http":
             request = Request(scope)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY:
+                await too_large(request)(scope, receive, send)
+                return
+        if scope["type"] == "http" and self.auth.required and scope["method"] != "OPTIONS":  # CORS preflights carry none
             path = scope["path"]
             public = path.startswith("/files/") or (not self.auth.users and (path == "/" or path.startswith("/static/")))
             if not public and not self.auth.allows(request.headers.get("authorization")):
@@ -221,8 +235,9 @@ class RequireAuth:
 class NoTracebacks:
     """The outermost ASGI layer: an error that escaped every handler (already answered with a 500) is one log line."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, inner: FastAPI):
+        self.app, self.fastapi = app, inner
+        self.state = inner.state  # the `Server`, as `app.state.dream`
 
     async def __call__(self, scope, receive, send):
         try:
@@ -231,7 +246,9 @@ class NoTracebacks:
             log.error("%s: %s", type(err).__name__, one_line(err))
 
 
-def create_app(srv: Server, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+def create_app(srv: Server, cors_origins: tuple[str, ...] = ()):
+    """The ASGI application to serve: the routes inside FastAPI, wrapped (outermost first) in NoTracebacks, CORS
+    when origins are named (so preflights and refusals get its headers), and the Gate (credentials, body size)."""
     from dream_cli.serve import a1111, openai_api, web
 
     @contextlib.asynccontextmanager
@@ -243,14 +260,14 @@ def create_app(srv: Server, cors_origins: tuple[str, ...] = ()) -> FastAPI:
     app = FastAPI(title="dream", docs_url=None, redoc_url=None, openapi_url=None, max_body_size=MAX_BODY, lifespan=lifespan)
     app.state.dream = srv
     install_error_handlers(app)
-    app.add_middleware(RequireAuth, auth=srv.auth)
-    if cors_origins:  # outermost: preflights need no credentials, and error responses get the headers too
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
     app.include_router(a1111.router)
     app.include_router(openai_api.router)
     app.include_router(web.router)
-    return app
+    outer = Gate(app, srv.auth)
+    if cors_origins:
+        outer = CORSMiddleware(outer, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                               allow_headers=["Authorization", "Content-Type"])
+    return NoTracebacks(outer, app)
 
 
 __all__ = ["Auth", "ClientGone", "NoTracebacks", "Server", "create_app", "error_response", "run_job", "server"]
