@@ -15,7 +15,7 @@ import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dream_cli.output import SETTINGS_CHUNK  # noqa: E402
-from dream_cli.serve import bind  # noqa: E402
+from dream_cli.serve import bind, connection_limit  # noqa: E402
 from dream_cli.serve.app import Auth, Server, create_app  # noqa: E402
 from dream_cli.serve.engine import Engine  # noqa: E402
 from dream_cli.serve.models import load_models  # noqa: E402
@@ -35,7 +35,7 @@ def running_server(models, *, max_queue=16, max_batch=8, outdir=None, auth=None,
     app = create_app(srv, tuple(cors))
     sock = bind("127.0.0.1", 0)
     config = uvicorn.Config(app, log_level="warning", access_log=False, ws="none",
-                            limit_concurrency=max_queue + 64, timeout_graceful_shutdown=5)
+                            limit_concurrency=connection_limit(max_queue), timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -20,6 +20,12 @@ from dream_cli.sampling import DEVICES, check_outdir, pick_device, pick_dtype, s
 DEFAULT_PORT = 7860  # A1111's, where its clients look first
 
 
+def connection_limit(max_queue: int) -> int:
+    """uvicorn's own limit on open connections (past it: a bare 503): far above what the queue admits, so that
+    clients meet the queue's 503 with Retry-After, and requests past the queue are answered at once."""
+    return max_queue + 1000
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -85,7 +91,7 @@ def run_server(app, sock: socket.socket, quiet: bool = False):
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_config=log_config(quiet), access_log=not quiet, timeout_graceful_shutdown=10,
-                            limit_concurrency=srv.engine.max_queue + 64, ws="none", lifespan="on")
+                            limit_concurrency=connection_limit(srv.engine.max_queue), ws="none", lifespan="on")
     server = Server(config)
     # uvicorn raises the signal again once it has shut down: these handlers take it, so the process exits 0
     previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
