@@ -140,7 +140,7 @@ def serve(model_specs, host, port, api_auth, api_key, outdir, max_queue, max_bat
     """Serve models over HTTP: AUTOMATIC1111's API (/sdapi/v1), OpenAI's Images API (/v1/images) and a web page (/)."""
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
         raise DreamError(f"dream serve needs the serve extra ({err.name} is missing): pip install 'dream-dalle2[serve]'") from None
