@@ -192,7 +192,7 @@ class Engine:
             self.started_at = time.monotonic()
             self._run(batch)
             with self._cond:
-                self._running = []
+                self._running, self.preview = [], None
 
     def _take(self) -> list[Job]:
         """The oldest job and the queued jobs that can share its batch."""
