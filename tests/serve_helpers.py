@@ -24,8 +24,11 @@ from dream_cli.serve.results import ResultStore  # noqa: E402
 FAST = {"steps": [2, 2], "prior_steps": 2}  # the bundled shapes model in a fraction of a second per image
 
 
-def shapes_models(*specs):
-    return load_models(specs or ("shapes",), torch.device("cpu"), torch.float32, "fp32", offload=False, quiet=True)
+def shapes_models(*specs, overrides=None):
+    """Loaded models; by default with the server's own defaults set to FAST (`dream serve --steps 2,2 --prior-steps 2`)."""
+    fast = {"steps": (2, 2), "prior_steps": 2}
+    return load_models(specs or ("shapes",), torch.device("cpu"), torch.float32, "fp32", offload=False, quiet=True,
+                       overrides=fast if overrides is None else overrides)
 
 
 @contextlib.contextmanager

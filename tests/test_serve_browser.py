@@ -31,11 +31,11 @@ def page():
 def test_generate_watch_progress_see_settings_and_regenerate(page):
     tab, url, srv = page
     tab.wait_for_selector("#model option[value=shapes]", state="attached")
-    assert tab.input_value("#steps") == "25,25" and tab.input_value("#guidance") == "5,1"  # the model's defaults
+    # the server's defaults (`--steps 2,2 --prior-steps 2` over the model's guidance 5,1)
+    assert tab.input_value("#steps") == "2,2" and tab.input_value("#guidance") == "5,1" and tab.input_value("#prior-steps") == "2"
     tab.fill("#prompt", "a small green triangle at the top on a white background")
     tab.fill("#seed", "42")
-    tab.fill("#steps", "12,12")  # long enough to be watched, short enough for a test
-    tab.fill("#prior-steps", "2")
+    tab.fill("#steps", "10,10")  # long enough to be watched, short enough for a test
     tab.click("#generate")
     # the progress of each stage while it runs, with a preview of the image being drawn
     tab.wait_for_selector('.stage[data-stage="unet 1"]', timeout=60_000)
@@ -43,7 +43,7 @@ def test_generate_watch_progress_see_settings_and_regenerate(page):
     card = tab.wait_for_selector("#gallery .card", timeout=60_000)
     assert tab.text_content("#status") == "1 image(s)"
     assert tab.text_content("#gallery .card .prompt") == "a small green triangle at the top on a white background"
-    assert tab.text_content("#gallery .card dd.seed") == "42" and tab.text_content("#gallery .card dd.steps") == "12,12"
+    assert tab.text_content("#gallery .card dd.seed") == "42" and tab.text_content("#gallery .card dd.steps") == "10,10"
     first_id = card.get_attribute("data-id")
     image = tab.wait_for_selector("#gallery .card img")
     assert tab.evaluate("(img) => img.complete && img.naturalWidth", image) == 64  # the picture itself loaded

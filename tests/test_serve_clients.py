@@ -46,8 +46,8 @@ def test_webuiapi_txt2img_gives_the_pixels_and_metadata_dream_writes(served, tmp
     assert len(result.images) == 2 and result.info["all_seeds"] == [7, 8] and result.info["sd_model_name"] == "shapes"
     assert result.info["steps"] == 2 and result.info["sampler_name"] == "DPM++ 2M SDE"
 
-    # the same prompt, seed and settings through `dream` (prior at the model's 25 steps, as the request left it)
-    cli = dream("--model", "shapes", "--seed", 7, "-n", 2, "--steps", "2,2", "--cond-scale", "5,1", "--sampler", "dpmpp_sde",
+    # the same prompt, seed and settings through `dream` (the prior at the server's default, 2 steps)
+    cli = dream("--model", "shapes", "--seed", 7, "-n", 2, "--steps", "2,2", "--prior-steps", 2, "--cond-scale", "5,1", "--sampler", "dpmpp_sde",
                 "--outdir", tmp_path, "-q", PROMPT)
     assert cli.exit_code == 0, cli.output
     files = sorted(tmp_path.glob("*-7-*.png"))

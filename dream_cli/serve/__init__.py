@@ -15,7 +15,7 @@ import click
 
 from dalle2_core.choices import PRECISIONS
 from dream_cli.errors import DreamError, one_line
-from dream_cli.sampling import DEVICES, check_outdir, pick_device, pick_dtype, surface_warnings
+from dream_cli.sampling import DEVICES, NumberList, check_outdir, pick_device, pick_dtype, surface_warnings
 
 DEFAULT_PORT = 7860  # A1111's, where its clients look first
 
@@ -131,12 +131,15 @@ def _main_thread() -> bool:
               help="Allow browser pages from ORIGIN to call the APIs (repeatable; none by default).")
 @click.option("--url-expiry", type=click.IntRange(60, 7 * 86400), default=3600, show_default=True,
               help="Seconds an image URL (response_format=url, the page's gallery) stays valid.")
+@click.option("--steps", type=NumberList(int, minimum=1),
+              help="Decoder steps for requests that give none (OpenAI's API has no field for them). [model default]")
+@click.option("--prior-steps", type=click.IntRange(min=1), help="Prior steps for requests that give none. [model default]")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample.")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True, help="Weights and activations.")
 @click.option("--offload", is_flag=True, help="Keep the networks on the CPU and move each to --device only while it runs.")
 @click.option("-q", "--quiet", is_flag=True, help="No model-loading progress and no access log.")
-def serve(model_specs, host, port, api_auth, api_key, outdir, max_queue, max_batch, cors_origin, url_expiry, device, precision,
-          offload, quiet) -> None:
+def serve(model_specs, host, port, api_auth, api_key, outdir, max_queue, max_batch, cors_origin, url_expiry, steps, prior_steps,
+          device, precision, offload, quiet) -> None:
     """Serve models over HTTP: AUTOMATIC1111's API (/sdapi/v1), OpenAI's Images API (/v1/images) and a web page (/)."""
     try:
         import fastapi  # noqa: F401
@@ -158,7 +161,8 @@ def serve(model_specs, host, port, api_auth, api_key, outdir, max_queue, max_bat
     outdir = check_outdir(outdir) if outdir is not None else None
     sock = bind(host, port)
     with surface_warnings():
-        models = load_models(model_specs or (default_model_spec(),), torch_device, dtype, precision, offload, quiet)
+        overrides = {k: v for k, v in (("steps", steps), ("prior_steps", prior_steps)) if v is not None}
+        models = load_models(model_specs or (default_model_spec(),), torch_device, dtype, precision, offload, quiet, overrides)
     srv = Server(models, Engine(max_queue, max_batch).start(), ResultStore(ttl=url_expiry), outdir, auth)
     app = create_app(srv, tuple(cors_origin))
     shown_host = f"[{host}]" if ":" in host else host

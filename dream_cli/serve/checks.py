@@ -155,7 +155,7 @@ def settings_for(model: ServedModel, *, steps=None, cfg_scale=None, prior_steps=
     base = model.defaults
     try:
         return model.pipeline.resolve(
-            inpainting=inpainting, steps=per_stage(steps, base.steps, "steps"),
+            model.overrides, inpainting=inpainting, steps=per_stage(steps, base.steps, "steps"),
             cond_scale=per_stage(cfg_scale, base.cond_scale, "cfg_scale"), prior_steps=prior_steps,
             prior_cond_scale=prior_cfg_scale, prior_samples=prior_samples, sampler=sampler,
         )

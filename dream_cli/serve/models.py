@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import click
@@ -29,6 +29,7 @@ class ServedModel:
     resolved: ResolvedModel
     sha256: str | None  # of the decoder weights: A1111's model hash is its first 10 hex digits
     precision: str
+    overrides: dict = field(default_factory=dict)  # the server's own defaults over the model's (`serve --steps`, ...)
 
     @property
     def size(self) -> int:
@@ -36,7 +37,8 @@ class ServedModel:
 
     @property
     def defaults(self) -> SamplingSettings:
-        return self.pipeline.resolve()
+        """What a request that sets nothing gets: the server's overrides over the model's own defaults."""
+        return self.pipeline.resolve(self.overrides)
 
     @property
     def short_hash(self) -> str | None:
@@ -74,8 +76,12 @@ def parse_model_option(value: str) -> tuple[str, str]:
     return name, spec
 
 
-def load_models(values: tuple[str, ...], device, dtype, precision: str, offload: bool, quiet: bool) -> dict[str, ServedModel]:
-    """Every `--model`, loaded in the order given (the first is the default), by name."""
+def load_models(values: tuple[str, ...], device, dtype, precision: str, offload: bool, quiet: bool,
+                overrides: dict | None = None) -> dict[str, ServedModel]:
+    """Every `--model`, loaded in the order given (the first is the default), by name; `overrides` (SamplingSettings
+    fields) replace each model's defaults, checked against every model here."""
+    from dalle2_core.pipeline import SettingError
+
     named = [parse_model_option(v) for v in values]
     names = [n for n, _ in named]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -85,7 +91,11 @@ def load_models(values: tuple[str, ...], device, dtype, precision: str, offload:
     for name, spec in named:
         pipeline, resolved = load(spec, device, dtype, quiet, offload)
         sha = weights_sha256(resolved.path / "decoder" / "model.safetensors")
-        models[name] = ServedModel(name, pipeline, resolved, sha, precision)
+        models[name] = served = ServedModel(name, pipeline, resolved, sha, precision, dict(overrides or {}))
+        try:
+            pipeline.resolve(served.overrides)
+        except SettingError as err:
+            raise click.BadParameter(f"model {name!r}: {err}", param_hint=f"--{err.setting.replace('_', '-')}") from None
     return models
 
 
