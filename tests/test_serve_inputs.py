@@ -102,8 +102,13 @@ AUTH_CASES = [
 
 
 @pytest.fixture(scope="module")
-def served():
-    with running_server(shapes_models(), auth=Auth(users={"user": "pass"}, key=KEY)) as (url, srv):
+def models():
+    return shapes_models()
+
+
+@pytest.fixture(scope="module")
+def served(models):
+    with running_server(models, auth=Auth(users={"user": "pass"}, key=KEY)) as (url, srv):
         yield url, srv
 
 
@@ -162,8 +167,7 @@ def test_either_credential_works_and_image_urls_need_none(served):
     assert requests.get(url + "/", timeout=10).status_code == 401  # with --api-auth the page asks the browser for it
 
 
-def test_no_cors_unless_an_origin_is_named():
-    models = shapes_models()
+def test_no_cors_unless_an_origin_is_named(models):
     preflight = {"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
     with running_server(models) as (url, _):
         answer = requests.options(url + "/sdapi/v1/txt2img", headers=preflight, timeout=10)

@@ -75,3 +75,8 @@ def test_a_signal_cancels_the_running_job_and_exits_0(tmp_path, sig):
     assert answer["r"].status_code == 503 and answer["r"].json()["detail"] == "the server is shutting down"
     assert "Traceback" not in log and "Finished server process" in log
     assert list(tmp_path.iterdir()) == []  # the cancelled job wrote nothing
+
+
+def test_server_defaults_are_checked_against_every_model():
+    result = dream("serve", "--model", "shapes", "--port", 0, "--steps", "2,2,2", "-q")
+    assert result.exit_code == 2 and "--steps" in result.output and "2 decoder stage(s)" in result.output
