@@ -63,7 +63,7 @@ class Edit:
     strength: float
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: two equal requests are two jobs (queue removal goes by identity)
 class Job:
     """One request's work: `n` images of `prompt` (or variations of `picture`) from seeds `seed`, `seed + 1`, ..."""
 
