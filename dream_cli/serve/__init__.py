@@ -74,12 +74,22 @@ def log_config(quiet: bool) -> dict:
     return config
 
 
+def one_line_warnings() -> None:
+    """Warnings while serving (a prompt cut to CLIP's context, ...) as one log line each, never a source excerpt."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("dream.serve")
+    warnings.showwarning = lambda message, category, *_, **__: log.warning("%s: %s", category.__name__, one_line(message))
+
+
 def run_server(app, sock: socket.socket, quiet: bool = False):
     """Serve `app` on `sock` until SIGINT / SIGTERM; the running job is cancelled and the call returns normally."""
     import asyncio
 
     import uvicorn
 
+    one_line_warnings()
     srv = app.state.dream
 
     class Server(uvicorn.Server):
