@@ -8,6 +8,7 @@ until it expires, as OpenAI's image URLs do.
 from __future__ import annotations
 
 import io
+import itertools
 import secrets
 import threading
 import time
@@ -31,6 +32,7 @@ class Result:
     info: dict  # the `dream-dalle2` chunk: everything needed to regenerate the image
     created: float
     expires: float
+    job: int  # which job made it (the images of one request share it)
 
     @property
     def parameters(self) -> str:
@@ -45,10 +47,14 @@ class ResultStore:
         self.max_items, self.ttl = max_items, ttl
         self._items: OrderedDict[str, Result] = OrderedDict()
         self._lock = threading.Lock()
+        self._jobs = itertools.count()
 
-    def add(self, png: bytes, model: str, prompt: str, info: dict) -> Result:
+    def new_job(self) -> int:
+        return next(self._jobs)
+
+    def add(self, png: bytes, model: str, prompt: str, info: dict, job: int = -1) -> Result:
         now = time.time()
-        result = Result(secrets.token_urlsafe(18), png, model, prompt, info, now, now + self.ttl)
+        result = Result(secrets.token_urlsafe(18), png, model, prompt, info, now, now + self.ttl, job)
         with self._lock:
             self._items[result.id] = result
             while len(self._items) > self.max_items:
@@ -62,9 +68,11 @@ class ResultStore:
             return result if result is not None and result.expires > time.time() else None
 
     def recent(self, limit: int = 100) -> list[Result]:
+        """The newest results: the newest job first, each job's images in their order."""
         with self._lock:
             self._expire()
-            return list(reversed(self._items.values()))[:limit]
+            newest = list(reversed(self._items.values()))[:limit]
+        return sorted(newest, key=lambda r: (-r.job, r.info.get("index", 0)))
 
     def _expire(self) -> None:
         now = time.time()
@@ -100,7 +108,7 @@ def keep(job: Job, store: ResultStore, outdir: Path | None) -> list[Result]:
     base = job_metadata(job)
     extra = ["--negative-prompt", job.negative_prompt] if job.negative_prompt else []
     stem = slugify(job.prompt if job.prompt.strip() else "variation")
-    results = []
+    results, number = [], store.new_job()
     for i, (image, seed) in enumerate(job.results):
         info = {**base, "seed": seed, "index": i, "size": [image.shape[-1], image.shape[-2]]}
         if job.kind == "txt2img":  # the command that makes this image again
@@ -108,7 +116,7 @@ def keep(job: Job, store: ResultStore, outdir: Path | None) -> list[Result]:
         text = png_text(job.prompt, info)
         if outdir is not None:
             save_png(image, outdir, f"{stem}-{job.seed}-{i}", text)
-        results.append(store.add(encode_png(image, text), job.model.name, job.prompt, info))
+        results.append(store.add(encode_png(image, text), job.model.name, job.prompt, info, number))
     return results
 
 
