@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem("dream-api-key") || "";
 let models = [];
 let polling = null;
+let activeTask = null; // progress answers for any other task (one still in flight when its request ended) are dropped
 
 function describe(body, status) {
   if (!body) return `HTTP ${status}`;
@@ -99,11 +100,18 @@ function renderProgress(p) {
 }
 
 function watch(task) {
+  activeTask = task;
   polling = setInterval(async () => {
     try {
-      renderProgress(await api(`/dream/v1/progress/${encodeURIComponent(task)}`));
+      const progress = await api(`/dream/v1/progress/${encodeURIComponent(task)}`);
+      if (task === activeTask) renderProgress(progress);
     } catch (e) { /* the next poll tries again */ }
   }, 200);
+}
+
+function unwatch() {
+  activeTask = null;
+  clearInterval(polling);
 }
 
 async function run(path, body) {
@@ -117,13 +125,14 @@ async function run(path, body) {
   watch(task);
   try {
     const answer = await api(path, { method: "POST", body: JSON.stringify({ ...body, force_task_id: task }) });
+    unwatch();
     $("status").textContent = `${answer.results.length} image(s)`;
     await loadGallery();
   } catch (e) {
+    unwatch();
     $("status").textContent = "";
     showError(e.message);
   } finally {
-    clearInterval(polling);
     $("generate").disabled = false;
     $("stop").disabled = true;
   }
