@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from dream_cli.errors import one_line
-from dream_cli.serve.checks import ACCEPTED, MAX_BODY, BadInput
+from dream_cli.serve.checks import ACCEPTED, MAX_BODY, OPENAI_ACCEPTED, BadInput
 from dream_cli.serve.engine import Cancelled, Engine, Job, JobFailed, QueueFull, failure_of
 from dream_cli.serve.models import ServedModel
 from dream_cli.serve.results import Result, ResultStore, keep
@@ -139,7 +139,8 @@ def error_response(request: Request, status: int, message: str, param: str | Non
         text = f"{param}: {message}" if param else message
         body = {"error": {"message": text, "type": kind, "param": param, "code": code}}
     elif status == 422 and param is not None:
-        body = {"detail": [{"loc": ["body", *param.split(".")], "msg": message, "type": "value_error"}]}
+        loc = ["body"] if param == "body" else ["body", *param.split(".")]
+        body = {"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}
     else:
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
         body = {"error": phrase, "detail": message, "body": "", "errors": message}
@@ -164,8 +165,9 @@ def install_error_handlers(app: FastAPI) -> None:
         message = first.get("msg", "invalid")
         if first.get("type") == "json_invalid":
             loc, message = [], f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
-        if loc and loc[0] in ACCEPTED:
-            message = f"{message}; accepted: {ACCEPTED[loc[0]]}"
+        accepted = {**ACCEPTED, **OPENAI_ACCEPTED} if _openai(request) else ACCEPTED
+        if loc and loc[0] in accepted:
+            message = f"{message}; accepted: {accepted[loc[0]]}"
         return error_response(request, bad_input_status(request), message, param=".".join(loc) or "body")
 
     @app.exception_handler(StarletteHTTPException)

@@ -44,7 +44,7 @@ SETTING_FIELDS = {"steps": "steps", "cond_scale": "cfg_scale", "prior_steps": "p
 
 # what each request field accepts, for messages about a value of the wrong type or out of range
 ACCEPTED = {
-    "prompt": f"a string of at most {MAX_PROMPT} characters ({OPENAI_MAX_PROMPT} under /v1/)",
+    "prompt": f"a string of at most {MAX_PROMPT} characters",
     "negative_prompt": f"a string of at most {MAX_PROMPT} characters",
     "seed": f"an integer, {SEEDS}",
     "batch_size": f"an integer 1..{MAX_IMAGES}", "n_iter": f"an integer 1..{MAX_IMAGES}", "n": f"an integer 1..{MAX_IMAGES}",
@@ -58,6 +58,8 @@ ACCEPTED = {
     "image": "an image file in the multipart field 'image'", "override_settings": "an object", "send_images": "true or false",
     "sampler_name": "a sampler's name", "model": "a served model's name", "source": "the id of a result of this server",
 }
+
+OPENAI_ACCEPTED = {"prompt": f"a string of at most {OPENAI_MAX_PROMPT} characters"}
 
 
 class BadInput(ValueError):
