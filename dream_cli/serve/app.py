@@ -99,7 +99,10 @@ async def run_job(request: Request, job: Job) -> list[Result]:
                 outcome = keep(finished, srv.store, srv.outdir)
             except Exception as err:  # noqa: BLE001 - becomes this request's answer
                 outcome = failure_of(err)
-        loop.call_soon_threadsafe(_settle, future, outcome)
+        try:
+            loop.call_soon_threadsafe(_settle, future, outcome)
+        except RuntimeError:  # the loop is closed: the server stopped while this job ran, nobody waits for it
+            pass
 
     job.done = done
     srv.engine.submit(job)
@@ -107,7 +110,7 @@ async def run_job(request: Request, job: Job) -> list[Result]:
         while not future.done():
             try:
                 await asyncio.wait_for(asyncio.shield(future), timeout=0.25)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 if await request.is_disconnected():
                     raise ClientGone() from None
     finally:
