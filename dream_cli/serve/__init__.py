@@ -170,14 +170,17 @@ def serve(model_specs, host, port, api_auth, api_key, outdir, max_queue, max_bat
     dtype = pick_dtype(precision, torch_device)
     outdir = check_outdir(outdir) if outdir is not None else None
     sock = bind(host, port)
-    with surface_warnings():
-        overrides = {k: v for k, v in (("steps", steps), ("prior_steps", prior_steps)) if v is not None}
-        models = load_models(model_specs or (default_model_spec(),), torch_device, dtype, precision, offload, quiet, overrides)
-    srv = Server(models, Engine(max_queue, max_batch).start(), ResultStore(ttl=url_expiry), outdir, auth)
-    app = create_app(srv, tuple(cors_origin))
-    shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"dream serve: http://{shown_host}:{sock.getsockname()[1]}/  models: {', '.join(models)}", err=True)
-    run_server(app, sock, quiet)
+    try:
+        with surface_warnings():
+            overrides = {k: v for k, v in (("steps", steps), ("prior_steps", prior_steps)) if v is not None}
+            models = load_models(model_specs or (default_model_spec(),), torch_device, dtype, precision, offload, quiet, overrides)
+        srv = Server(models, Engine(max_queue, max_batch).start(), ResultStore(ttl=url_expiry), outdir, auth)
+        app = create_app(srv, tuple(cors_origin))
+        shown_host = f"[{host}]" if ":" in host else host
+        click.echo(f"dream serve: http://{shown_host}:{sock.getsockname()[1]}/  models: {', '.join(models)}", err=True)
+        run_server(app, sock, quiet)
+    finally:
+        sock.close()
 
 
 __all__ = ["serve"]
