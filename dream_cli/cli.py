@@ -10,6 +10,7 @@ from dream_cli.errors import run
 from dream_cli.eval import eval_group
 from dream_cli.generate import generate, interpolate, mix, upscale
 from dream_cli.info import info
+from dream_cli.serve import serve
 from dream_cli.train import train
 
 DEFAULT_COMMAND = "generate"
@@ -68,6 +69,7 @@ def cli() -> None:
     dream mix "a red cube:0.7" photo.png:0.3        a weighted mix of prompts and images
     dream upscale small.png                         only the super-resolution stages
     dream info image.png                            the settings an image was made with (--from regenerates it)
+    dream serve --model shapes                      A1111's and OpenAI's HTTP APIs and a web page on one loaded model
     dream -- train                                  a prompt that equals a command name
     """
 
@@ -77,6 +79,7 @@ cli.add_command(interpolate)
 cli.add_command(mix)
 cli.add_command(upscale)
 cli.add_command(info)
+cli.add_command(serve)
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(convert)
