@@ -17,14 +17,9 @@ R = kf.reference()
 
 
 def leading_diffusion(decoder_config, steps: int) -> GaussianDiffusion:
-    """The decoder's diffusion over diffusers' leading timesteps: alpha_bar kept, each beta 1 - alpha_bar_t / alpha_bar_prev
-    in float32, as DDPMScheduler.step computes it."""
-    full = decoder_config.to_diffusion()
-    kept = leading_timesteps(full.num_timesteps, steps, decoder_config.steps_offset)
-    alphas_cumprod = full.alphas_cumprod[kept].to(torch.float32)
-    betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, timestep_map=kept, float32_schedule=True,
-                             posterior_log_variance=decoder_config.diffusion.posterior_log_variance)
+    diffusion = decoder_config.sampling_diffusion(steps)
+    assert diffusion.timestep_map.tolist() == leading_timesteps(1000, steps, 1)
+    return diffusion
 
 
 def noises(run: str) -> list[torch.Tensor]:

@@ -21,6 +21,7 @@ from torch import nn
 from dalle2_core.adm import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnet, AdmUnetConfig
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import DiffusionConfig, GaussianDiffusion
+from dalle2_core.diffusion.spacing import leading_timesteps
 from dalle2_core.helpers import default, exists, normalize_neg_one_to_one, unnormalize_zero_to_one
 from dalle2_core.movq import MoVQ, MoVQConfig
 
@@ -70,6 +71,16 @@ class KandinskyDecoderConfig(Config):
     def downsample_factor(self) -> int:
         """Pixels per latent pixel times the U-Net's own downsampling: picture sizes are multiples of this."""
         return self.movq.downsample_factor * self.unet.downsample_factor
+
+    def sampling_diffusion(self, steps: int | None = None) -> GaussianDiffusion:
+        """The diffusion over diffusers' leading timesteps of a `steps`-step run (default `diffusion.sample_steps`): alpha_bar
+        kept at each, each beta 1 - alpha_bar_t / alpha_bar_prev in float32, as DDPMScheduler.step computes them."""
+        full = self.to_diffusion()
+        kept = leading_timesteps(full.num_timesteps, default(steps, self.diffusion.sample_steps), self.steps_offset)
+        alphas_cumprod = full.alphas_cumprod[kept].to(torch.float32)  # exact: float32 values
+        betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, timestep_map=kept, objective=self.diffusion.objective,
+                                 float32_schedule=True, posterior_log_variance=self.diffusion.posterior_log_variance)
 
     def to_diffusion(self) -> GaussianDiffusion:
         d = self.diffusion
