@@ -64,6 +64,8 @@ def write_folders(workdir: Path) -> dict:
     for repo, components in LAYOUT.items():
         root = workdir / repo
         shutil.copytree(FIXTURES / "configs" / repo, root)  # model_index.json and every component's config
+        if repo == "prior":  # the tokenizer transformers wrote for the fixture (OpenAI's BPE, <|endoftext|> padding)
+            shutil.copytree(FIXTURES / "tiny" / "prior" / "tokenizer", root / "tokenizer")
         for folder, (entry, stem, dtype) in components.items():
             shards, current, size = [], {}, 0
             for key, shape in shapes[entry].items():

@@ -116,6 +116,15 @@ def test_a_tensor_of_the_wrong_shape_is_named_and_nothing_is_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder"]  # the half-written folder was removed
 
 
+def test_an_inpainting_unet_of_another_architecture_is_refused_before_converting(tmp_path):
+    inpaint = shutil.copytree(kf.INPAINT, tmp_path / "inpaint")
+    config = json.loads((inpaint / "unet" / "config.json").read_text())
+    (inpaint / "unet" / "config.json").write_text(json.dumps({**config, "layers_per_block": 1}))
+    with pytest.raises(ValueError, match="must be the decoder's with 9 input channels .* and another architecture"):
+        convert_kandinsky(kf.PRIOR, kf.DECODER, tmp_path / "out", inpaint_dir=inpaint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inpaint"]
+
+
 def test_tiny_configs_translate_to_the_hub_layout_at_toy_widths():
     unet = kc.unet_config(json.loads((kf.DECODER / "unet" / "config.json").read_text()))
     assert unet.widths == (8, 16, 24) and unet.attention.levels == (False, True, True) and unet.attention.middle

@@ -67,12 +67,17 @@ def _filled(folder: DiffusersFolder, name: str, build, rename, *, dtype, flatten
 
 
 def _check_folders(folders: dict[str, DiffusersFolder]) -> None:
-    """Refuse a folder without a needed component, or whose weights are only pickles, before anything is built."""
+    """Refuse, before anything is built: a missing component, weights that are only pickles, an unsupported config."""
     for role, folder in folders.items():
         for name in NEEDED[role]:
             component = folder[name]
             if name in WEIGHTED:
                 component.weight_files()  # PickleWeightsRefused / DiffusersFolderError, one line
+    prior, decoder = folders["prior"], folders["decoder"]
+    kc.prior_config(prior["prior"].config(), prior["scheduler"].config())
+    unet = kc.decoder_config(decoder["unet"].config(), decoder["movq"].config(), decoder["scheduler"].config()).unet
+    if "inpaint" in folders:
+        _check_inpaint(kc.unet_config(folders["inpaint"]["unet"].config(), "inpaint unet (UNet2DConditionModel)"), unet)
 
 
 def convert_text_tower(prior: DiffusersFolder, *, dtype: torch.dtype | None = None):
@@ -179,14 +184,9 @@ def convert_kandinsky(
         save_model(tmp, clip=clip, defaults=KANDINSKY_DEFAULTS, family="kandinsky")
         del clip
         save_model(tmp, prior=convert_prior(prior_folder, dtype=dtype))
-        decoder = convert_decoder(decoder_folder, zero_embed, dtype=dtype)
-        save_model(tmp, decoder=decoder)
-        unet_config = decoder.config.unet
-        del decoder
+        save_model(tmp, decoder=convert_decoder(decoder_folder, zero_embed, dtype=dtype))
         if "inpaint" in folders:
-            inpaint = convert_unet(folders["inpaint"], dtype=dtype, what="inpaint unet")
-            _check_inpaint(inpaint.config, unet_config)
-            save_component(inpaint, tmp / DECODER_INPAINT)
+            save_component(convert_unet(folders["inpaint"], dtype=dtype, what="inpaint unet"), tmp / DECODER_INPAINT)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.rename(tmp, out_dir)
