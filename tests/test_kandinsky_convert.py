@@ -73,6 +73,17 @@ def test_vision_tower_is_stored_in_float16_and_cast_on_load(converted):
     close(tower.encode_pixel_values(R["vision.pixel_values"].float()).image_embed, R["vision.image_embeds"])
 
 
+@torch.no_grad()
+def test_a_dtype_stores_every_network_in_it(tmp_path):
+    out = convert_kandinsky(kf.PRIOR, kf.DECODER, tmp_path / "half", dtype=torch.float16).path
+    for name in ("clip", "prior", "decoder", "image_encoder"):
+        with safe_open(str(out / name / "model.safetensors"), framework="pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, name
+    decoder = load_component(out / "decoder", dtype=torch.float32)
+    close(decoder.null_image_embed, R["zero_image_embed"][0], tolerance=1e-3)
+    close(decoder(R["unet.x"], R["unet.t"], image_embed=R["unet.image_embeds"]), R["unet.out"][:, :4], tolerance=1e-2)
+
+
 def test_an_empty_output_folder_is_used_and_a_non_empty_one_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
