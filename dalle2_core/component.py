@@ -45,6 +45,8 @@ _CLASSES = {
     "StandardizedPrior": ("dalle2_core.prior",),
     "TextProj": ("dalle2_core.adm",),
     "KarloCascade": ("dalle2_core.adm",),
+    "AdmUnet": ("dalle2_core.adm",),
+    "KandinskyDecoder": ("dalle2_core.families.kandinsky",),
 }
 # the top-level keys of a component's config.json
 ENTRY_KEYS = ("class", "config")

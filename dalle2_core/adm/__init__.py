@@ -1,7 +1,8 @@
-"""Karlo's networks in the ADM / GLIDE family: the U-Net, unCLIP's text/image projection and the decoder cascade."""
+"""The ADM / GLIDE U-Net family: Karlo's networks (U-Net, text/image projection, decoder cascade), Kandinsky 2.2's image conditioning."""
 
 from dalle2_core.adm.cascade import KarloCascade, KarloCascadeConfig
 from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnetConfig
+from dalle2_core.adm.image_conditioning import ImageConditioning
 from dalle2_core.adm.text_proj import TextProj, TextProjConfig
 from dalle2_core.adm.unet import AdmUnet
 
@@ -11,6 +12,7 @@ __all__ = [
     "AdmConditioningConfig",
     "AdmUnet",
     "AdmUnetConfig",
+    "ImageConditioning",
     "KarloCascade",
     "KarloCascadeConfig",
     "TextProj",

@@ -23,6 +23,10 @@ class AdmConditioningConfig(Config):
     # embeddings, Ramesh et al. sec. 2.1)
     added_time_embed: bool = False
     context_dim: int | None = None  # width of the context tokens the attention layers read; None: no context
+    # Kandinsky 2.2: the U-Net is given a CLIP image embedding of this width and makes its own conditioning from
+    # it: `image_tokens` context tokens and a term added to the time embedding (`adm.image_conditioning`)
+    image_embed_dim: int | None = None
+    image_tokens: int = 32
 
 
 @config_dataclass
@@ -74,6 +78,14 @@ class AdmUnetConfig(Config):
             raise ValueError(f"attention levels {levels!r} need one value per width ({len(self.widths)}), or none")
         if self.attends and not exists(self.conditioning.context_dim):
             raise ValueError("attention layers read context tokens: give context_dim (or turn attention off)")
+        cond = self.conditioning
+        if exists(cond.image_embed_dim):
+            for name in ("image_embed_dim", "image_tokens"):
+                value = getattr(cond, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if not self.attends:
+                raise ValueError("image_embed_dim makes context tokens: the U-Net needs attention layers to read them")
         head_dim = self.attention.head_dim
         attending = [w for w, on in zip(self.widths, levels) if on] + ([self.widths[-1]] if self.attention.middle else [])
         bad = [w for w in attending if w % head_dim]

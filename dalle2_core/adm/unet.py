@@ -17,6 +17,7 @@ from .attention import ContextKV, JointAttention, context_bias
 from .blocks import AdmResBlock
 from .config import AdmUnetConfig
 from .embedding import TimestepEmbedding
+from .image_conditioning import ImageConditioning
 
 
 class AdmLevel(nn.Module):
@@ -46,7 +47,7 @@ class AdmMiddle(nn.Module):
 
 
 class AdmUnet(nn.Module):
-    """ADM U-Net; `forward(x, t, *, context=None, context_mask=None, added_time_embed=None)`."""
+    """ADM U-Net; `forward(x, t, *, context=None, context_mask=None, added_time_embed=None, image_embed=None)`."""
 
     def __init__(self, config: AdmUnetConfig | dict | None = None, **kwargs):
         super().__init__()
@@ -60,6 +61,10 @@ class AdmUnet(nn.Module):
             dim, c.conditioning.context_dim, head_dim=c.attention.head_dim, groups=blk.norm_groups, eps=blk.norm_eps
         )
         self.time_embed = TimestepEmbedding(widths[0], time_dim)
+        cond = c.conditioning
+        self.image_conditioning = (
+            ImageConditioning(cond.image_embed_dim, cond.context_dim, time_dim, cond.image_tokens) if exists(cond.image_embed_dim) else None
+        )
         self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
 
         skips, downs, dim = [widths[0]], [], widths[0]
@@ -91,9 +96,15 @@ class AdmUnet(nn.Module):
     def _attention_layers(self) -> list[JointAttention]:
         return [m for m in self.modules() if isinstance(m, JointAttention)]
 
-    def encode_context(self, context: torch.Tensor, context_mask: torch.Tensor | None = None, **kwargs) -> dict:
+    def encode_context(self, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None, **kwargs) -> dict:
         """`forward`'s keywords with the context replaced by every attention layer's projected keys and values
-        (`ContextKV`): computed once per sampling run, the same numbers as projecting at every step."""
+        (`ContextKV`): computed once per sampling run, the same numbers as projecting at every step. An
+        image-conditioned U-Net takes `image_embed=` instead of a context and keeps it for the time embedding."""
+        image_embed = kwargs.get("image_embed")
+        if not exists(context) and exists(self.image_conditioning) and isinstance(image_embed, torch.Tensor):
+            context = self.image_conditioning.context(self._checked_image_embed(image_embed, image_embed.shape[0]))
+        if not exists(context):
+            raise ValueError("encode_context needs the context tokens (or image_embed= for an image-conditioned U-Net)")
         kv = tuple(layer.context_kv(context) for layer in self._attention_layers())
         return dict(context=ContextKV(kv, context.shape[0]), context_mask=context_mask, **kwargs)
 
@@ -101,13 +112,26 @@ class AdmUnet(nn.Module):
     def from_config(cls, config: AdmUnetConfig | dict) -> AdmUnet:
         return cls(config=config)
 
-    def _check(self, x, t, context, context_mask, added_time_embed) -> torch.Tensor:
+    def _checked_image_embed(self, image_embed, batch: int) -> torch.Tensor:
+        dim = self.config.conditioning.image_embed_dim
+        if not exists(self.image_conditioning):
+            raise ValueError("this U-Net takes no image_embed (its config has no image_embed_dim)")
+        if not isinstance(image_embed, torch.Tensor) or image_embed.shape != (batch, dim):
+            got = tuple(image_embed.shape) if isinstance(image_embed, torch.Tensor) else type(image_embed).__name__
+            raise ValueError(f"image_embed must have shape ({batch}, {dim}), got {got}")
+        return image_embed
+
+    def _check(self, x, t, context, context_mask, added_time_embed, image_embed) -> torch.Tensor:
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must have shape (b, {c.in_channels}, h, w), got {tuple(x.shape)}")
         if any(s % c.downsample_factor for s in x.shape[-2:]):
             raise ValueError(f"x's height and width {tuple(x.shape[-2:])} must be multiples of {c.downsample_factor}")
-        if c.attends and not exists(context):
+        if exists(self.image_conditioning) or exists(image_embed):
+            self._checked_image_embed(image_embed, x.shape[0])
+            if exists(context) and not isinstance(context, ContextKV):
+                raise ValueError("an image-conditioned U-Net makes its context from image_embed: pass no context tokens")
+        if c.attends and not exists(context) and not exists(image_embed):
             raise ValueError(f"this U-Net attends to context tokens: pass context (b, n, {c.conditioning.context_dim})")
         if isinstance(context, ContextKV):
             if context.batch != x.shape[0]:
@@ -132,14 +156,19 @@ class AdmUnet(nn.Module):
         context: torch.Tensor | ContextKV | None = None,
         context_mask: torch.Tensor | None = None,
         added_time_embed: torch.Tensor | None = None,
+        image_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (b, in_channels, h, w), t (b,) or scalar; context (b, n, context_dim) (or `encode_context`'s) with a boolean
         `context_mask` (b, n), True = attend; `added_time_embed` (b, time_embed_dim) is added to the time
-        embedding. Returns (b, out_channels, h, w)."""
-        t = self._check(x, t, context, context_mask, added_time_embed)
+        embedding; `image_embed` (b, image_embed_dim), for an image-conditioned U-Net, gives both the context
+        tokens (unless `encode_context` made them) and a time-embedding term. Returns (b, out_channels, h, w)."""
+        t = self._check(x, t, context, context_mask, added_time_embed, image_embed)
         emb = self.time_embed(t)
         if exists(added_time_embed):
             emb = emb + added_time_embed
+        if exists(self.image_conditioning):
+            emb = emb + self.image_conditioning.time(image_embed)
+            context = context if exists(context) else self.image_conditioning.context(image_embed)
         bias = context_bias(context_mask, x.dtype) if exists(context_mask) else None
 
         h = self.conv_in(x)
