@@ -14,8 +14,6 @@ from dream_cli.errors import DreamError
 from dream_cli.jobs import Job, rank_share, read_prompts, stored_run
 from dream_cli.output import (
     fit_square,
-    load_image,
-    load_mask,
     make_grid,
     outpaint,
     parse_outpaint,
@@ -24,6 +22,7 @@ from dream_cli.output import (
     slugify,
     weights_sha256,
 )
+from dream_cli.pictures import load_image, load_mask
 from dream_cli.sampling import (
     Progress,
     check_outdir,
@@ -246,7 +245,7 @@ def _read_edit(init_image, strength, mask, outpaint_spec, image) -> EditSource |
     if strength is not None and (mask is not None or outpaint_spec is not None):
         raise click.UsageError("--strength is for img2img; inpainting and outpainting (--mask, --outpaint) re-draw the masked area fully")
     picture = load_image(init_image, option="--init-image")
-    region = load_mask(mask, picture) if mask is not None else None
+    region, note = load_mask(mask, picture) if mask is not None else (None, None)
     if outpaint_spec is not None:
         picture, region = outpaint(picture, region, parse_outpaint(outpaint_spec))
     strength = 0.75 if strength is None and region is None else 1.0 if strength is None else strength

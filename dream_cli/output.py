@@ -49,46 +49,6 @@ def make_grid(images: torch.Tensor) -> torch.Tensor:
     return tile(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=0)
 
 
-# A decoded RGB image this large is ~150 MB; bigger ones are refused (JPEGs are reduced while decoding instead).
-MAX_IMAGE_PIXELS = 50_000_000
-MAX_SIDE = 2048  # images are read at most this large: CLIP and the decoders work far below it
-
-
-def load_image(path: Path, option: str = "--image") -> torch.Tensor:
-    """An image file as a (1, 3, h, w) float tensor in [0, 1], read within bounded memory."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import pil_to_tensor
-
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, before decoding
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.format == "JPEG":
-                img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # decode at 1/2, 1/4 or 1/8 scale when that is enough
-            elif w * h > MAX_IMAGE_PIXELS:
-                raise click.BadParameter(
-                    f"{str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} MP); images up to {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
-                    "are accepted (or JPEGs of any size)", param_hint=option)
-            rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint=option) from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    if max(rgb.size) > MAX_SIDE:
-        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
-    return pil_to_tensor(rgb)[None].float() / 255  # (1, 3, h, w)
-
-
-def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> torch.Tensor:
-    """A mask image as (1, h, w) bool, True (white) = regenerate, at the size of the image `like` (1, c, h, w)."""
-    import torch
-
-    gray = load_image(path, option=option).mean(dim=1)  # (1, h, w)
-    if gray.shape[-2:] != like.shape[-2:]:
-        gray = torch.nn.functional.interpolate(gray[None], size=like.shape[-2:], mode="nearest")[0]
-    return gray > 0.5
-
-
 def parse_outpaint(spec: str) -> dict[str, int]:
     """`left:32,top:16` -> {"left": 32, "top": 16}: pixels to add on each named side."""
     sides, accepted = {}, "side:pixels pairs such as left:32,top:16 (sides left, right, top, bottom)"

@@ -15,7 +15,8 @@ from cli_helpers import dream
 from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
-from dream_cli.output import MAX_IMAGE_PIXELS, MAX_SIDE, SETTINGS_CHUNK, load_image
+from dream_cli.output import SETTINGS_CHUNK
+from dream_cli.pictures import MAX_IMAGE_PIXELS, MAX_SIDE, load_image
 
 DREAM = [sys.executable, "-c", "from dream_cli import main; main()"]
 

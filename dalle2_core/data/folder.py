@@ -19,10 +19,11 @@ from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from dalle2_core.data.batch import Sample, Skip
+from dalle2_core.data.pictures import to_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METADATA_FILE = "metadata.jsonl"
@@ -41,8 +42,8 @@ def clean_caption(text: str) -> str:
 def load_image(file: str | Path | IO[bytes], size: int) -> torch.Tensor:
     """Decode, centre-crop to square and resize (antialiased) to a (3, size, size) tensor in [0, 1]."""
     with Image.open(file) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
-        img = ImageOps.exif_transpose(img).convert("RGB")
+        img.draft(img.mode, (size, size))  # JPEG: decode at a reduced scale that is still >= size
+        img = to_rgb(img)  # 16-bit greyscale from its range, alpha on white; an undefined mode raises
         # crop first: resizing with a crop box would let the filter read pixels outside it
         w, h = img.size
         side = min(w, h)
