@@ -28,6 +28,20 @@ def one_line(text: object) -> str:
     return re.sub(r"\s*\n\s*", " ", str(text)).strip()
 
 
+# C0 and C1 control characters, DEL, and the bidirectional overrides that reorder what a terminal shows
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """Untrusted text (metadata from a file) safe to print on a terminal: control characters written as escapes
+    (`\\x1b`, `\\n`), so no escape sequence reaches the terminal and every value stays on its line."""
+    def escape(match: re.Match) -> str:
+        c = match.group()
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _CONTROLS.sub(escape, str(text))
+
+
 def wants_debug(args: list[str]) -> bool:
     """`--debug` before a `--` separator, or DREAM_DEBUG set."""
     head = args[: args.index("--")] if "--" in args else args

@@ -239,7 +239,7 @@ def test_a_prompt_equal_to_a_command_name_needs_the_separator(tmp_path, no_load)
 # --- 14: no private local paths in what is written ---------------------------------------------------------------------
 
 
-def test_metadata_names_a_local_model_by_its_folder_name_only(model_dir, picture, tmp_path):
+def test_metadata_names_a_local_model_by_its_folder_name_only(model_dir, picture, tmp_path, monkeypatch):
     result = dream("--model", model_dir, *FAST, "--seed", 2, "--outdir", tmp_path / "out", "--init-image", picture,
                    "--strength", "0.5", "a red cube")
     assert result.exit_code == 0, result.output
@@ -250,9 +250,15 @@ def test_metadata_names_a_local_model_by_its_folder_name_only(model_dir, picture
     stored = json.loads(chunks[SETTINGS_CHUNK])
     assert stored["model"] == model_dir.name and stored["model_source"] == "local" and len(stored["model_hash"]) == 64
     assert stored["init_image"] == "picture.png" and f"Model: {model_dir.name}," in chunks["parameters"]
-    # --from finds the model again when it is given, and says what to give when it is not
+    # pictures are found by name (beside the run); the local model is found when it is given, and named when it is not
+    monkeypatch.chdir(tmp_path)
     result = dream("--from", path, "--outdir", tmp_path / "again", "-q")
-    assert result.exit_code == 2 and "give --model" in last_line(result)
+    assert result.exit_code == 2 and f"the local model folder {model_dir.name!r}" in last_line(result)
+    assert "give --model PATH" in last_line(result)
+    result = dream("--from", path, "--model", model_dir, "--outdir", tmp_path / "again", "-q")
+    assert result.exit_code == 0, result.output
+    (again,) = (tmp_path / "again").glob("*.png")
+    assert Image.open(again).tobytes() == Image.open(path).tobytes()
 
 
 # --- small ones: silent no-ops are said and skipped; what is written says what ran ---------------------------------------
@@ -289,9 +295,9 @@ def test_upscale_that_shrinks_says_so_and_records_only_the_stages_that_ran(tmp_p
 
 
 def test_variations_record_no_prior_settings(model_dir, picture, tmp_path):
-    result = dream("--model", model_dir, *FAST, "--seed", 0, "--image", picture, "--outdir", tmp_path)
+    result = dream("--model", model_dir, *FAST, "--seed", 0, "--image", picture, "--outdir", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    (path,) = tmp_path.glob("*.png")
+    (path,) = (tmp_path / "out").glob("*.png")
     assert settings(path).get("prior_steps") is None and "Prior" not in read_png_text(path)["parameters"]
     assert "--prior-steps" not in settings(path)["command"]
 
