@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from dalle2_core.atomic import temp_dir_beside
+from dalle2_core.atomic import building_folder
 from dalle2_core.checkpoint import INDEX_FILE
 from dalle2_core.hub import (
     KARLO_IMAGE_VARIATIONS_REPO,
@@ -48,15 +46,9 @@ def _convert_once(target: Path, source: dict, src: Path, image_variations: Path 
 
     if (target / INDEX_FILE).is_file() and _read_source(target).get("key") == source["key"]:
         return target
-    tmp = temp_dir_beside(target)
-    try:
+    with building_folder(target, replace=True) as tmp:  # also removes what a killed conversion left beside it
         result = convert_unclip(src, tmp, image_variations=image_variations)
         (tmp / SOURCE_FILE).write_text(json.dumps({**source, "notes": result.notes}, indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -148,13 +140,9 @@ def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
         files, records = {}, {}
         for key, pin in LAION_FILES.items():
             files[key], records[key] = _download_pinned(pin, progress, cache_dir)
-        tmp = temp_dir_beside(converted)
-        try:
+        with building_folder(converted, replace=True) as tmp:  # a half-converted folder is never visible as `laion`
             convert_laion(files, tmp)
             (tmp / SOURCE_FILE).write_text(json.dumps({"files": records}, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     decoder = (_read_source(converted).get("files") or {}).get("decoder") or {}
     return ResolvedModel(path=converted, spec="laion", source="preset", revision=decoder.get("commit"))
 
