@@ -5,11 +5,14 @@ A traceback is shown only with `--debug` (or `DREAM_DEBUG=1`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import click
@@ -48,6 +51,17 @@ def wants_debug(args: list[str]) -> bool:
     return "--debug" in head or os.environ.get("DREAM_DEBUG", "") not in ("", "0")
 
 
+def _say(line: str) -> None:
+    """The one error line on stderr; under torchrun also in its error file, so that its failure summary reports the
+    line as the worker's error (instead of a pointer to how to get a traceback)."""
+    click.echo(line, err=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError):
+            with open(path, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+
+
 def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
     """Print `err` as one line and return the exit code (re-raises when debugging)."""
     if isinstance(err, click.exceptions.NoArgsIsHelpError):
@@ -64,7 +78,7 @@ def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
             ctx = err.ctx
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             message = one_line(message) + hint
-        click.echo(f"Error: {one_line(message)}", err=True)
+        _say(f"Error: {one_line(message)}")
         return err.exit_code
     if isinstance(err, click.Abort):
         click.echo("Aborted.", err=True)
@@ -72,7 +86,7 @@ def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
     if debug:
         raise err
     name = type(err).__name__
-    click.echo(f"Error: {name}: {one_line(err)} (run with --debug for the traceback)", err=True)
+    _say(f"Error: {name}: {one_line(err)} (run with --debug for the traceback)")
     return 1
 
 

@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from checkpoint_tiny import copy_model, save_tiny_model
@@ -19,6 +20,12 @@ from dream_cli.output import SETTINGS_CHUNK, read_png_text
 def pixels(path):
     with Image.open(path) as img:
         return img.convert("RGB").tobytes()
+
+
+def same_picture(a: bytes, b: bytes) -> bool:
+    """8-bit pictures of one computation: no pixel more than 2 levels apart, 99% of them equal."""
+    x, y = np.frombuffer(a, dtype=np.uint8).astype(int), np.frombuffer(b, dtype=np.uint8).astype(int)
+    return x.shape == y.shape and np.abs(x - y).max() <= 2 and (x == y).mean() >= 0.99
 
 
 def pngs(folder):
@@ -55,8 +62,10 @@ def test_same_seed_same_pixels_and_image_i_uses_seed_plus_i(model_dir, tmp_path)
     first, second = pixels(a / "a-blue-ball-11-0.png"), pixels(a / "a-blue-ball-11-1.png")
     assert first == pixels(b / "a-blue-ball-11-0.png") and second == pixels(b / "a-blue-ball-11-1.png")
     assert first != second  # different seeds, different images
-    # image 1 of seed 11 (drawn in one batch with image 0) is image 0 of seed 12, drawn alone
-    assert pixels(c / "a-blue-ball-12-0.png") == second
+    # image 1 of seed 11 (drawn in one batch with image 0) is image 0 of seed 12, drawn alone: the same computation
+    # and noise, but a batch of one and of two may take kernels that sum in another order (a few float32 ulps, see
+    # test_checkpoint.test_round_trip_outputs_are_identical), which can tip a value to the next of 256 levels
+    assert same_picture(pixels(c / "a-blue-ball-12-0.png"), second)
     # the regenerate command in the metadata reproduces the image
     command = json.loads(read_png_text(a / "a-blue-ball-11-1.png")[SETTINGS_CHUNK])["command"]
     args = shlex.split(command)
@@ -64,7 +73,7 @@ def test_same_seed_same_pixels_and_image_i_uses_seed_plus_i(model_dir, tmp_path)
     d = tmp_path / "d"
     result = dream(*args[1:], "--model", model_dir, "--outdir", d, "-q")  # options appended to the command override it
     assert result.exit_code == 0, result.output
-    assert pixels(d / "a-blue-ball-12-0.png") == second
+    assert pixels(d / "a-blue-ball-12-0.png") == pixels(c / "a-blue-ball-12-0.png")  # the same call: the same bits
 
 
 def test_guidance_and_steps_options_change_the_image(model_dir, tmp_path):

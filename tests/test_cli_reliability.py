@@ -342,3 +342,12 @@ def test_each_stage_is_reported_once_per_run(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     prior = [line for line in result.stderr.splitlines() if line.startswith("prior")]
     assert len(prior) == 1, result.stderr
+
+
+def test_under_torchrun_the_failure_summary_is_dreams_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "-m", "dream_cli", "--model",
+                           str(tmp_path / "missing"), "--seed", "1", "x"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert f"traceback : Error: model folder {str(tmp_path / 'missing')!r} does not exist" in proc.stderr, proc.stderr
+    assert "To enable traceback" not in proc.stderr  # torchrun's pointer, in place of the worker's own error

@@ -30,6 +30,26 @@ KARLO_DEFAULTS = SamplingSettings(cond_scale=(8.0, 1.0), prior_cond_scale=4.0, p
                                   sampler="ddpm")
 
 
+# the classes that write the components this converter reads (transformers' tokenizers and processors have two names)
+COMPONENT_CLASSES = {
+    "prior": ("PriorTransformer",), "text_proj": ("UnCLIPTextProjModel",), "decoder": ("UNet2DConditionModel",),
+    "super_res_first": ("UNet2DModel",), "super_res_last": ("UNet2DModel",), "prior_scheduler": ("UnCLIPScheduler",),
+    "decoder_scheduler": ("UnCLIPScheduler",), "super_res_scheduler": ("UnCLIPScheduler",),
+    "text_encoder": ("CLIPTextModelWithProjection",), "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
+    "image_encoder": ("CLIPVisionModelWithProjection",), "feature_extractor": ("CLIPImageProcessor", "CLIPFeatureExtractor"),
+}
+
+
+def check_component_classes(folder: DiffusersFolder) -> None:
+    """Refuse a folder whose model_index.json names a class this converter does not read for one of its components
+    (a fine-tune with another prior, a renamed component): its weights would be read as something they are not."""
+    for name, component in folder.components.items():
+        accepted = COMPONENT_CLASSES.get(name)
+        if accepted is not None and component.class_name not in accepted:
+            raise ValueError(f"{folder.path / 'model_index.json'} names {name!r} as {component.library}.{component.class_name}; "
+                             f"this converter reads {name} as {' or '.join(accepted)}")
+
+
 class UnclipConversion(NamedTuple):
     path: Path
     notes: list[str]
@@ -88,6 +108,8 @@ def convert_unclip(src: str | os.PathLike, out_dir: str | os.PathLike, *, image_
         raise FileExistsError(f"{out_dir} is not empty; converting writes a new model folder")
     folder = read_diffusers_folder(src, expect=UNCLIP)
     variations = read_diffusers_folder(image_variations, expect=IMAGE_VARIATIONS) if exists(image_variations) else None
+    for each in (folder, variations) if exists(variations) else (folder,):
+        check_component_classes(each)
     clip = convert_clip(folder, variations, dtype=dtype)
     prior = convert_prior(folder, dtype=dtype)
     cascade = convert_cascade(folder, dtype=dtype)
@@ -105,4 +127,5 @@ def convert_unclip(src: str | os.PathLike, out_dir: str | os.PathLike, *, image_
     return UnclipConversion(out_dir, notes)
 
 
-__all__ = ["KARLO_DEFAULTS", "UnclipConversion", "convert_cascade", "convert_clip", "convert_prior", "convert_unclip"]
+__all__ = ["COMPONENT_CLASSES", "KARLO_DEFAULTS", "UnclipConversion", "check_component_classes", "convert_cascade", "convert_clip",
+           "convert_prior", "convert_unclip"]
