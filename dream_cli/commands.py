@@ -15,7 +15,7 @@ import click
 
 from dream_cli.generate import info_line, note, run_metadata
 from dream_cli.output import png_text, save_png, slugify
-from dream_cli.pictures import load_image
+from dream_cli.pictures import file_size, load_image
 from dream_cli.sampling import (
     Progress,
     check_outdir,
@@ -154,8 +154,8 @@ def upscale(images: tuple[Path, ...], prompt: str | None, outdir: Path, **opts) 
         s = resolve_settings(pipeline, opts)
         info_line(quiet, seed, resolved, device, opts["precision"])
         size = pipeline.image_size
-        for path, picture in zip(images, pictures):
-            h, w = picture.shape[-2:]
+        for path in images:
+            w, h = file_size(path)  # as the file has it (pictures are read at most MAX_SIDE wide)
             if (w > size or h > size) and not quiet:
                 note(f"{path.name!r} is {w}x{h}, larger than the model's {size}x{size} output: upscale makes it smaller")
         stages = [(name, steps) for name, steps in pipeline.stages(s) if name in pipeline.stage_names[1:]]

@@ -95,6 +95,15 @@ def load_image(path: Path, option: str = "--image") -> torch.Tensor:
     return pil_to_tensor(rgb)[None].float() / 255  # (1, 3, h, w)
 
 
+def file_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as shown (EXIF rotations swap them), read from its header only."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        return (h, w) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+
+
 def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> tuple[torch.Tensor, str | None]:
     """A mask image as (1, h, w) bool, True = regenerate (white or transparent), at the size of the image `like`
     (1, c, h, w); and a note when it had to be resized to that size."""
@@ -109,4 +118,4 @@ def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> tuple[t
     return gray > 0.5, note
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "MAX_SIDE", "InputFile", "as_rgb", "check_regular_file", "load_image", "load_mask"]
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_SIDE", "InputFile", "as_rgb", "check_regular_file", "file_size", "load_image", "load_mask"]

@@ -284,14 +284,15 @@ def test_a_mask_of_another_size_is_stretched_with_a_note(tmp_path, picture):
 
 
 def test_upscale_that_shrinks_says_so_and_records_only_the_stages_that_ran(tmp_path):
-    big = tmp_path / "big.png"
-    Image.new("RGB", (400, 300), (200, 40, 40)).save(big)
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (200, 40, 40)).save(big)  # read at most 2048 wide; the note gives the file's size
     result = dream("upscale", big, "--model", "shapes", "--steps", "2,2", "--seed", 0, "--outdir", tmp_path / "o")
     assert result.exit_code == 0, result.output
-    assert "Note: 'big.png' is 400x300, larger than the model's 64x64 output: upscale makes it smaller" in result.stderr
+    assert "Note: 'big.jpg' is 4000x3000, larger than the model's 64x64 output: upscale makes it smaller" in result.stderr
     stored = settings(tmp_path / "o" / "big-up-0.png")
     assert stored.get("prior_steps") is None and stored.get("prior_cond_scale") is None and stored["steps"] == [2]
     assert "Prior" not in read_png_text(tmp_path / "o" / "big-up-0.png")["parameters"]
+    assert stored["source"] == "big.jpg"
 
 
 def test_variations_record_no_prior_settings(model_dir, picture, tmp_path):
