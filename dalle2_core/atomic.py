@@ -92,12 +92,42 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)(?:\.[a-z0-9_]{8}\.tmp|\.tmp-[a-z0-9_]{8})$")
 
 
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on the folder `path`, or None when another open file holds one (a live
+    writer). The lock goes with the process: a process killed even with -9 holds none. Without flock (Windows)
+    every folder counts as locked, so nothing is taken for stale."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _is_live(folder: Path) -> bool:
+    try:
+        fd = _try_lock(folder)
+    except OSError:
+        return False
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 def remove_temporaries(directory: str | os.PathLike, targets: set[str] | None = None) -> list[Path]:
     """Delete the temporaries that writes into `directory` left behind (a process killed mid-write
     leaves them), for the target names in `targets` (all when None); returns what was removed.
 
     Only the exact name patterns of `atomic_path` and `temp_dir_beside` are matched, so nothing
-    else in the folder is touched. Call it only when no write into the folder can be under way."""
+    else in the folder is touched. A folder that a live `building_folder` holds (in this process or
+    another) is kept; temporary files are not locked, so call it only when no file write into the
+    folder can be under way."""
     directory = Path(directory)
     removed = []
     for path in sorted(directory.iterdir()) if directory.is_dir() else ():
@@ -105,6 +135,8 @@ def remove_temporaries(directory: str | os.PathLike, targets: set[str] | None = 
         if match is None or (targets is not None and match["target"] not in targets):
             continue
         if path.is_dir() and not path.is_symlink():
+            if _is_live(path):
+                continue
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
@@ -112,4 +144,43 @@ def remove_temporaries(directory: str | os.PathLike, targets: set[str] | None = 
     return removed
 
 
-__all__ = ["atomic_path", "default_permissions", "fsync_dir", "remove_temporaries", "temp_dir_beside"]
+@contextlib.contextmanager
+def building_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """A folder that appears whole or not at all: yields an empty folder beside `target` and renames it onto
+    `target` when the block completes; removes it when the block fails or is interrupted.
+
+    An empty `target` is replaced; a non-empty one raises FileExistsError at the end unless `replace`. The
+    temporaries of `target` that dead processes left (killed with -9: a model's weights, maybe gigabytes) are
+    removed first; the yielded folder stays locked while this process lives, so no other run takes it for stale.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(target.parent, {target.name})
+    # created under a name no cleaner matches, locked, then named as a temporary: never removed while it is new
+    fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    lock = _try_lock(fresh)
+    tmp = fresh.with_name(fresh.name.replace(".new-", ".tmp-"))
+    os.rename(fresh, tmp)
+    try:
+        default_permissions(tmp)
+        yield tmp
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        if target.exists():
+            if not replace:
+                raise FileExistsError(f"{target} is not empty")
+            old = temp_dir_beside(target)
+            os.replace(target, old / target.name)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+__all__ = ["atomic_path", "building_folder", "default_permissions", "fsync_dir", "remove_temporaries", "temp_dir_beside"]

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from dalle2_core.atomic import atomic_path, temp_dir_beside
+from dalle2_core.atomic import atomic_path, building_folder
 from dalle2_core.checkpoint import INDEX_FILE
 from dalle2_core.helpers import exists
 from dalle2_core.hub import (
@@ -64,15 +62,9 @@ def _convert_once(target: Path, source: dict, src: Path) -> Path:
 
     if (target / INDEX_FILE).is_file() and _read_source(target).get("key") == source["key"]:
         return target
-    tmp = temp_dir_beside(target)
-    try:
+    with building_folder(target, replace=True) as tmp:  # also removes what a killed conversion left beside it
         result = convert_unclip(src, tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps({**source, "notes": result.notes}, indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -211,15 +203,9 @@ def resolve_laion(*, progress: bool = False, cache_dir=None) -> ResolvedModel:
         for name, pin in LAION_FILES.items():
             files[name], records[name] = _download_pinned(pin, notes, progress, cache_dir)
         _write_json(notes_file, notes)  # every file checked: what the first downloads found is kept
-        tmp = temp_dir_beside(converted)
-        try:
+        with building_folder(converted, replace=True) as tmp:  # a half-converted folder is never visible as `laion`
             convert_laion(files, tmp)
             (tmp / SOURCE_FILE).write_text(json.dumps({"key": key, "files": records}, indent=2) + "\n", encoding="utf-8")
-            if converted.exists():
-                shutil.rmtree(converted)
-            os.replace(tmp, converted)  # a half-converted folder is never visible as `laion`
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     files = _read_source(converted).get("files") or {}
     sources = tuple(f"{f['repo']}@{f['commit']}:{f['file']}" for f in files.values() if isinstance(f, dict))
     return ResolvedModel(path=converted, spec="laion", source="preset", revision=(files.get("decoder") or {}).get("commit"),

@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> None:
         from dream_cli.cli import main as run_cli
     except (interrupt.Interrupted, KeyboardInterrupt):
         interrupt.exit_interrupted()
+    except Exception:  # an import that the interrupt broke (import machinery may re-raise it as another error)
+        if interrupt.happened():
+            interrupt.exit_interrupted()
+        raise
     run_cli(argv)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from dream_cli.commands import interpolate, mix, upscale
 from dream_cli.convert import convert
 from dream_cli.data import data
 from dream_cli.errors import run
 from dream_cli.eval import eval_group
-from dream_cli.generate import generate, interpolate, mix, upscale
+from dream_cli.generate import generate
 from dream_cli.info import info
 from dream_cli.serve import serve
 from dream_cli.train import train
@@ -16,26 +17,69 @@ from dream_cli.train import train
 DEFAULT_COMMAND = "generate"
 
 
+# options every command takes (or, for --device and --precision, every command they apply to): they may also come
+# before the command's name, `dream --debug info x.png` as `dream info x.png --debug`
+GLOBAL_FLAGS = ("--debug", "-q", "--quiet")
+GLOBAL_VALUED = ("--device", "--precision")
+
+
 class DefaultCommandGroup(click.Group):
     """A click group whose first argument, unless it names a subcommand, goes to a default command.
 
     `dream "a red cube"` runs `generate`; a prompt that equals a subcommand name follows `--`
-    (`dream -- train`).
+    (`dream -- train`). Options that apply everywhere (`GLOBAL_FLAGS`, `GLOBAL_VALUED`) may come before a
+    subcommand's name and are handed to it.
     """
 
     def __init__(self, *args, default_command: str = DEFAULT_COMMAND, **kwargs):
         super().__init__(*args, **kwargs)
         self.default_command = default_command
 
-    def _routes_to_default(self, ctx: click.Context, args: list[str]) -> bool:
-        first = args[0]
-        group_options = {*self.get_help_option_names(ctx), "--version"}
-        return first == "--" or (first not in self.commands and first not in group_options)
-
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and self._routes_to_default(ctx, args):
-            args = [self.default_command, *args]
+        if args and args[0] not in (*self.get_help_option_names(ctx), "--version"):
+            args = self._route(ctx, args)
         return super().parse_args(ctx, args)
+
+    def _route(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """`args` with the command named first: a subcommand (after the global options that led), else the default."""
+        lead, i = [], 0
+        while i < len(args):
+            word = args[i]
+            if word in GLOBAL_FLAGS or word.partition("=")[0] in GLOBAL_VALUED and "=" in word:
+                lead, i = lead + [word], i + 1
+            elif word in GLOBAL_VALUED and i + 1 < len(args):
+                lead, i = lead + args[i:i + 2], i + 2
+            else:
+                break
+        rest = args[i:]
+        if rest and rest[0] in self.commands:
+            path, command = [rest[0]], self.commands[rest[0]]
+            while isinstance(command, click.Group) and len(path) < len(rest) and rest[len(path)] in command.commands:
+                command = command.commands[rest[len(path)]]
+                path.append(rest[len(path)])
+            return [*path, *lead, *rest[len(path):]]
+        word = self._first_prompt_word(ctx, args)
+        if word in self.commands:
+            raise click.UsageError(f"{word!r} is a command, and options for generating came before it; a prompt that equals a "
+                                   f"command name goes after '--' (dream -- {word})", ctx=ctx)
+        return [self.default_command, *args]
+
+    def _first_prompt_word(self, ctx: click.Context, args: list[str]) -> str | None:
+        """The first argument the default command would read as its prompt (None after `--`)."""
+        command = self.commands[self.default_command]
+        takes_value = {name for p in command.get_params(ctx) if isinstance(p, click.Option) and not p.is_flag and not p.count
+                       for name in p.opts}
+        skip = False
+        for word in args:
+            if skip:
+                skip = False
+            elif word == "--":
+                return None
+            elif word.startswith("-") and len(word) > 1:
+                skip = word in takes_value
+            else:
+                return word
+        return None
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "[OPTIONS] PROMPT...")

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
 
 from dream_cli.errors import DreamError, one_line
+from dream_cli.pictures import InputFile
 
-FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+FILE = InputFile()
+
+
+@contextlib.contextmanager
+def _new_folder(out: Path):
+    """The model folder, written beside `out` and renamed onto it at the end (`dalle2_core.atomic.building_folder`):
+    an interrupted conversion leaves no half folder, and the next one removes what a killed one left beside it.
+    Library refusals are one line, exit 1."""
+    from dalle2_core.atomic import building_folder
+
+    out = out.expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DreamError(f"output folder {str(out)!r} is not empty; give a new or empty folder")
+    try:
+        with building_folder(out) as tmp:
+            yield tmp
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        raise DreamError(one_line(err)) from None
+
+
+def _report(out: Path, notes, quiet: bool) -> None:
+    if not quiet:
+        for note in notes:
+            click.echo(f"Note: {note}", err=True)
+    click.echo(str(out))
 
 
 @click.group()
@@ -37,14 +63,9 @@ def laion(prior: Path, prior_config: Path, decoder: Path, upsampler: Path | None
     if (upsampler is None) != (upsampler_config is None):
         raise click.UsageError("--upsampler and --upsampler-config go together")
     files = dict(prior=prior, prior_config=prior_config, decoder=decoder, upsampler=upsampler, upsampler_config=upsampler_config)
-    try:
-        result = convert_laion(files, out)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:  # UnsafeCheckpointError is a ValueError
-        raise DreamError(one_line(err)) from None
-    if not quiet:
-        for note in result.notes:
-            click.echo(f"Note: {note}", err=True)
-    click.echo(str(result.path))
+    with _new_folder(out) as tmp:
+        notes = convert_laion(files, tmp).notes  # UnsafeCheckpointError is a ValueError
+    _report(out, notes, quiet)
 
 
 @convert.command()
@@ -67,11 +88,6 @@ def diffusers(src: Path, out: Path, image_variations: Path | None, precision: st
     from dalle2_core.convert.diffusers_unclip import convert_unclip
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    try:
-        result = convert_unclip(src, out, image_variations=image_variations, dtype=dtype)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        raise DreamError(one_line(err)) from None
-    if not quiet:
-        for note in result.notes:
-            click.echo(f"Note: {note}", err=True)
-    click.echo(str(result.path))
+    with _new_folder(out) as tmp:
+        notes = convert_unclip(src, tmp, image_variations=image_variations, dtype=dtype).notes
+    _report(out, notes, quiet)

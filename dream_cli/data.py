@@ -27,8 +27,9 @@ def data() -> None:
               help="seen: trainable compositions; held: the held-out colour/shape pairs.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="txt", show_default=True,
               help="txt: a sidecar caption per image; jsonl: one metadata.jsonl (file_name, text).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def shapes(out: Path, num: int, seed: int, split: str, fmt: str, quiet: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def shapes(out: Path, num: int, seed: int, split: str, fmt: str, quiet: bool, debug: bool) -> None:
     """Render the shapes world (64x64 PNGs with captions) into OUT."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

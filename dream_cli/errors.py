@@ -5,11 +5,14 @@ A traceback is shown only with `--debug` (or `DREAM_DEBUG=1`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import click
@@ -28,10 +31,35 @@ def one_line(text: object) -> str:
     return re.sub(r"\s*\n\s*", " ", str(text)).strip()
 
 
+# C0 and C1 control characters, DEL, and the bidirectional overrides that reorder what a terminal shows
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """Untrusted text (metadata from a file) safe to print on a terminal: control characters written as escapes
+    (`\\x1b`, `\\n`), so no escape sequence reaches the terminal and every value stays on its line."""
+    def escape(match: re.Match) -> str:
+        c = match.group()
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _CONTROLS.sub(escape, str(text))
+
+
 def wants_debug(args: list[str]) -> bool:
     """`--debug` before a `--` separator, or DREAM_DEBUG set."""
     head = args[: args.index("--")] if "--" in args else args
     return "--debug" in head or os.environ.get("DREAM_DEBUG", "") not in ("", "0")
+
+
+def _say(line: str) -> None:
+    """The one error line on stderr; under torchrun also in its error file, so that its failure summary reports the
+    line as the worker's error (instead of a pointer to how to get a traceback)."""
+    click.echo(line, err=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError):
+            with open(path, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
 
 
 def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
@@ -50,7 +78,7 @@ def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
             ctx = err.ctx
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             message = one_line(message) + hint
-        click.echo(f"Error: {one_line(message)}", err=True)
+        _say(f"Error: {one_line(message)}")
         return err.exit_code
     if isinstance(err, click.Abort):
         click.echo("Aborted.", err=True)
@@ -58,7 +86,7 @@ def report(err: BaseException, debug: bool, args: list[str] = ()) -> int:
     if debug:
         raise err
     name = type(err).__name__
-    click.echo(f"Error: {name}: {one_line(err)} (run with --debug for the traceback)", err=True)
+    _say(f"Error: {name}: {one_line(err)} (run with --debug for the traceback)")
     return 1
 
 

@@ -49,82 +49,6 @@ def make_grid(images: torch.Tensor) -> torch.Tensor:
     return tile(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=0)
 
 
-# A decoded RGB image this large is ~150 MB; bigger ones are refused (JPEGs are reduced while decoding instead).
-MAX_IMAGE_PIXELS = 50_000_000
-MAX_SIDE = 2048  # images are read at most this large: CLIP and the decoders work far below it
-
-
-def load_image(path: Path, option: str = "--image") -> torch.Tensor:
-    """An image file as a (1, 3, h, w) float tensor in [0, 1], read within bounded memory."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import pil_to_tensor
-
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, before decoding
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.format == "JPEG":
-                img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # decode at 1/2, 1/4 or 1/8 scale when that is enough
-            elif w * h > MAX_IMAGE_PIXELS:
-                raise click.BadParameter(
-                    f"{str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} MP); images up to {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
-                    "are accepted (or JPEGs of any size)", param_hint=option)
-            rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint=option) from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    if max(rgb.size) > MAX_SIDE:
-        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
-    return pil_to_tensor(rgb)[None].float() / 255  # (1, 3, h, w)
-
-
-def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> torch.Tensor:
-    """A mask image as (1, h, w) bool, True (white) = regenerate, at the size of the image `like` (1, c, h, w)."""
-    import torch
-
-    gray = load_image(path, option=option).mean(dim=1)  # (1, h, w)
-    if gray.shape[-2:] != like.shape[-2:]:
-        gray = torch.nn.functional.interpolate(gray[None], size=like.shape[-2:], mode="nearest")[0]
-    return gray > 0.5
-
-
-def parse_outpaint(spec: str) -> dict[str, int]:
-    """`left:32,top:16` -> {"left": 32, "top": 16}: pixels to add on each named side."""
-    sides, accepted = {}, "side:pixels pairs such as left:32,top:16 (sides left, right, top, bottom)"
-    for part in spec.split(","):
-        side, _, amount = part.strip().partition(":")
-        if side not in ("left", "right", "top", "bottom") or not amount.isdigit() or side in sides:
-            raise click.BadParameter(f"{spec!r}: expected {accepted}", param_hint="--outpaint")
-        sides[side] = int(amount)
-    return sides
-
-
-def outpaint(image: torch.Tensor, mask: torch.Tensor | None, sides: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image grown by `sides` pixels and then to a square (mid-grey where new), and its mask: new = regenerate."""
-    import torch
-
-    _, _, h, w = image.shape
-    left, right, top, bottom = (sides.get(k, 0) for k in ("left", "right", "top", "bottom"))
-    grow_w, grow_h = max(0, h + top + bottom - (w + left + right)), max(0, w + left + right - (h + top + bottom))
-    left, right = left + grow_w // 2, right + grow_w - grow_w // 2
-    top, bottom = top + grow_h // 2, bottom + grow_h - grow_h // 2
-    pad = (left, right, top, bottom)
-    grown = torch.nn.functional.pad(image, pad, value=0.5)
-    known = torch.zeros(1, h, w, dtype=torch.bool) if mask is None else mask
-    return grown, torch.nn.functional.pad(known, pad, value=True)
-
-
-def fit_square(image: torch.Tensor, mask: torch.Tensor | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`image` (1, c, h, w) and its mask resized to size x size as CLIP does it (shorter side, centre crop)."""
-    from dalle2_core.clip import resize_center_crop
-
-    out = resize_center_crop(image, size).clamp(0, 1)
-    if mask is None:
-        return out, None
-    return out, resize_center_crop(mask[None].float(), size, mode="bilinear")[0] > 0.5
-
-
 def _join(values) -> str:
     # per-stage values joined with '/', which A1111 readers keep inside one field
     return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
@@ -155,6 +79,8 @@ def a1111_parameters(prompt: str, info: dict) -> str:
     if len(steps) > 1 or len(scales) > 1:
         fields["Decoder steps"] = _join(steps)
         fields["Decoder CFG scale"] = _join(scales)
+    if info.get("t") is not None:
+        fields["Interpolation t"] = f"{info['t']:g}"
     if info.get("prior_steps") is not None:
         fields["Prior steps"] = info["prior_steps"]
         fields["Prior CFG scale"] = f"{info['prior_cond_scale']:g}"
@@ -254,17 +180,68 @@ def read_png_text(path: str | Path) -> dict[str, str]:
         return dict(img.text)
 
 
+EXIF_USER_COMMENT = 0x9286
+
+
+def _exif_comment(img) -> str | None:
+    """EXIF UserComment (where A1111 and copying tools put text in JPEG and WebP), without its 8-byte charset code."""
+    raw = img.getexif().get_ifd(0x8769).get(EXIF_USER_COMMENT)
+    if isinstance(raw, bytes):
+        code, body = raw[:8], raw[8:]
+        return body.decode("utf-16-be" if code.startswith(b"UNICODE") else "utf-8", errors="replace").rstrip("\x00")
+    return raw if isinstance(raw, str) else None
+
+
+def read_stored_text(path: Path) -> tuple[str, dict[str, str]]:
+    """(format, text it carries): a PNG's text chunks; a JPEG's, WebP's or GIF's comment and EXIF UserComment."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.format == "PNG":
+            img.load()
+            return img.format, dict(img.text)
+        texts = {}
+        comment = img.info.get("comment")
+        if isinstance(comment, bytes):
+            comment = comment.decode("utf-8", errors="replace")
+        if comment:
+            texts["comment"] = comment
+        if user := _exif_comment(img):
+            texts["UserComment"] = user
+        return img.format or path.suffix.lstrip(".").upper(), texts
+
+
+def _settings_in(format: str, texts: dict[str, str]) -> tuple[str | None, str]:
+    """(the stored settings JSON, where it was): our chunk in a PNG, else a comment that is a JSON object."""
+    if format == "PNG":
+        for key in (SETTINGS_CHUNK, LEGACY_SETTINGS_CHUNK):
+            if key in texts:
+                return texts[key], f"{key!r} text chunk"
+        return None, f"no {SETTINGS_CHUNK!r} text chunk"
+    for key, text in texts.items():
+        if text.lstrip().startswith("{"):
+            return text, f"{format} {key}"
+    return None, f"a {format} carries them only in its comment or EXIF UserComment, and this one holds none"
+
+
 def read_settings(path: Path, option: str = "IMAGE") -> dict:
-    """The settings dream stored in a PNG (ours, or the chunk older versions wrote)."""
+    """The settings dream stored in an image: our PNG chunk (or the one older versions wrote), or a JSON object in
+    another format's comment (where a tool that copied them put it)."""
+    from dream_cli.pictures import check_regular_file
+
+    check_regular_file(path, option)
     try:
-        chunks = read_png_text(path)
-    except (OSError, ValueError) as err:
+        format, texts = read_stored_text(path)
+    except (OSError, ValueError, SyntaxError) as err:
         raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint=option) from None
-    raw = chunks.get(SETTINGS_CHUNK, chunks.get(LEGACY_SETTINGS_CHUNK))
+    raw, where = _settings_in(format, texts)
+    if raw is None:
+        raise click.BadParameter(f"{str(path)!r} holds no dream settings ({where})", param_hint=option)
     try:
-        settings = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError:
-        settings = None
+        settings = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"{str(path)!r}: its {where} is malformed (not JSON: {err.msg})", param_hint=option) from None
     if not isinstance(settings, dict):
-        raise click.BadParameter(f"{str(path)!r} holds no dream settings (no {SETTINGS_CHUNK!r} text chunk)", param_hint=option)
+        raise click.BadParameter(f"{str(path)!r}: its {where} is malformed (a JSON {type(settings).__name__}, not an object)",
+                                 param_hint=option)
     return settings

@@ -30,16 +30,21 @@ SETTING_OPTIONS = {
 
 
 class NumberList(click.ParamType):
-    """One number or a comma-separated list (`3` or `3,1`): finite, >= `minimum`."""
+    """One number or a comma-separated list (`3` or `3,1`): finite, >= `minimum` (and <= `maximum` when given)."""
 
-    def __init__(self, kind: type = float, minimum: float = 0, single: bool = False):
-        self.kind, self.minimum, self.single = kind, minimum, single
+    def __init__(self, kind: type = float, minimum: float = 0, single: bool = False, maximum: float | None = None):
+        self.kind, self.minimum, self.maximum, self.single = kind, minimum, maximum, single
         what = "an integer" if kind is int else "a finite number"
-        self.accepted = f"{what} >= {minimum:g}" + ("" if single else ", or one per decoder stage separated by commas (3,1)")
+        bound = f">= {minimum:g}" if maximum is None else f"from {minimum:g} to {maximum:g}"
+        self.accepted = f"{what} {bound}" + ("" if single else ", or one per decoder stage separated by commas (3,1)")
         self.name = "N" if single else "N[,N...]"
 
+    def _fits(self, number) -> bool:
+        finite = number == number and number not in (float("inf"), float("-inf"))
+        return finite and number >= self.minimum and (self.maximum is None or number <= self.maximum)
+
     def convert(self, value, param, ctx):
-        if isinstance(value, (tuple, int, float)):
+        if isinstance(value, (tuple, int, float)) and not isinstance(value, bool):  # a default, or a value already converted
             return value
         parts = [p.strip() for p in str(value).split(",")]
         if self.single and len(parts) != 1:
@@ -50,7 +55,7 @@ class NumberList(click.ParamType):
                 number = self.kind(part)
             except ValueError:
                 self.fail(f"{value!r}: expected {self.accepted}", param, ctx)
-            if number != number or number in (float("inf"), float("-inf")) or number < self.minimum:
+            if not self._fits(number):
                 self.fail(f"{value!r}: expected {self.accepted}", param, ctx)
             numbers.append(number)
         return numbers[0] if self.single else tuple(numbers)
@@ -221,12 +226,14 @@ def _is_out_of_memory(err: RuntimeError) -> bool:
 
 
 class Progress:
-    """One bar per stage (prior, each decoder stage) on a terminal; one plain line per finished stage run
+    """One bar per stage (prior, each decoder stage) on a terminal; one plain line per stage once all its runs are done
     otherwise; nothing when quiet. `runs` is how many times each stage will run."""
 
     def __init__(self, quiet: bool, stages: list[tuple[str, int]], runs: dict[str, int]):
-        self.bar, self.plain, self.tasks = None, False, {}
+        self.bar, self.plain, self.tasks, self.runs = None, False, {}, dict(runs)
+        self.seconds: dict[str, float] = {}
         self.started: dict[str, float] = {}
+        self.done: dict[str, int] = {}
         if quiet:
             return
         if not sys.stderr.isatty():
@@ -255,15 +262,31 @@ class Progress:
             if i == 0:
                 self.started[stage] = time.perf_counter()
             if i == total - 1:
-                seconds = time.perf_counter() - self.started.pop(stage, time.perf_counter())
-                click.echo(f"{stage}: {total} steps in {seconds:.1f} s", err=True)
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - self.started.pop(stage, time.perf_counter())
+                self.done[stage] = done = self.done.get(stage, 0) + 1
+                if done >= self.runs.get(stage, 1):  # the stage's last run (or one more than was announced)
+                    runs = f"{done} x " if done > 1 else ""
+                    click.echo(f"{stage}: {runs}{total} steps in {self.seconds.pop(stage):.1f} s", err=True)
+                    self.done[stage] = 0
+
+
+def _relabelled(message: str, negative_prompts) -> str:
+    """A prompt-truncation warning about a negative prompt says so (the library only sees text)."""
+    if not message.startswith("prompt '") and not message.startswith('prompt "'):
+        return message
+    quote = message[7]
+    shown = message[8:message.find(quote + " needs")] if quote + " needs" in message else None
+    if shown is not None and any(n and (n == shown or (shown.endswith("...") and n.startswith(shown[:-3]))) for n in negative_prompts):
+        return "negative " + message
+    return message
 
 
 @contextlib.contextmanager
-def surface_warnings(everything: bool = False):
+def surface_warnings(everything: bool = False, negative_prompts=()):
     """Show dalle2_core's warnings (e.g. a prompt cut to the CLIP context) as one line each on stderr.
 
-    Other libraries' warnings are shown only with `everything` (--debug).
+    Other libraries' warnings are shown only with `everything` (--debug). A warning about one of `negative_prompts`
+    calls it a negative prompt.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -272,7 +295,7 @@ def surface_warnings(everything: bool = False):
         finally:
             shown = set()
             for w in caught:
-                message = one_line(w.message)
+                message = _relabelled(one_line(w.message), [one_line(n) for n in negative_prompts if n])
                 from_library = "dalle2_core" in str(w.filename) or type(w.message).__module__.startswith("dalle2_core")
                 if (from_library or everything) and message not in shown:
                     shown.add(message)

@@ -160,7 +160,7 @@ def _parse_clip(ctx, param, value):
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data loading processes.")
 @click.option("--shuffle-buffer", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Samples a shard stream mixes before yielding one.")
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def train(quiet: bool, debug: bool, device: str, **options) -> None:
     """Train a model on captioned images: a folder, webdataset shards, or precomputed embeddings."""

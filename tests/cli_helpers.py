@@ -5,6 +5,6 @@ from click.testing import CliRunner
 from dream_cli.cli import cli
 
 
-def dream(*args, env=None):
-    """`dream ARGS...` in this process: click's Result (exit_code, output, exception)."""
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
+def dream(*args, env=None, input=None):
+    """`dream ARGS...` in this process: click's Result (exit_code, output, exception); `input` is its standard input."""
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input)

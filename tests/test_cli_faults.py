@@ -15,7 +15,8 @@ from cli_helpers import dream
 from PIL import Image
 
 from dalle2_core.pipeline import UnclipPipeline
-from dream_cli.output import MAX_IMAGE_PIXELS, MAX_SIDE, SETTINGS_CHUNK, load_image
+from dream_cli.output import SETTINGS_CHUNK
+from dream_cli.pictures import MAX_IMAGE_PIXELS, MAX_SIDE, load_image
 
 DREAM = [sys.executable, "-c", "from dream_cli import main; main()"]
 
@@ -34,8 +35,12 @@ def leftovers(folder):
 @pytest.mark.parametrize("after", [0.2, 0.8])
 def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, after):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([*DREAM, "--model", "shapes", "--outdir", str(tmp_path), "-q", "a red circle"],
+    # "started" once Python runs our code: on a busy machine interpreter start-up alone can outlast `after`, and a
+    # signal then meets Python's own handler before dream has one
+    started = "import sys; sys.stderr.write('started\\n'); sys.stderr.flush(); from dream_cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", started, "--model", "shapes", "--outdir", str(tmp_path), "-q", "a red circle"],
                             stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr.readline() == "started\n"
     try:
         proc.wait(timeout=after)  # importing the command modules, torch or the model when the signal arrives
     except subprocess.TimeoutExpired:

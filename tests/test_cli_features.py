@@ -44,17 +44,17 @@ def test_negative_prompt_changes_the_image_and_is_recorded(tmp_path):
     assert "--negative-prompt 'a red circle'" in settings(negative)["command"]
 
 
-def test_img2img_strength_0_returns_the_input_and_strength_changes_it(tmp_path):
+def test_img2img_strength_0_is_skipped_and_strength_changes_the_image(tmp_path):
     source = tmp_path / "source.png"
     Image.new("RGB", (64, 64), (240, 210, 40)).save(source)
-    assert dream(*SHAPES_FAST, "--seed", 1, "--init-image", source, "--strength", 0, "--outdir", tmp_path / "a", RED_LEFT).exit_code == 0
-    assert torch.equal(pixels(only_png(tmp_path / "a")), pixels(source))
+    kept = dream(*SHAPES_FAST, "--seed", 1, "--init-image", source, "--strength", 0, "--outdir", tmp_path / "a", RED_LEFT)
+    assert kept.exit_code == 0 and "--strength 0 keeps the picture as it is" in kept.stderr and not (tmp_path / "a").exists()
     result = dream(*SHAPES_FAST, "--seed", 1, "--init-image", source, "--strength", 0.7, "--outdir", tmp_path / "b", RED_LEFT)
     assert result.exit_code == 0, result.output
     out = only_png(tmp_path / "b")
     assert (pixels(out) - pixels(source)).abs().mean() > 5
     stored = settings(out)
-    assert stored["strength"] == 0.7 and stored["init_image"] == str(source.resolve())
+    assert stored["strength"] == 0.7 and stored["init_image"] == "source.png"
     assert "Denoising strength: 0.7" in read_png_text(out)["parameters"]
 
 
@@ -88,7 +88,7 @@ def test_upscale_runs_the_super_resolution_stage_only(tmp_path):
     out = tmp_path / "small-up-0.png"
     with Image.open(out) as img:
         assert img.size == (64, 64)
-    assert settings(out)["source"] == str(small.resolve())
+    assert settings(out)["source"] == "small.png"
     red = pixels(out).mean(dim=0)
     assert red[0] > 150 and red[1] < 100  # still the red picture, twice the size
 
@@ -130,9 +130,9 @@ def test_info_and_from_regenerate_an_image_with_overrides(model_dir, tmp_path):
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["prompt"] == "a red cube" and lines["seed"] == "5" and lines["steps"] == "2,2"
     assert json.loads(dream("info", "--json", first).stdout)["seed"] == 5
-    assert dream("--from", first, "--outdir", tmp_path / "b", "-q").exit_code == 0
+    assert dream("--from", first, "--model", model_dir, "--outdir", tmp_path / "b", "-q").exit_code == 0
     assert torch.equal(pixels(only_png(tmp_path / "b")), pixels(first))  # the same image again
-    assert dream("--from", first, "--steps", 3, "--outdir", tmp_path / "c", "-q").exit_code == 0
+    assert dream("--from", first, "--model", model_dir, "--steps", 3, "--outdir", tmp_path / "c", "-q").exit_code == 0
     again = only_png(tmp_path / "c")
     assert settings(again)["steps"] == [3, 3] and settings(again)["seed"] == 5
     plain = tmp_path / "plain.png"
@@ -147,7 +147,7 @@ def test_mix_of_a_prompt_and_an_image(model_dir, tmp_path):
     result = dream("mix", "a red cube:0.7", f"{image}:0.3", "--model", model_dir, "--seed", 1, "-n", 2, "--outdir", tmp_path / "m", "-q")
     assert result.exit_code == 0, result.output
     paths = sorted((tmp_path / "m").glob("*.png"))
-    assert len(paths) == 2 and settings(paths[0])["mix"] == ["a red cube:0.7", f"{image}:0.3"]
+    assert len(paths) == 2 and settings(paths[0])["mix"] == ["a red cube:0.7", "photo.png:0.3"]
     bad = dream("mix", "a red cube:0", "--model", model_dir)
     assert bad.exit_code == 2 and "with a weight > 0" in bad.output
 
@@ -180,8 +180,8 @@ def test_every_feature_on_a_converted_laion_model(laion_model, tmp_path):
     assert (pixels(negative) - pixels(plain)).abs().mean() > 0.5 and settings(negative)["negative_prompt"] == "a blue ball"
     source = tmp_path / "source.png"
     Image.new("RGB", size, (40, 170, 60)).save(source)
-    assert dream(*fast, "--init-image", source, "--strength", 0, "--outdir", tmp_path / "same", "a red cube").exit_code == 0
-    assert torch.equal(pixels(only_png(tmp_path / "same")), pixels(source))
+    assert dream(*fast, "--init-image", source, "--strength", 0.01, "--outdir", tmp_path / "same", "a red cube").exit_code == 0
+    assert (pixels(only_png(tmp_path / "same")) - pixels(source)).abs().max() <= 3  # 1% of the schedule redrawn: almost the source
     mask = tmp_path / "mask.png"
     m = Image.new("L", size, 0)
     m.paste(255, (0, 0, size[0] // 2, size[1]))  # regenerate the left half

@@ -71,7 +71,7 @@ def embeddings(tmp_path):
 def test_embedding_folder_rows_and_lookup_by_key(embeddings):
     root, names = embeddings
     folder = EmbeddingFolder(root)
-    assert len(folder) == 10 and folder.dim == 8 and folder.parts == [0, 1, 2]
+    assert len(folder) == 10 and folder.dim == 8 and folder.parts == ["0", "1", "2"]
     sample = folder.sample(5)  # part 1 holds rows 4..6
     expected = np.load(root / "img_emb" / "img_emb_1.npy")[1].astype(np.float32)
     assert sample.key == names[5] and sample.caption == f"caption {names[5]}" and sample.image is None

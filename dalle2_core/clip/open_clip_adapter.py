@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import field
 
@@ -138,7 +139,13 @@ class OpenClipAdapter(ClipAdapter):
             # random init: keep the HF text tower (if any) from fetching its own base weights too
             return open_clip.create_model(name, pretrained=None, pretrained_text=False, **model_kwargs)
         if os.path.isfile(pretrained):
-            return open_clip.create_model(name, pretrained=pretrained, **model_kwargs)
+            try:
+                return open_clip.create_model(name, pretrained=pretrained, **model_kwargs)
+            except Exception as err:  # noqa: BLE001 - torch and open_clip fail on a wrong file in many ways
+                # torch's own text for a refused pickle advises loading it unsafely: never pass that on
+                reason = "a pickle the safe loader refused" if isinstance(err, pickle.UnpicklingError) else type(err).__name__
+                raise ValueError(f"{pretrained!r} is not a file of open_clip weights for {name!r} ({reason}; nothing in it "
+                                 "was run); give the model's .pt or .safetensors weights or a pretrained tag") from None
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise ValueError(

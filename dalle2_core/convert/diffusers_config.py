@@ -9,6 +9,8 @@ and `karlo_cascade_config` assemble the module configs the converter builds.
 
 from __future__ import annotations
 
+import functools
+
 from dalle2_core.adm.cascade import KarloCascadeConfig
 from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnetConfig
 from dalle2_core.adm.text_proj import TextProjConfig
@@ -103,6 +105,23 @@ def _required(o: dict, keys, what: str) -> None:
         raise ValueError(f"{what}: {', '.join(missing)} must be given")
 
 
+def _naming(what: str):
+    """A decorator: a config error raised while building names the component (`what`) it is about."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def built(*args, **kwargs):
+            label = kwargs.get("what") or what
+            try:
+                return fn(*args, **kwargs)
+            except (TypeError, ValueError) as err:
+                if str(err).startswith(label):
+                    raise
+                raise ValueError(f"{label}: {err}") from None
+        return built
+    return wrap
+
+
+@_naming("prior (PriorTransformer)")
 def prior_transformer_config(config: dict, what: str = "prior (PriorTransformer)") -> PriorTransformerConfig:
     o = _options(config, PRIOR_OPTIONS, what)
     for key in ("embedding_proj_dim", "clip_embed_dim"):
@@ -114,6 +133,7 @@ def prior_transformer_config(config: dict, what: str = "prior (PriorTransformer)
     )
 
 
+@_naming("text_proj (UnCLIPTextProjModel)")
 def text_proj_config(config: dict, what: str = "text_proj (UnCLIPTextProjModel)") -> TextProjConfig:
     o = _options(config, TEXT_PROJ_OPTIONS, what)
     _required(o, ("time_embed_dim", "cross_attention_dim"), what)
@@ -154,6 +174,7 @@ def _unet_config(o: dict, *, levels: tuple[bool, ...], middle: bool, context_dim
     )
 
 
+@_naming("decoder (UNet2DConditionModel)")
 def unet2d_condition_config(config: dict, what: str = "decoder (UNet2DConditionModel)") -> AdmUnetConfig:
     """Karlo's decoder: resnet / simple cross-attention blocks, the time embedding plus an identity class embedding."""
     o = _options(config, UNET2D_CONDITION_OPTIONS, what)
@@ -162,6 +183,7 @@ def unet2d_condition_config(config: dict, what: str = "decoder (UNet2DConditionM
     return _unet_config(o, levels=levels, middle=True, context_dim=context_dim, added=o["class_embed_type"] == "identity", what=what)
 
 
+@_naming("super-resolution (UNet2DModel)")
 def unet2d_config(config: dict, what: str = "super-resolution (UNet2DModel)") -> AdmUnetConfig:
     """Karlo's super-resolution U-Nets: resnet blocks only, no attention, no class embedding."""
     o = _options(config, UNET2D_OPTIONS, what)
@@ -170,6 +192,7 @@ def unet2d_config(config: dict, what: str = "super-resolution (UNet2DModel)") ->
     return _unet_config(o, levels=(), middle=False, context_dim=None, added=False, what=what)
 
 
+@_naming("UnCLIPScheduler")
 def unclip_scheduler_config(config: dict, *, sample_steps: int | None = None, what: str = "UnCLIPScheduler") -> DiffusionConfig:
     """UnCLIPScheduler's numerics: float32 squaredcos_cap_v2 tables, fixed_small_log or an unclipped learned range."""
     o = _options(config, SCHEDULER_OPTIONS, what)

@@ -31,6 +31,26 @@ KARLO_DEFAULTS = SamplingSettings(cond_scale=(8.0, 1.0), prior_cond_scale=4.0, p
                                   sampler="ddpm")
 
 
+# the classes that write the components this converter reads (transformers' tokenizers and processors have two names)
+COMPONENT_CLASSES = {
+    "prior": ("PriorTransformer",), "text_proj": ("UnCLIPTextProjModel",), "decoder": ("UNet2DConditionModel",),
+    "super_res_first": ("UNet2DModel",), "super_res_last": ("UNet2DModel",), "prior_scheduler": ("UnCLIPScheduler",),
+    "decoder_scheduler": ("UnCLIPScheduler",), "super_res_scheduler": ("UnCLIPScheduler",),
+    "text_encoder": ("CLIPTextModelWithProjection",), "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
+    "image_encoder": ("CLIPVisionModelWithProjection",), "feature_extractor": ("CLIPImageProcessor", "CLIPFeatureExtractor"),
+}
+
+
+def check_component_classes(folder: DiffusersFolder) -> None:
+    """Refuse a folder whose model_index.json names a class this converter does not read for one of its components
+    (a fine-tune with another prior, a renamed component): its weights would be read as something they are not."""
+    for name, component in folder.components.items():
+        accepted = COMPONENT_CLASSES.get(name)
+        if accepted is not None and component.class_name not in accepted:
+            raise ValueError(f"{folder.path / 'model_index.json'} names {name!r} as {component.library}.{component.class_name}; "
+                             f"this converter reads {name} as {' or '.join(accepted)}")
+
+
 class UnclipConversion(NamedTuple):
     path: Path
     notes: list[str]
@@ -72,6 +92,7 @@ def vision_tower_folders(folder: str | os.PathLike) -> tuple[Path, Path]:
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         variations = read_diffusers_folder(folder, expect=IMAGE_VARIATIONS)
+        check_component_classes(variations)
         return variations["image_encoder"].path, variations["feature_extractor"].path
     if (folder / "config.json").is_file() and (folder / "preprocessor_config.json").is_file():
         return folder, folder
@@ -111,6 +132,7 @@ def convert_unclip(src: str | os.PathLike, out_dir: str | os.PathLike, *, image_
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; converting writes a new model folder")
     folder = read_diffusers_folder(src, expect=UNCLIP)
+    check_component_classes(folder)
     clip = convert_clip(folder, image_variations, dtype=dtype)
     prior = convert_prior(folder, dtype=dtype)
     cascade = convert_cascade(folder, dtype=dtype)
@@ -130,6 +152,6 @@ def convert_unclip(src: str | os.PathLike, out_dir: str | os.PathLike, *, image_
 
 
 __all__ = [
-    "KARLO_DEFAULTS", "UnclipConversion", "convert_cascade", "convert_clip", "convert_prior", "convert_unclip",
-    "vision_tower_folders",
+    "COMPONENT_CLASSES", "KARLO_DEFAULTS", "UnclipConversion", "check_component_classes", "convert_cascade", "convert_clip",
+    "convert_prior", "convert_unclip", "vision_tower_folders",
 ]

@@ -352,6 +352,29 @@ def _makes_a_copy(rule: Rule, weights: Weights, like: torch.Tensor, dtype, devic
     return exists(rule.fn) or moved or weights.dtype(rule.sources[0]) != _target_dtype(like, dtype)
 
 
+MAX_BUFFER_BYTES = 2**32  # tensors a module builds itself (tables, masks): far below this in every model here
+
+
+def _checked_before_building(build: Callable[[], nn.Module], weights, key_map, what: str):
+    """The key map checked against `build()` made on the meta device, where nothing is allocated: a config whose
+    sizes disagree with the weights (or ask for petabytes) is refused before any real tensor exists. A build that
+    computes with real values cannot run on meta; it is checked after building, as before."""
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except Exception:  # noqa: BLE001 - any failure here only means the probe cannot run
+        return key_map
+    aliases = _aliases(probe)
+    expected = {k: v for k, v in probe.state_dict(keep_vars=True).items() if k not in aliases}
+    mapped = identity_key_map(k for k in weights.keys() if k in expected) if key_map is None else list(key_map)
+    check_key_map(weights, mapped, expected, what)
+    own = sum(b.numel() * b.element_size() for n, b in probe.named_buffers() if n not in expected)
+    if own > MAX_BUFFER_BYTES:
+        raise WeightsError(f"{what}: its config makes the module build {own / 2**30:.0f} GiB of its own tensors; "
+                           f"at most {MAX_BUFFER_BYTES / 2**30:.0f} GiB are accepted")
+    return key_map
+
+
 def materialize(
     build: Callable[[], nn.Module],
     weights: Weights | Mapping[str, torch.Tensor],
@@ -371,6 +394,7 @@ def materialize(
     if not isinstance(weights, (SafetensorsWeights, TensorDict, NamespacedWeights)):
         weights = TensorDict(weights)
     what = what or weights.what
+    key_map = _checked_before_building(build, weights, None if key_map is None else list(key_map), what)
     module = build_on_meta(build)
     aliases = _aliases(module)
     expected = {k: v for k, v in module.state_dict(keep_vars=True).items() if k not in aliases}

@@ -4,7 +4,9 @@
     text_emb/text_emb_{i}.npy        (n_i, d) the captions' text embeddings
     metadata/metadata_{i}.parquet    n_i rows: `key` (or `image_path`), `caption`, ...
 
-Row r of part i is the same sample in all three files. `EmbeddingFolder` is a map-style dataset of
+Row r of part i is the same sample in all three files. clip-retrieval pads `i` with zeros to the width of its
+partition count (`img_emb_00.npy` .. once there are 10 or more), so a part is named by the digits its image
+file has, and its other two files are looked up with the same digits. `EmbeddingFolder` is a map-style dataset of
 every row (for the prior, which then never reads an image) and a lookup of image embeddings by key
 (for the decoder, whose images come from a folder or shards). A part with a missing file or a row
 count that differs between its files is refused when the folder is opened, naming the file.
@@ -36,28 +38,29 @@ class EmbeddingFolder(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise DataError(f"embedding folder {self.root} does not exist or is not a folder")
         parts = sorted(
-            (int(m[1]), p) for p in (self.root / "img_emb").glob("img_emb_*.npy") if (m := re.fullmatch(r"img_emb_(\d+)\.npy", p.name))
+            ((int(m[1]), m[1]), p) for p in (self.root / "img_emb").glob("img_emb_*.npy")
+            if (m := re.fullmatch(r"img_emb_(\d+)\.npy", p.name))
         )
         if not parts:
             raise DataError(f"no img_emb/img_emb_N.npy in {self.root}; expected {LAYOUT}")
         self.text = text
-        self.parts = [number for number, _ in parts]
+        self.parts = [digits for (_, digits), _ in parts]  # as written: "7", or "07" among 10 or more
         self.keys: list[np.ndarray] = []
         self.captions: list[list[str]] = []
         sizes = []
-        for number, image_file in parts:
-            sizes.append(self._check_part(number, image_file))
+        for (_, digits), image_file in parts:
+            sizes.append(self._check_part(digits, image_file))
         self.offsets = np.cumsum([0, *sizes])
         self.dim = np.load(parts[0][1], mmap_mode="r").shape[1]
         self._arrays: dict[tuple[str, int], np.ndarray] = {}
         self._index: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _path(self, kind: str, number: int) -> Path:
+    def _path(self, kind: str, number: str) -> Path:
         if kind == "metadata":
             return self.root / "metadata" / f"metadata_{number}.parquet"
         return self.root / kind / f"{kind}_{number}.npy"
 
-    def _check_part(self, number: int, image_file: Path) -> int:
+    def _check_part(self, number: str, image_file: Path) -> int:
         """Rows of part `number`, after checking its files exist and agree; reads its keys and captions."""
         rows = {image_file: _rows(image_file)}
         for kind in ("text_emb", "metadata") if self.text else ("metadata",):

@@ -5,8 +5,8 @@ Two layouts are read, and may be mixed:
 - Hugging Face ImageFolder metadata: a `metadata.jsonl` whose rows hold `file_name` (relative to
   the metadata file's folder) and `text`. A metadata caption wins over a sidecar file.
 
-Bad data never stops a long run: images without a caption, empty captions and broken metadata rows
-are dropped while scanning, and images that fail to decode are dropped when loaded. Each is recorded
+Bad data never stops a long run: images without a caption, empty captions, captions that are not UTF-8
+and broken metadata rows are dropped while scanning, and images that fail to decode are dropped when loaded. Each is recorded
 in `dataset.skipped`, a dict from path to reason.
 """
 
@@ -19,10 +19,11 @@ from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from dalle2_core.data.batch import Sample, Skip
+from dalle2_core.data.pictures import to_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METADATA_FILE = "metadata.jsonl"
@@ -41,8 +42,8 @@ def clean_caption(text: str) -> str:
 def load_image(file: str | Path | IO[bytes], size: int) -> torch.Tensor:
     """Decode, centre-crop to square and resize (antialiased) to a (3, size, size) tensor in [0, 1]."""
     with Image.open(file) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
-        img = ImageOps.exif_transpose(img).convert("RGB")
+        img.draft(img.mode, (size, size))  # JPEG: decode at a reduced scale that is still >= size
+        img = to_rgb(img)  # 16-bit greyscale from its range, alpha on white; an undefined mode raises
         # crop first: resizing with a crop box would let the filter read pixels outside it
         w, h = img.size
         side = min(w, h)
@@ -103,7 +104,11 @@ class ImageTextFolder(Dataset):
                 if not sidecar.is_file():
                     self.skipped[str(image)] = "no caption"
                     continue
-                caption = clean_caption(sidecar.read_text(encoding="utf-8", errors="replace"))
+                try:
+                    caption = clean_caption(sidecar.read_bytes().decode("utf-8"))
+                except UnicodeDecodeError as err:
+                    self.skipped[str(image)] = f"caption is not valid UTF-8: {sidecar.name}: {err.reason} at byte {err.start}"
+                    continue
             if not caption:
                 self.skipped[str(image)] = "empty caption"
                 continue
@@ -112,10 +117,15 @@ class ImageTextFolder(Dataset):
 
     def _read_metadata(self, meta: Path, images: set[Path]) -> dict[Path, str]:
         captions = {}
-        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
+        for number, raw in enumerate(meta.read_bytes().splitlines(), 1):
+            if not raw.strip():
                 continue
             where = f"{meta}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                self.skipped[where] = f"caption is not valid UTF-8: {err.reason} at byte {err.start}"
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

@@ -12,8 +12,8 @@ of that sequence (its own share: no two readers open the same shard in a pass wh
 shards), mixes its samples in a seeded shuffle buffer and yields batches of `batch_size`. Everything
 depends only on the seed and the (rank, worker) split, so the stream from a given batch on can be
 replayed: `start=n` skips the first n batches, reading their tar bytes without decoding images.
-Samples that cannot be used (no image, no caption, an image that does not decode) are dropped from
-their batch and reported in `Batch.skipped`, as in folders.
+Samples that cannot be used (no image, no caption, a caption that is not UTF-8, an image that does not decode, a
+shard cut off mid-file) are dropped from their batch and reported in `Batch.skipped`, as in folders.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class _ShardSequence:
     def __init__(self, urls: list[str], seed: int, reader: int, readers: int):
         self.urls, self.seed, self.reader, self.readers = urls, seed, reader, readers
         self.since_sample = 0
+        self.current: str | None = None  # the shard being read
 
     def __iter__(self) -> Iterator[dict]:
         def passes():
@@ -70,6 +71,7 @@ class _ShardSequence:
 
         for url in itertools.islice(passes(), self.reader, None, self.readers):
             self.since_sample += 1
+            self.current = url
             if self.since_sample > 2 * len(self.urls):
                 raise DataError(f"no sample could be read from {len(self.urls)} shard(s) in two passes; last tried {url}")
             yield dict(url=url)
@@ -80,15 +82,35 @@ class _ShardSequence:
             yield sample
 
 
-def decode_sample(raw: dict, image_size: int) -> Sample | Skip:
-    """A webdataset sample (a dict of member bytes by extension) as a training `Sample`."""
+def ends_cleanly(url: str) -> bool:
+    """Whether a local tar shard ends with the end-of-archive marker (two zero blocks) every tar writer adds: a shard
+    cut off at a member boundary reads as a clean, shorter archive otherwise. Streams (`pipe:`, URLs) count as whole."""
+    if url.startswith("pipe:") or "://" in url or not url.endswith(".tar"):
+        return True
+    try:
+        with open(url, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 1024))
+            return size >= 1024 and size % 512 == 0 and not any(f.read())
+    except OSError:
+        return False
+
+
+def decode_sample(raw: dict, image_size: int, truncated: frozenset[str] = frozenset()) -> Sample | Skip:
+    """A webdataset sample (a dict of member bytes by extension) as a training `Sample`; a sample missing members of a
+    shard in `truncated` is reported as cut off, not as lacking them."""
     source = f"{raw.get('__url__')}:{raw.get('__key__')}"
     image_key = next((k for k in IMAGE_KEYS if k in raw), None)
-    if image_key is None:
-        return Skip(source, "no image")
-    if "txt" not in raw:
-        return Skip(source, "no caption")
-    caption = clean_caption(raw["txt"].decode("utf-8", errors="replace"))
+    missing = "no image" if image_key is None else "no caption" if "txt" not in raw else None
+    if missing is not None:
+        if raw.get("__url__") in truncated:
+            return Skip(source, f"unreadable or truncated shard: it ends mid-file, and this sample has {missing}")
+        return Skip(source, missing)
+    try:
+        caption = clean_caption(raw["txt"].decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return Skip(source, f"caption is not valid UTF-8: {err.reason} at byte {err.start}")
     if not caption:
         return Skip(source, "empty caption")
     try:
@@ -127,12 +149,14 @@ class ShardStream(IterableDataset):
         worker = (physical + self.start) % workers
         reader, readers = self.rank * workers + worker, self.world * workers
         errors: list[Skip] = []
+        shards = _ShardSequence(self.urls, self.seed, reader, readers)
+        truncated = frozenset(url for url in self.urls if not ends_cleanly(url))
 
         def keep_going(exn: Exception) -> bool:  # a shard that cannot be read is skipped, not fatal
-            errors.append(Skip(str(exn.args[-1]) if exn.args else "?", f"unreadable shard: {type(exn).__name__}"))
+            message = str(exn.args[0]) if exn.args else ""
+            errors.append(Skip(shards.current or "?", f"unreadable or truncated shard: {type(exn).__name__}: {message}"))
             return True
 
-        shards = _ShardSequence(self.urls, self.seed, reader, readers)
         raw = iter(wds.DataPipeline(
             lambda: iter(shards),
             wds.tarfile_to_samples(handler=keep_going),
@@ -145,7 +169,7 @@ class ShardStream(IterableDataset):
             pass
         errors.clear()
         while True:
-            items = [decode_sample(sample, self.image_size) for sample in itertools.islice(raw, self.batch_size)]
+            items = [decode_sample(sample, self.image_size, truncated) for sample in itertools.islice(raw, self.batch_size)]
             batch = collate(items + errors)
             errors.clear()
             yield batch

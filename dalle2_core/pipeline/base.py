@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -288,21 +288,27 @@ class Pipeline(nn.Module, abc.ABC):
         generator seeded `seed`), so only the embedding changes along the path. The text of the nearer
         end conditions a text-conditioned decoder (an image end: its null text).
         """
+        return torch.cat(list(self.interpolate_batches(ends, num_frames, settings, seed=seed, batch_size=batch_size,
+                                                       on_step=on_step)))
+
+    @torch.no_grad()
+    def interpolate_batches(self, ends: Sequence[str | torch.Tensor], num_frames: int, settings: SamplingSettings | None = None,
+                            *, seed: int = 0, batch_size: int = 8, on_step: OnStep | None = None) -> Iterator[torch.Tensor]:
+        """`interpolate`'s frames batch by batch (up to `batch_size` frames each, in order), each as soon as it is decoded,
+        so a long path is never held in memory whole."""
         if len(ends) != 2:
             raise ValueError(f"interpolation needs two ends (prompts or images), got {len(ends)}")
         if num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 (both ends included), got {num_frames}")
         s = self.resolve(settings)
         embeds, conds = self._embed_ends(ends, s, seed, on_step)
-        frames = []
         for start in range(0, num_frames, batch_size):
             ts = [i / (num_frames - 1) for i in range(start, min(start + batch_size, num_frames))]
             embed = torch.cat([self._slerp(embeds[0], embeds[1], t) for t in ts])  # (f, d)
             nearer = [conds[0 if t < 0.5 else 1] for t in ts]
             cond = None if all(c is None for c in nearer) else _stack_conditions(nearer, self._null_text)
             generators = [torch.Generator(device=self.device).manual_seed(seed) for _ in ts]
-            frames.append(self.decode(embed, cond, s, generator=generators, on_step=on_step))
-        return torch.cat(frames)
+            yield self.decode(embed, cond, s, generator=generators, on_step=on_step)
 
     def _slerp(self, a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
         """slerp between two embeddings; raw embeddings keep the interpolated norm of their ends."""
