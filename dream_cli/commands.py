@@ -13,22 +13,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dream_cli.generate import info_line, note, run_metadata
+from dream_cli.generate import note, run_metadata
 from dream_cli.output import png_text, save_png, slugify
 from dream_cli.pictures import file_size, load_image
-from dream_cli.sampling import (
-    Progress,
-    check_outdir,
-    first_seed,
-    load,
-    per_image_generators,
-    pick_device,
-    pick_dtype,
-    resolve_settings,
-    sampling_errors,
-    sampling_options,
-    surface_warnings,
-)
+from dream_cli.sampling import Progress, opening, per_image_generators, sampling_errors, sampling_options
 
 if TYPE_CHECKING:
     import torch
@@ -64,28 +52,20 @@ def interpolate(a: str, b: str, frames: int, batch_size: int, outdir: Path, **op
         if not value.strip():
             raise click.BadParameter(f"{value!r} is empty; give a prompt or an image path", param_hint=name)
         ends.append(_picture_or_prompt(value, name))
-    device = pick_device(opts["device"])
-    dtype = pick_dtype(opts["precision"], device)
-    outdir = check_outdir(outdir)
-    seed = first_seed(opts["seed"], 1)
-    quiet = opts["quiet"]
-
-    with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"], pictures=any(not isinstance(e, str) for e in ends))
-        s = resolve_settings(pipeline, opts)
-        info_line(quiet, seed, resolved, device, opts["precision"])
+    with opening(opts, outdir=outdir, pictures=any(not isinstance(e, str) for e in ends)) as run:
+        pipeline, s, seed, device = run.pipeline, run.settings, run.seed, run.device
         names = [e if isinstance(e, str) else Path(v).stem for e, v in zip(ends, (a, b))]
         label = " to ".join(names)
         prompts = any(isinstance(e, str) for e in ends)
         runs = {name: -(-frames // batch_size) for name in pipeline.stage_names} | {"prior": int(prompts)}
-        base = {**run_metadata(s, resolved, opts["precision"], device, prior=prompts), "seed": seed, "frames": frames,
+        base = {**run_metadata(s, run.resolved, opts["precision"], device, prior=prompts), "seed": seed, "frames": frames,
                 "a": names[0], "b": names[1]}
         i = 0
-        with Progress(quiet, pipeline.stages(s), runs) as progress, sampling_errors():
+        with Progress(run.quiet, pipeline.stages(s), runs) as progress, sampling_errors():
             for batch in pipeline.interpolate_batches(ends, frames, s, seed=seed, batch_size=batch_size, on_step=progress):
                 for img in batch.float().cpu():
                     info = {**base, "index": i, "t": i / (frames - 1), "size": [img.shape[-1], img.shape[-2]]}
-                    click.echo(str(save_png(img, outdir, f"{slugify(label)}-{seed}-{i}", png_text(label, info))))
+                    click.echo(str(save_png(img, run.outdir, f"{slugify(label)}-{seed}-{i}", png_text(label, info))))
                     i += 1
 
 
@@ -114,26 +94,19 @@ def _parse_mix_item(value: str) -> tuple[str | torch.Tensor, float, str]:
 def mix(items: tuple[str, ...], num: int, outdir: Path, **opts) -> None:
     """Images of a weighted mix of prompts and images: ITEMS are PROMPT[:WEIGHT] or IMAGE[:WEIGHT]."""
     parsed = [_parse_mix_item(item) for item in items]
-    device = pick_device(opts["device"])
-    dtype = pick_dtype(opts["precision"], device)
-    outdir = check_outdir(outdir)
-    seed = first_seed(opts["seed"], num)
-    quiet = opts["quiet"]
-    with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"], pictures=any(not isinstance(item, str) for item, _, _ in parsed))
-        s = resolve_settings(pipeline, opts)
-        info_line(quiet, seed, resolved, device, opts["precision"])
+    with opening(opts, outdir=outdir, images=num, pictures=any(not isinstance(item, str) for item, _, _ in parsed)) as run:
+        pipeline, s, seed, device = run.pipeline, run.settings, run.seed, run.device
         prompts = any(isinstance(item, str) for item, _, _ in parsed)
         runs = {name: 1 for name in pipeline.stage_names} | {"prior": int(prompts)}
-        with Progress(quiet, pipeline.stages(s), runs) as progress, sampling_errors():
+        with Progress(run.quiet, pipeline.stages(s), runs) as progress, sampling_errors():
             images = pipeline.mix([(item, w) for item, w, _ in parsed], s, num_images=num, seed=seed,
                                   generator=per_image_generators(seed, num, device), on_step=progress).float().cpu()
         label = " + ".join(f"{name if isinstance(item, str) else Path(name).stem}:{w:g}" for item, w, name in parsed)
         recorded = [f"{name}:{w:g}" for _, w, name in parsed]  # pictures by file name
-        base = {**run_metadata(s, resolved, opts["precision"], device, prior=prompts), "mix": recorded, "base_seed": seed}
+        base = {**run_metadata(s, run.resolved, opts["precision"], device, prior=prompts), "mix": recorded, "base_seed": seed}
         for i, img in enumerate(images):
             info = {**base, "seed": seed + i, "index": i, "size": [img.shape[-1], img.shape[-2]]}
-            click.echo(str(save_png(img, outdir, f"{slugify(label)}-{seed}-{i}", png_text(label, info))))
+            click.echo(str(save_png(img, run.outdir, f"{slugify(label)}-{seed}-{i}", png_text(label, info))))
 
 
 @click.command("upscale")
@@ -144,15 +117,8 @@ def mix(items: tuple[str, ...], num: int, outdir: Path, **opts) -> None:
 def upscale(images: tuple[Path, ...], prompt: str | None, outdir: Path, **opts) -> None:
     """Run only the super-resolution stages of a model on IMAGES (one output per image, `{stem}-up-{seed}.png`)."""
     pictures = [load_image(path, option="IMAGES") for path in images]
-    device = pick_device(opts["device"])
-    dtype = pick_dtype(opts["precision"], device)
-    outdir = check_outdir(outdir)
-    seed = first_seed(opts["seed"], len(pictures))
-    quiet = opts["quiet"]
-    with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"], pictures=PICTURES)
-        s = resolve_settings(pipeline, opts)
-        info_line(quiet, seed, resolved, device, opts["precision"])
+    with opening(opts, outdir=outdir, images=len(pictures)) as run:
+        pipeline, s, seed, device, dtype, quiet = run.pipeline, run.settings, run.seed, run.device, run.dtype, run.quiet
         size = pipeline.image_size
         for path in images:
             w, h = file_size(path)  # as the file has it (pictures are read at most MAX_SIDE wide)
@@ -160,10 +126,10 @@ def upscale(images: tuple[Path, ...], prompt: str | None, outdir: Path, **opts) 
                 note(f"{path.name!r} is {w}x{h}, larger than the model's {size}x{size} output: upscale makes it smaller")
         stages = [(name, steps) for name, steps in pipeline.stages(s) if name in pipeline.stage_names[1:]]
         # only the super-resolution stages run: the image records their settings, and no prior's
-        base = run_metadata(s, resolved, opts["precision"], device, prior=False, first_stage=1)
+        base = run_metadata(s, run.resolved, opts["precision"], device, prior=False, first_stage=1)
         with Progress(quiet, stages, {name: len(pictures) for name, _ in stages}) as progress, sampling_errors():
             for i, (path, picture) in enumerate(zip(images, pictures)):
                 out = pipeline.upscale(picture.to(device=device, dtype=dtype), s, prompts=[prompt] if prompt else None,
                                        generator=per_image_generators(seed + i, 1, device), on_step=progress)[0].float().cpu()
                 info = {**base, "seed": seed + i, "source": path.name, "size": [out.shape[-1], out.shape[-2]]}
-                click.echo(str(save_png(out, outdir, f"{path.stem}-up-{seed + i}", png_text(prompt or "", info))))
+                click.echo(str(save_png(out, run.outdir, f"{path.stem}-up-{seed + i}", png_text(prompt or "", info))))

@@ -1,7 +1,7 @@
 """`dream eval shapes`: prompt adherence of a model on the shapes world (parses options, calls dalle2_core).
 
 Canonical prompts of the seen and the held-out split are generated from text (prior, then decoder)
-and read back with the shapes-world evaluator (spec/shapes-world.md). Printed: per-attribute
+and read back with the shapes-world evaluator (`dalle2_core.shapes`). Printed: per-attribute
 accuracy and the all-five adherence rate per split; `--json` prints the same as one JSON object.
 """
 
@@ -15,18 +15,7 @@ import click
 
 from dream_cli.errors import DreamError
 from dream_cli.output import SETTINGS_CHUNK, save_png, slugify
-from dream_cli.sampling import (
-    Progress,
-    check_outdir,
-    load,
-    per_image_generators,
-    pick_device,
-    pick_dtype,
-    resolve_settings,
-    sampling_errors,
-    sampling_options,
-    surface_warnings,
-)
+from dream_cli.sampling import Progress, opening, per_image_generators, sampling_errors, sampling_options
 
 
 @click.group("eval")
@@ -63,15 +52,11 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
     from dalle2_core.shapes import eval_prompts, score
     from dalle2_core.shapes.world import SPLITS
 
-    device = pick_device(opts["device"])
-    dtype = pick_dtype(opts["precision"], device)
-    outdir = check_outdir(save_images, option="--save-images") if save_images is not None else None
-    quiet = opts["quiet"]
-    with surface_warnings(everything=opts["debug"]):
-        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"])
+    opts = {**opts, "seed": seed}
+    with opening(opts, outdir=save_images, outdir_option="--save-images", images=0) as run:
+        pipeline, resolved, s, device, quiet, outdir = run.pipeline, run.resolved, run.settings, run.device, run.quiet, run.outdir
         if not pipeline.has_prior or pipeline.unconditional:
             raise DreamError(f"model {resolved.spec!r} cannot generate from text (it needs a prior and a conditioned decoder)")
-        s = resolve_settings(pipeline, opts)
         prompts, compositions = [], []
         for split in SPLITS:
             p, c = eval_prompts(split, num, seed=seed)

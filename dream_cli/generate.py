@@ -20,6 +20,7 @@ from dream_cli.sampling import (
     Progress,
     check_outdir,
     first_seed,
+    info_line,
     load,
     per_image_generators,
     pick_device,
@@ -77,11 +78,6 @@ def _command_line(prompt: str, resolved, s, seed: int, extra: list[str], prior: 
         # a prompt that looks like an option needs the `--` separator; any other is a plain argument
         args += ["--", prompt] if prompt.startswith("-") else [prompt]
     return shlex.join(args)
-
-
-def info_line(quiet: bool, seed: int, resolved, device, precision: str) -> None:
-    if not quiet:
-        click.echo(f"seed {seed}  model {resolved.spec}  device {device}  {precision}", err=True)
 
 
 def note(message: str) -> None:

@@ -7,8 +7,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
@@ -300,3 +301,39 @@ def surface_warnings(everything: bool = False, negative_prompts=()):
                 if (from_library or everything) and message not in shown:
                     shown.add(message)
                     click.echo(f"Warning: {message}", err=True)
+
+
+class Run(NamedTuple):
+    """What a sampling command's opening gives it: the loaded pipeline and the settings it resolved."""
+
+    pipeline: object  # dalle2_core.pipeline.Pipeline
+    resolved: object  # dalle2_core.hub.ResolvedModel
+    settings: object  # dalle2_core.checkpoint.SamplingSettings
+    device: object  # torch.device
+    dtype: object  # torch.dtype
+    outdir: Path | None
+    seed: int
+    quiet: bool
+
+
+@contextlib.contextmanager
+def opening(opts: dict, *, outdir: Path | None = None, outdir_option: str = "--outdir", images: int = 1,
+            pictures: bool = False) -> Iterator[Run]:
+    """The opening every sampling command shares: device and precision checked, the output folder checked, the seed
+    of `images` images, warnings surfaced, the model loaded (with its vision tower when the run embeds `pictures`),
+    the settings resolved, and the one info line. The body runs inside the warnings' scope."""
+    device = pick_device(opts["device"])
+    dtype = pick_dtype(opts["precision"], device)
+    outdir = check_outdir(outdir, option=outdir_option) if outdir is not None else None
+    seed = first_seed(opts["seed"], images)
+    quiet = opts["quiet"]
+    with surface_warnings(everything=opts["debug"]):
+        pipeline, resolved = load(opts["model_spec"], device, dtype, quiet, opts["offload"], pictures=pictures)
+        settings = resolve_settings(pipeline, opts)
+        info_line(quiet, seed, resolved, device, opts["precision"])
+        yield Run(pipeline, resolved, settings, device, dtype, outdir, seed, quiet)
+
+
+def info_line(quiet: bool, seed: int, resolved, device, precision: str) -> None:
+    if not quiet:
+        click.echo(f"seed {seed}  model {resolved.spec}  device {device}  {precision}", err=True)
