@@ -93,7 +93,7 @@ def test_karlo_is_the_default_and_runs_from_the_hub_cache(env, tmp_path):
         tokens = clip.tokenize(PROMPTS)
     assert torch.equal(tokens, REFERENCE["input_ids"]) and torch.equal(clip.text_mask(tokens).long(), REFERENCE["attention_mask"])
     with torch.no_grad():
-        embed, states, _ = clip.embed_text(tokens)
+        embed, states, _, _ = clip.embed_text(tokens)
     torch.testing.assert_close(embed, REFERENCE["text_embeds"], rtol=0, atol=1e-6)
     torch.testing.assert_close(states, REFERENCE["last_hidden_state"], rtol=0, atol=1e-6)
     stamp = (converted / "model_index.json").stat().st_mtime_ns

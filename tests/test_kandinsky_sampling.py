@@ -71,8 +71,7 @@ def test_decoder_chain_matches_kandinsky_v22_pipeline(decoder):
 
 def text_conditioning(prompts):
     clip = kf.text_tower()
-    text = clip.embed_text(clip.tokenize(prompts))
-    return text.text_embed, text.text_encodings, text.text_mask
+    return clip.embed_text(clip.tokenize(prompts))
 
 
 @torch.no_grad()
@@ -86,7 +85,7 @@ def test_prior_chain_matches_kandinsky_v22_prior_pipeline(run, negative):
     draws = noises(run)
     assert len(draws) == 25  # the initial sample, then a noise per step but the last (UnCLIPScheduler draws none at t = 0)
     noise = RecordedNoise([*draws, torch.zeros_like(draws[0])])  # our ddpm draws one at t = 0 and multiplies it by 0
-    embeds = kf.prior().sample_embeds(*cond, cond_scale=4.0, steps=25, generator=noise, uncond=uncond)[:, 0]
+    embeds = kf.prior().sample_embeds(cond.text_embed, cond.text_encodings, cond.text_mask, cond_scale=4.0, steps=25, generator=noise, uncond=uncond)[:, 0]
     assert noise.remaining == 0
     assert (embeds[:2] - R[f"{run}.image_embeds"]).abs().max() < 1e-5
     if negative:
