@@ -73,7 +73,7 @@ def run_phases(source: Path, out: Path, steps: tuple[int, int], prior_steps: int
     """convert -> load -> one image, in this process; VmHWM and seconds after each."""
     import torch
 
-    from dalle2_core.convert.diffusers_unclip import convert_unclip
+    from dalle2_core.families.karlo.convert import convert_unclip
     from dalle2_core.pipeline import load_pipeline
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -43,7 +43,7 @@ MiB = 2**20
 def _networks(net: str, tiny: bool):
     """(module, inputs(batch, device, dtype) -> (args, kwargs), batch of one image's step)."""
     from dalle2_core.adm import AdmUnet, AdmUnetConfig, TextProj
-    from dalle2_core.adm.cascade import karlo_decoder_unet, karlo_super_res_unet
+    from dalle2_core.families.karlo.cascade import karlo_decoder_unet, karlo_super_res_unet
     from dalle2_core.prior.prior_transformer import PriorTransformer, PriorTransformerConfig
 
     if net == "prior":
@@ -147,12 +147,13 @@ def step_worker(args) -> dict:
 
 def image_worker(args) -> dict:
     """One whole 256 px image, prior -> decoder -> super-resolution, 2 steps each: its peak memory."""
-    from dalle2_core.adm import KarloCascade
+    from dalle2_core.families.karlo.cascade import KarloCascade
+    from dalle2_core.families.karlo.defaults import karlo_prior_diffusion
     from dalle2_core.prior.standardized_prior import StandardizedPrior
 
     dtype = DTYPES[args.dtype]
     base0 = _reset_peak(args.device)
-    prior = StandardizedPrior().to(args.device, dtype).eval()
+    prior = StandardizedPrior(diffusion=karlo_prior_diffusion()).to(args.device, dtype).eval()
     cascade = KarloCascade().to(args.device, dtype).eval()
     weights = sum(p.numel() * p.element_size() for m in (prior, cascade) for p in m.parameters())
     g = torch.Generator().manual_seed(0)
@@ -174,18 +175,19 @@ def _pipeline(tiny: bool, dtype: torch.dtype, work: Path):
     """A KarloPipeline on the CPU: random full-size networks from the real configs (CLIP ViT-L/14's text tower
     included), or with `tiny` the tests' tiny Karlo (saved by diffusers, tests/fixtures/hub) converted into `work`."""
     if tiny:
-        from dalle2_core.convert.diffusers_unclip import convert_unclip
+        from dalle2_core.families.karlo.convert import convert_unclip
         from dalle2_core.pipeline import load_pipeline
 
         convert_unclip(HERE.parent / "tests" / "fixtures" / "hub" / "kakaobrain--karlo-v1-alpha", work / "model")
         return load_pipeline(work / "model", dtype=dtype)
-    from dalle2_core.adm import KarloCascade
     from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
-    from dalle2_core.pipeline.karlo import KarloPipeline
+    from dalle2_core.families.karlo.cascade import KarloCascade
+    from dalle2_core.families.karlo.defaults import karlo_prior_diffusion
+    from dalle2_core.families.karlo.pipeline import KarloPipeline
     from dalle2_core.prior.standardized_prior import StandardizedPrior
 
     clip = HFClipAdapter(text=True, vision=False, normalize=False, zero_padding=False)
-    return KarloPipeline(clip=clip, prior=StandardizedPrior(), decoder=KarloCascade()).to(dtype).eval()
+    return KarloPipeline(clip=clip, prior=StandardizedPrior(diffusion=karlo_prior_diffusion()), decoder=KarloCascade()).to(dtype).eval()
 
 
 def offload_worker(args) -> dict:

@@ -139,7 +139,7 @@ def save_model(
 ) -> Path:
     """Write a model folder; components not given are kept from an existing folder.
 
-    `family` names the pipeline that samples the folder (`dalle2_core.pipeline.PIPELINES`); None keeps
+    `family` names the family whose pipeline samples the folder (`dalle2_core.families`); None keeps
     the folder's own, else the default family.
 
     Without `clip=`, the CLIP inside the prior/decoder is written only if the folder has no CLIP

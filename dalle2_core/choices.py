@@ -8,9 +8,17 @@ SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # the samplers RePaint inpainting runs with; the first is the fallback
 PRECISIONS = ("fp32", "fp16", "bf16")
 BUNDLED = ("shapes",)  # shipped inside the package
-PRESETS = ("karlo", "laion")  # downloaded and converted once into the dream cache
+# the registry of model families: one line each, family -> its presets (names downloaded and converted once into the
+# dream cache); the family's code is the folder dalle2_core/families/<family>/ (see dalle2_core.families)
+FAMILIES = {
+    "unclip": ("laion",),
+    "karlo": ("karlo",),
+}
+PRESETS = tuple(preset for presets in FAMILIES.values() for preset in presets)
 DEFAULT_MODEL = "karlo"
 SHAPES_SPLITS = ("seen", "held")
 SHAPES_FORMATS = ("txt", "jsonl")
 
-__all__ = ["BUNDLED", "DEFAULT_MODEL", "INPAINT_SAMPLERS", "PRECISIONS", "PRESETS", "SAMPLER_NAMES", "SHAPES_FORMATS", "SHAPES_SPLITS"]
+__all__ = [
+    "BUNDLED", "DEFAULT_MODEL", "FAMILIES", "INPAINT_SAMPLERS", "PRECISIONS", "PRESETS", "SAMPLER_NAMES", "SHAPES_FORMATS", "SHAPES_SPLITS",
+]

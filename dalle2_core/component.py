@@ -23,14 +23,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dalle2_core.atomic import atomic_path, fsync_dir, temp_dir_beside
+from dalle2_core.convert.materialize import state_mismatch
 from dalle2_core.helpers import exists
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
-# class name -> module that defines it; imported only when a checkpoint names the class, so loading
-# a checkpoint never imports more than it needs and never instantiates an arbitrary class
-_CLASSES = {
+# class name -> modules that define it (the shared layers'; each family adds its own, `families.component_classes`);
+# imported only when a checkpoint names the class, so loading a checkpoint never imports more than it needs and never
+# instantiates an arbitrary class
+_SHARED_CLASSES = {
     "CLIP": ("dalle2_core.clip",),
     "XClipAdapter": ("dalle2_core.clip",),
     "OpenClipAdapter": ("dalle2_core.clip",),
@@ -44,10 +46,16 @@ _CLASSES = {
     "PriorTransformer": ("dalle2_core.prior",),
     "StandardizedPrior": ("dalle2_core.prior",),
     "TextProj": ("dalle2_core.adm",),
-    "KarloCascade": ("dalle2_core.adm",),
     "AdmUnet": ("dalle2_core.adm",),
     "KandinskyDecoder": ("dalle2_core.families.kandinsky",),
 }
+
+
+def _classes() -> dict[str, tuple[str, ...]]:
+    """Every registered component class: the shared layers' and every family's."""
+    from dalle2_core.families import component_classes
+
+    return {**_SHARED_CLASSES, **{name: (module,) for name, module in component_classes().items()}}
 # the top-level keys of a component's config.json
 ENTRY_KEYS = ("class", "config")
 
@@ -82,40 +90,14 @@ def _read_json(path: Path, what: str) -> dict:
         raise ModelLoadError(str(err)) from None
 
 
-def few(keys, n: int = 3) -> str:
-    """The first `n` of `keys` (sorted), and how many more there are: for one-line messages."""
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> str | None:
-    """What keeps `state` (from `source`, e.g. "weights") from loading into a module whose state is `expected`:
-    missing and unexpected keys and shape mismatches, in one line; None when it fits."""
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {few(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatch ({source} vs config) {few(wrong)}")
-    return "; ".join(problems) or None
-
-
 # --- class registry ---------------------------------------------------------------------------------
 
 
 def _class_for(name: str) -> type[nn.Module]:
-    if name not in _CLASSES:
-        raise ModelLoadError(f"unknown component class {name!r}; accepted: {', '.join(sorted(_CLASSES))}")
-    for module_name in _CLASSES[name]:
+    classes = _classes()
+    if name not in classes:
+        raise ModelLoadError(f"unknown component class {name!r}; accepted: {', '.join(sorted(classes))}")
+    for module_name in classes[name]:
         cls = getattr(importlib.import_module(module_name), name, None)
         if cls is not None:
             return cls
@@ -147,8 +129,9 @@ def _describe(component) -> tuple[str, dict]:
             raise TypeError(f"an OpenClipConfig stands for a CLIP only with a pretrained tag, got {component.pretrained!r}")
         return "OpenClipAdapter", component.to_dict()
     name = type(component).__name__
-    if name not in _CLASSES:
-        raise TypeError(f"cannot checkpoint a {name}; accepted classes: {', '.join(sorted(_CLASSES))}")
+    classes = _classes()
+    if name not in classes:
+        raise TypeError(f"cannot checkpoint a {name}; accepted classes: {', '.join(sorted(classes))}")
     config = component.config.to_dict()
     if isinstance(component, clip_lib.OpenClipAdapter) and not _is_external(component):
         config["pretrained"] = None  # a local weights file is stored as weights, not as a path of this machine

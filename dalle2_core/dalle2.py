@@ -12,9 +12,9 @@ import torch
 
 from dalle2_core.checkpoint import SamplingSettings
 from dalle2_core.decoder.decoder import Decoder
+from dalle2_core.families.unclip.pipeline import UnclipPipeline
 from dalle2_core.helpers import eval_mode
 from dalle2_core.interpolation import mix_embeddings, slerp
-from dalle2_core.pipeline.unclip import UnclipPipeline
 from dalle2_core.prior.prior import DiffusionPrior
 
 

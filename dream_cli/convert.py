@@ -58,7 +58,7 @@ def laion(prior: Path, prior_config: Path, decoder: Path, upsampler: Path | None
     The .pth files are read without running code from them. The CLIP is OpenAI ViT-L/14 through
     open_clip, fetched into its cache the first time the model is used.
     """
-    from dalle2_core.convert import convert_laion
+    from dalle2_core.families.unclip.laion import convert_laion
 
     if (upsampler is None) != (upsampler_config is None):
         raise click.UsageError("--upsampler and --upsampler-config go together")
@@ -85,7 +85,7 @@ def diffusers(src: Path, out: Path, image_variations: Path | None, precision: st
     """
     import torch
 
-    from dalle2_core.convert.diffusers_unclip import convert_unclip
+    from dalle2_core.families.karlo.convert import convert_unclip
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     with _new_folder(out) as tmp:

@@ -59,35 +59,40 @@ class InputFile(click.Path):
         return check_regular_file(path, hint or "file")
 
 
-def as_rgb(img: Image.Image, path: Path, option: str) -> Image.Image:
+def as_rgb(img: Image.Image, name: str, option: str) -> Image.Image:
     """`img` as 8-bit RGB (`dalle2_core.data.pictures.to_rgb`); a mode with no defined colours is a usage error."""
     from dalle2_core.data.pictures import UnreadablePicture, to_rgb
 
     try:
         return to_rgb(img)
     except UnreadablePicture as err:
-        raise click.BadParameter(f"{str(path)!r} {err}", param_hint=option) from None
+        raise click.BadParameter(f"{name!r} {err}", param_hint=option) from None
 
 
 def load_image(path: Path, option: str = "--image") -> torch.Tensor:
     """An image file as a (1, 3, h, w) float tensor in [0, 1], read within bounded memory."""
+    return decode_image(check_regular_file(path, option), str(path), option)
+
+
+def decode_image(source, name: str, option: str) -> torch.Tensor:
+    """An image from `source` (a path or a binary file object; messages call it `name`) as (1, 3, h, w) in [0, 1]:
+    its size checked before decoding, JPEGs reduced while decoding, at most `MAX_SIDE` wide."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
-    path = check_regular_file(path, option)
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, before decoding
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             w, h = img.size
             if img.format == "JPEG":
                 img.draft(img.mode, (MAX_SIDE, MAX_SIDE))  # decode at 1/2, 1/4 or 1/8 scale when that is enough
             elif w * h > MAX_IMAGE_PIXELS:
-                raise click.BadParameter(f"{str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} MP); images up to "
+                raise click.BadParameter(f"{name!r} is {w}x{h} ({w * h / 1e6:.0f} MP); images up to "
                                          f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP are accepted (or JPEGs of any size)", param_hint=option)
             img.load()
-            rgb = as_rgb(img, path, option)
+            rgb = as_rgb(img, name, option)
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise click.BadParameter(f"{str(path)!r} is not a readable image ({one_line(err)})", param_hint=option) from None
+        raise click.BadParameter(f"{name!r} is not a readable image ({one_line(err)})", param_hint=option) from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if max(rgb.size) > MAX_SIDE:
@@ -107,15 +112,23 @@ def file_size(path: Path) -> tuple[int, int]:
 def load_mask(path: Path, like: torch.Tensor, option: str = "--mask") -> tuple[torch.Tensor, str | None]:
     """A mask image as (1, h, w) bool, True = regenerate (white or transparent), at the size of the image `like`
     (1, c, h, w); and a note when it had to be resized to that size."""
+    return mask_of(load_image(path, option=option), like, path.name)
+
+
+def mask_of(picture: torch.Tensor, like: torch.Tensor, name: str) -> tuple[torch.Tensor, str | None]:
+    """A decoded mask picture (1, 3, h, w) as (1, h, w) bool, True = regenerate, at `like`'s size (and the note)."""
     import torch
 
-    gray = load_image(path, option=option).mean(dim=1)  # (1, h, w)
+    gray = picture.mean(dim=1)  # (1, h, w)
     note = None
     if gray.shape[-2:] != like.shape[-2:]:
         (h, w), (th, tw) = gray.shape[-2:], like.shape[-2:]
-        note = f"the mask {path.name!r} is {w}x{h} and the image {tw}x{th}: the mask was stretched to the image's size"
+        note = f"the mask {name!r} is {w}x{h} and the image {tw}x{th}: the mask was stretched to the image's size"
         gray = torch.nn.functional.interpolate(gray[None], size=like.shape[-2:], mode="nearest")[0]
     return gray > 0.5, note
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "MAX_SIDE", "InputFile", "as_rgb", "check_regular_file", "file_size", "load_image", "load_mask"]
+__all__ = [
+    "MAX_IMAGE_PIXELS", "MAX_SIDE", "InputFile", "as_rgb", "check_regular_file", "decode_image", "file_size", "load_image", "load_mask",
+    "mask_of",
+]

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hub"
+KARLO_FIXTURE = FIXTURES / "kakaobrain--karlo-v1-alpha"  # the tiny Karlo UnCLIPPipeline diffusers 0.42 saved
+
+
+def karlo_pipeline_folder(dest: Path) -> Path:
+    """A copy of the diffusers-saved tiny Karlo pipeline folder at `dest` (tests edit or interrupt their copy)."""
+    return Path(shutil.copytree(KARLO_FIXTURE, dest))
+
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".onnx")
 

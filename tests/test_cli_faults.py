@@ -14,7 +14,7 @@ import pytest
 from cli_helpers import dream
 from PIL import Image
 
-from dalle2_core.pipeline import UnclipPipeline
+from dalle2_core.families.unclip.pipeline import UnclipPipeline
 from dream_cli.output import SETTINGS_CHUNK
 from dream_cli.pictures import MAX_IMAGE_PIXELS, MAX_SIDE, load_image
 

@@ -158,7 +158,7 @@ def laion_model(tmp_path_factory):
     from pathlib import Path
 
     from dalle2_core.clip import CLIP
-    from dalle2_core.convert import convert_laion
+    from dalle2_core.families.unclip.laion import convert_laion
 
     fixtures = Path(__file__).parent / "fixtures" / "laion"
     files = {n: fixtures / f"{n}.{'json' if n.endswith('config') else 'pth'}"

@@ -13,7 +13,7 @@ from checkpoint_tiny import copy_model, save_tiny_model
 from cli_helpers import dream
 from PIL import Image
 
-from dalle2_core.pipeline import UnclipPipeline
+from dalle2_core.families.unclip.pipeline import UnclipPipeline
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
 
 

@@ -314,7 +314,7 @@ def test_interpolate_frames_record_their_t_and_are_bounded(model_dir, tmp_path):
 
 
 def test_interpolate_writes_each_frame_as_it_is_made(model_dir, tmp_path, monkeypatch):
-    from dalle2_core.pipeline import UnclipPipeline
+    from dalle2_core.families.unclip.pipeline import UnclipPipeline
 
     written = []
     original = UnclipPipeline.decode

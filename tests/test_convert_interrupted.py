@@ -10,7 +10,7 @@ import time
 
 import pytest
 from cli_helpers import dream
-from karlo_tiny import tiny_unclip_folder
+from hf_cache import karlo_pipeline_folder
 
 from dalle2_core.atomic import building_folder, remove_temporaries
 
@@ -32,7 +32,7 @@ main(sys.argv[1:])
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    return tiny_unclip_folder(tmp_path_factory.mktemp("karlo") / "src")
+    return karlo_pipeline_folder(tmp_path_factory.mktemp("karlo") / "src")
 
 
 def _start_slow(args, env=None):

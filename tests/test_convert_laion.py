@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 
 from dalle2_core.checkpoint import SamplingSettings, load_model
 from dalle2_core.clip import CLIP
-from dalle2_core.convert import convert_laion
-from dalle2_core.convert.laion import prior_weights
-from dalle2_core.convert.laion_config import (
+from dalle2_core.decoder import Unet
+from dalle2_core.diffusion import classifier_free_guidance, static_clamp
+from dalle2_core.families.unclip.laion import convert_laion, prior_weights
+from dalle2_core.families.unclip.laion_config import (
     Notes,
     decoder_options,
     decoder_section,
@@ -26,9 +27,7 @@ from dalle2_core.convert.laion_config import (
     stage_options,
     unet_config,
 )
-from dalle2_core.convert.laion_keys import SCHEDULE_BUFFERS, check_state, split_prefix, unet_state
-from dalle2_core.decoder import Unet
-from dalle2_core.diffusion import classifier_free_guidance, static_clamp
+from dalle2_core.families.unclip.laion_keys import SCHEDULE_BUFFERS, check_state, split_prefix, unet_state
 from dalle2_core.helpers import normalize_neg_one_to_one
 from dalle2_core.prior import DiffusionPriorNetwork
 from dream_cli.cli import cli

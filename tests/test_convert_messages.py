@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 from cli_helpers import dream
-from karlo_tiny import tiny_unclip_folder
+from hf_cache import karlo_pipeline_folder
 
 from dalle2_core.clip.open_clip_adapter import OpenClipAdapter
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    return tiny_unclip_folder(tmp_path_factory.mktemp("karlo") / "src")
+    return karlo_pipeline_folder(tmp_path_factory.mktemp("karlo") / "src")
 
 
 def _edited(source, tmp_path, component, **changes):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from cli_helpers import dream
 
-from dalle2_core.convert import UnsafeCheckpointError, convert_laion, load_checkpoint
-from dalle2_core.convert.laion_keys import rename_layernorm_gamma, unet_key
+from dalle2_core.convert import UnsafeCheckpointError, load_checkpoint
 from dalle2_core.convert.safe_load import PickledRecord, version_string
+from dalle2_core.families.unclip.laion import convert_laion
+from dalle2_core.families.unclip.laion_keys import rename_layernorm_gamma, unet_key
 from dalle2_core.hub import ModelNotFoundError, resolve_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "laion"
@@ -162,7 +163,7 @@ def fixture_pins(presets) -> dict:
 def test_model_laion_downloads_once_converts_once_and_reuses(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from dalle2_core import presets
+    from dalle2_core.families.unclip import preset as presets
 
     calls = []
     by_file = {pin.filename: FILES[key] for key, pin in presets.LAION_FILES.items()}
@@ -187,7 +188,7 @@ def test_model_laion_downloads_once_converts_once_and_reuses(tmp_path, monkeypat
 def test_model_laion_refuses_a_file_whose_sha256_is_not_the_pinned_one(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from dalle2_core import presets
+    from dalle2_core.families.unclip import preset as presets
 
     by_file = {pin.filename: FILES[key] for key, pin in presets.LAION_FILES.items()}
     monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "cache"))
@@ -212,7 +213,7 @@ def test_model_laion_offline_without_the_files_is_a_clear_error(tmp_path, monkey
 
 
 def test_decoder_options_follow_1_1_0_casts_and_refuse_what_cannot_be_reproduced():
-    from dalle2_core.convert.laion_config import Notes, decoder_options, stage_options, unet_config
+    from dalle2_core.families.unclip.laion_config import Notes, decoder_options, stage_options, unet_config
 
     unet = dict(dim=8, cond_dim=8, image_embed_dim=16, dim_mults=[1, 2], attend_at_middle=False, self_attn=[0, 1])
     opts = decoder_options({"unets": [unet, unet], "learned_variance": True, "beta_schedule": None}, "cfg")

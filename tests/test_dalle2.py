@@ -7,8 +7,9 @@ import torch
 
 from dalle2_core import CLIP, DALLE2, Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet, VQGanVAE
 from dalle2_core.dalle2 import slerp
+from dalle2_core.families.unclip.pipeline import UnclipPipeline
 from dalle2_core.helpers import l2norm
-from dalle2_core.pipeline import NonFiniteOutputError, UnclipPipeline
+from dalle2_core.pipeline import NonFiniteOutputError
 
 LATENT = 16
 

@@ -9,7 +9,7 @@ from cli_helpers import dream
 from PIL import Image
 
 from dalle2_core.checkpoint import load_model, save_model
-from dalle2_core.pipeline import UnclipPipeline
+from dalle2_core.families.unclip.pipeline import UnclipPipeline
 from dalle2_core.shapes import ATTRIBUTES, eval_prompts, parse_caption, read_attributes, render
 from dream_cli.output import SETTINGS_CHUNK
 

@@ -11,16 +11,9 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 
-from dalle2_core import hub
-from dalle2_core.hub import (
-    KARLO_REPO,
-    KARLO_REVISION,
-    ModelNotFoundError,
-    download_unclip,
-    hub_pipeline_class,
-    unclip_file_patterns,
-    unclip_pipeline_class,
-)
+from dalle2_core.convert.diffusers_folder import pipeline_class
+from dalle2_core.families.karlo.preset import KARLO_REPO, KARLO_REVISION, UNCLIP_PIPELINES
+from dalle2_core.hub_files import ModelNotFoundError, download_pipeline, hub_pipeline_class, pipeline_file_patterns
 
 COMMIT_A, COMMIT_B = KARLO_REVISION, "b" * 40  # Karlo's pinned commit, and a newer one main points to
 # a Karlo-like repo listing: what the Hub holds (pickles and fp16 variants included)
@@ -79,22 +72,22 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_patterns_keep_configs_tokenizer_and_safetensors_never_pickles():
-    allow, ignore = unclip_file_patterns()
+    allow, ignore = pipeline_file_patterns()
     assert set(filter_repo_objects(LISTING, allow_patterns=allow, ignore_patterns=ignore)) == NEEDED
-    allow, ignore = unclip_file_patterns("fp16")
+    allow, ignore = pipeline_file_patterns("fp16")
     kept = set(filter_repo_objects(LISTING, allow_patterns=allow, ignore_patterns=ignore))
     assert {p for p in kept if p.endswith(".safetensors")} == {"prior/diffusion_pytorch_model.fp16.safetensors"}
     assert not any(p.endswith((".bin", ".msgpack")) for p in kept) and "tokenizer/merges.txt" in kept
 
 
 def test_download_reads_the_cache_at_the_pinned_commit_or_the_default_branch(cache, monkeypatch):
-    resolved = download_unclip(cache_dir=cache)  # Karlo's pin, whatever main points to
+    resolved = download_pipeline(KARLO_REPO, pin=KARLO_REVISION, expect=UNCLIP_PIPELINES, cache_dir=cache)  # the pin, whatever main says
     assert resolved.path == cache / "models--kakaobrain--karlo-v1-alpha" / "snapshots" / COMMIT_A
     assert (resolved.spec, resolved.source, resolved.revision) == (f"{KARLO_REPO}@{COMMIT_A}", "hub", COMMIT_A)
-    assert resolved.sources == (f"{KARLO_REPO}@{COMMIT_A}",) and unclip_pipeline_class(resolved.path) == "UnCLIPPipeline"
-    assert download_unclip(KARLO_REPO, COMMIT_B, cache_dir=cache).revision == COMMIT_B  # an explicit revision wins
-    monkeypatch.delitem(hub.UNCLIP_REVISIONS, KARLO_REPO)  # a repo without a pin: the default branch, commit recorded
-    unpinned = download_unclip(KARLO_REPO, cache_dir=cache)
+    assert resolved.sources == (f"{KARLO_REPO}@{COMMIT_A}",) and pipeline_class(resolved.path) == "UnCLIPPipeline"
+    explicit = download_pipeline(KARLO_REPO, COMMIT_B, pin=KARLO_REVISION, expect=UNCLIP_PIPELINES, cache_dir=cache)
+    assert explicit.revision == COMMIT_B  # an explicit revision wins over the pin
+    unpinned = download_pipeline(KARLO_REPO, expect=UNCLIP_PIPELINES, cache_dir=cache)  # no pin: the default branch, commit recorded
     assert unpinned.revision == COMMIT_B and unpinned.spec == KARLO_REPO
 
 
@@ -104,21 +97,21 @@ def test_the_cached_tree_listing_would_demand_the_pickles_without_the_patterns(c
         snapshot_download(KARLO_REPO, revision=COMMIT_A, cache_dir=cache, local_files_only=True)
     shutil.rmtree(cache / "models--kakaobrain--karlo-v1-alpha" / "snapshots" / COMMIT_A / "tokenizer")
     with pytest.raises(ModelNotFoundError, match=r"^Hugging Face repo 'kakaobrain/karlo-v1-alpha' is not in the local Hugging Face cache"):
-        download_unclip(KARLO_REPO, COMMIT_A, cache_dir=cache)
+        download_pipeline(KARLO_REPO, COMMIT_A, cache_dir=cache, expect=UNCLIP_PIPELINES)
 
 
 def test_repos_that_are_not_unclip_pipelines_or_not_cached(cache):
     other = cached_repo(cache, "org/sd", COMMIT_A, NEEDED, class_name="StableDiffusionPipeline")
     (other / "refs" / "main").write_text(COMMIT_A)
     with pytest.raises(ModelNotFoundError, match=(
-        r"^Hugging Face repo 'org/sd' is not a diffusers UnCLIP pipeline: its model_index\.json names "
+        r"^Hugging Face repo 'org/sd' is not the diffusers pipeline expected: its model_index\.json names "
         r"'StableDiffusionPipeline'; expected UnCLIPPipeline or UnCLIPImageVariationPipeline$"
     )):
-        download_unclip("org/sd", cache_dir=cache)
+        download_pipeline("org/sd", cache_dir=cache, expect=UNCLIP_PIPELINES)
     assert hub_pipeline_class("org/sd", cache_dir=cache) == "StableDiffusionPipeline"
     assert hub_pipeline_class(KARLO_REPO, COMMIT_A, cache_dir=cache) == "UnCLIPPipeline"
-    assert unclip_pipeline_class(other / "snapshots" / COMMIT_A) is None
+    assert pipeline_class(other / "snapshots" / COMMIT_A) == "StableDiffusionPipeline"
     with pytest.raises(ModelNotFoundError, match=r"'org/missing' is not in the local Hugging Face cache"):
-        download_unclip("org/missing", cache_dir=cache)
+        download_pipeline("org/missing", cache_dir=cache, expect=UNCLIP_PIPELINES)
     with pytest.raises(ModelNotFoundError, match=r"^Hugging Face repo 'kakaobrain/karlo-v1-alpha' is not in the local Hugging Face cache"):
-        download_unclip(KARLO_REPO, "c" * 40, cache_dir=cache)  # a commit never downloaded
+        download_pipeline(KARLO_REPO, "c" * 40, cache_dir=cache, expect=UNCLIP_PIPELINES)  # a commit never downloaded

@@ -24,9 +24,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dalle2_core import hub, presets
+from dalle2_core import hub_files
 from dalle2_core.clip import PromptTruncatedWarning
-from dalle2_core.hub import KARLO_REPO, KARLO_REVISION, VISION_TOWER_REPO, VISION_TOWER_REVISION, ModelNotFoundError, resolve_model
+from dalle2_core.families.karlo.preset import KARLO_REPO, KARLO_REVISION, VISION_TOWER_REPO, VISION_TOWER_REVISION
+from dalle2_core.families.unclip import preset as presets
+from dalle2_core.hub import ModelNotFoundError, resolve_model
 from dalle2_core.pipeline import load_pipeline
 from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text
@@ -142,7 +144,7 @@ def test_a_pinned_commit_the_hub_no_longer_serves(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "dream"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("DREAM_MODEL", raising=False)
-    monkeypatch.setattr(hub, "_offline", lambda: False)  # as if the Hub answered
+    monkeypatch.setattr(hub_files, "offline", lambda: False)  # as if the Hub answered
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gone)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", gone)
     with pytest.raises(ModelNotFoundError, match=(
@@ -178,7 +180,7 @@ def sha256(path: Path) -> str:
 @pytest.fixture
 def laion_env(env, monkeypatch):
     from dalle2_core.clip import CLIP
-    from dalle2_core.convert import laion
+    from dalle2_core.families.unclip import laion
 
     cache_laion(env)
     torch.manual_seed(0)

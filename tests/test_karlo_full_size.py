@@ -12,8 +12,11 @@ import pytest
 import torch
 from fixtures.karlo.loader import FIXTURES
 
-from dalle2_core.adm import AdmUnet, KarloCascade, TextProj
+from dalle2_core.adm import AdmUnet, TextProj
 from dalle2_core.convert import diffusers_config as dc, diffusers_keys as dk
+from dalle2_core.families.karlo import config as kc
+from dalle2_core.families.karlo.cascade import KarloCascade
+from dalle2_core.families.karlo.defaults import karlo_prior_diffusion
 from dalle2_core.prior import StandardizedPrior
 
 CONFIGS = FIXTURES / "configs"
@@ -42,7 +45,7 @@ def test_parameter_counts_are_karlos():
 
 def test_full_size_prior_keys_and_shapes_equal_diffusers():
     with torch.device("meta"):
-        prior = StandardizedPrior(config=dc.standardized_prior_config(config("prior"), config("prior_scheduler")))
+        prior = StandardizedPrior(config=kc.karlo_prior_config(config("prior"), config("prior_scheduler")))
     mapped = dk.prior_state(meta_state("prior"), prior.state_dict())  # raises on any missing, extra or reshaped key
     assert len(mapped) == len(FULL["prior"]) == len(prior.state_dict()) == 338
     assert sum(p.numel() for p in prior.parameters()) + 2 * 768 == COUNTS["prior"]
@@ -68,13 +71,15 @@ def test_full_size_unet_keys_and_shapes_equal_diffusers(component):
 
 def test_full_size_cascade_is_the_default_karlo_cascade():
     names = ("text_proj", "decoder", "super_res_first", "super_res_last")
-    converted = dc.karlo_cascade_config(*(config(n) for n in names), config("decoder_scheduler"), config("super_res_scheduler"))
+    converted = kc.karlo_cascade_config(*(config(n) for n in names), config("decoder_scheduler"), config("super_res_scheduler"))
     with torch.device("meta"):
         cascade = KarloCascade(config=converted)
         assert KarloCascade.from_config(converted.to_dict()).config == converted
         # the module defaults are Karlo v1-alpha's
         assert KarloCascade().config == converted
-        assert StandardizedPrior().config == dc.standardized_prior_config(config("prior"), config("prior_scheduler"))
+        # the shared layer's default network is Karlo's widths; the family's converter gives the diffusion its numerics
+        prior = kc.karlo_prior_config(config("prior"), config("prior_scheduler"))
+        assert StandardizedPrior().config.net == prior.net and prior.diffusion == karlo_prior_diffusion()
     dk.cascade_state({n: meta_state(n) for n in names}, cascade.state_dict())
     assert cascade.image_size == 256 and cascade.config.decoder.sample_size == 64
     d = converted.decoder_diffusion

@@ -13,8 +13,9 @@ from fixtures.karlo import loader as kf
 from safetensors.torch import load_file, save_file
 
 from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
-from dalle2_core.convert.diffusers_unclip import KARLO_DEFAULTS, convert_unclip
-from dalle2_core.pipeline import KarloPipeline, load_pipeline
+from dalle2_core.families.karlo.convert import KARLO_DEFAULTS, convert_unclip
+from dalle2_core.families.karlo.pipeline import KarloPipeline
+from dalle2_core.pipeline import load_pipeline
 from dalle2_core.prior import rerank_by_similarity
 from dream_cli.cli import cli
 from dream_cli.output import SETTINGS_CHUNK, read_png_text

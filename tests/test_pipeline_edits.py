@@ -111,7 +111,7 @@ def test_sdedit_truncates_the_respaced_schedule_with_its_numerics_options():
     # Karlo's decoder schedule (float32 betas, unclipped minimum log-variance): SDEdit samples the first steps of the
     # very diffusion plain sampling respaces. A copy rebuilt from alpha_bar alone, as img2img once used, loses both
     # options: its log-variance at the cleanest step is the clipped one, and its betas come back in float64.
-    from dalle2_core.adm.cascade import karlo_decoder_diffusion
+    from dalle2_core.families.karlo.cascade import karlo_decoder_diffusion
 
     respaced = karlo_decoder_diffusion().to_diffusion().respace(25)
     first = truncated_diffusion(respaced, 0.4)

@@ -1,6 +1,6 @@
-"""The ADM / GLIDE U-Net family: Karlo's networks (U-Net, text/image projection, decoder cascade), Kandinsky 2.2's image conditioning."""
+"""The ADM / GLIDE U-Net (Dhariwal & Nichol 2021) that Karlo and Kandinsky 2.2 share: the U-Net, Karlo's text/image
+projection, Kandinsky 2.2's image conditioning. The families' cascades live in their folders."""
 
-from dalle2_core.adm.cascade import KarloCascade, KarloCascadeConfig
 from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnetConfig
 from dalle2_core.adm.image_conditioning import ImageConditioning
 from dalle2_core.adm.text_proj import TextProj, TextProjConfig
@@ -13,8 +13,6 @@ __all__ = [
     "AdmUnet",
     "AdmUnetConfig",
     "ImageConditioning",
-    "KarloCascade",
-    "KarloCascadeConfig",
     "TextProj",
     "TextProjConfig",
 ]

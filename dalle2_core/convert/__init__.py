@@ -1,6 +1,7 @@
-"""Importers for foreign checkpoints: LAION's DALLE2-pytorch 1.0-1.1 prior, decoder and upsampler."""
+"""Reading weights trained elsewhere: pickles without running them (`safe_load`), safetensors filled into modules
+built on meta (`materialize`), diffusers' and transformers' configs and key names (`diffusers_*`, `hf_clip_keys`).
+A family's own converter lives in its folder (`dalle2_core.families.<name>`)."""
 
-from dalle2_core.convert.laion import LaionConversion, convert_decoder, convert_laion, convert_prior
 from dalle2_core.convert.safe_load import UnsafeCheckpointError, load_checkpoint
 
-__all__ = ["LaionConversion", "UnsafeCheckpointError", "convert_decoder", "convert_laion", "convert_prior", "load_checkpoint"]
+__all__ = ["UnsafeCheckpointError", "load_checkpoint"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-from dalle2_core.adm.cascade import KarloCascadeConfig
 from dalle2_core.adm.config import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnetConfig
 from dalle2_core.adm.text_proj import TextProjConfig
 from dalle2_core.diffusion import DiffusionConfig
@@ -22,7 +21,6 @@ from dalle2_core.prior.standardized_prior import StandardizedPriorConfig
 ANY = object()  # an option carried over whatever its value
 METADATA = frozenset({"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"})
 # sampling steps of UnCLIPPipeline.__call__'s defaults, per scheduler
-PIPELINE_STEPS = {"prior": 25, "decoder": 25, "super_res": 7}
 
 PRIOR_OPTIONS = dict(
     num_attention_heads=(32, ANY), attention_head_dim=(64, ANY), num_layers=(20, ANY), embedding_dim=(768, ANY),
@@ -204,36 +202,17 @@ def unclip_scheduler_config(config: dict, *, sample_steps: int | None = None, wh
     )
 
 
-def standardized_prior_config(prior: dict, scheduler: dict) -> StandardizedPriorConfig:
-    """The prior component: `prior/config.json` and `prior_scheduler/scheduler_config.json`."""
-    diffusion = unclip_scheduler_config(scheduler, sample_steps=PIPELINE_STEPS["prior"], what="prior_scheduler (UnCLIPScheduler)")
+def standardized_prior_config(prior: dict, scheduler: dict, *, sample_steps: int | None = None) -> StandardizedPriorConfig:
+    """A `StandardizedPrior` from a PriorTransformer config and its UnCLIPScheduler config (Karlo's, Kandinsky's)."""
+    diffusion = unclip_scheduler_config(scheduler, sample_steps=sample_steps, what="prior scheduler (UnCLIPScheduler)")
     if diffusion.learned_variance:
-        raise ValueError("prior_scheduler (UnCLIPScheduler): variance_type='learned_range' needs a network with variance outputs")
+        raise ValueError("prior scheduler (UnCLIPScheduler): variance_type='learned_range' needs a network with variance outputs")
     return StandardizedPriorConfig(net=prior_transformer_config(prior), diffusion=diffusion)
 
 
-def karlo_cascade_config(
-    text_proj: dict, decoder: dict, super_res_first: dict, super_res_last: dict, decoder_scheduler: dict, super_res_scheduler: dict
-) -> KarloCascadeConfig:
-    """The decoder cascade from its six diffusers configs (the component folders of the same names)."""
-    return KarloCascadeConfig(
-        text_proj=text_proj_config(text_proj),
-        decoder=unet2d_condition_config(decoder),
-        super_res_first=unet2d_config(super_res_first, what="super_res_first (UNet2DModel)"),
-        super_res_last=unet2d_config(super_res_last, what="super_res_last (UNet2DModel)"),
-        decoder_diffusion=unclip_scheduler_config(
-            decoder_scheduler, sample_steps=PIPELINE_STEPS["decoder"], what="decoder_scheduler (UnCLIPScheduler)"
-        ),
-        super_res_diffusion=unclip_scheduler_config(
-            super_res_scheduler, sample_steps=PIPELINE_STEPS["super_res"], what="super_res_scheduler (UnCLIPScheduler)"
-        ),
-    )
-
-
 __all__ = [
-    "karlo_cascade_config",
-    "prior_transformer_config",
     "standardized_prior_config",
+    "prior_transformer_config",
     "text_proj_config",
     "unclip_scheduler_config",
     "unet2d_condition_config",

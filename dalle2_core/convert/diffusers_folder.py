@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dalle2_core.convert.materialize import SafetensorsWeights, WeightsError, _few
+from dalle2_core.convert.materialize import SafetensorsWeights, WeightsError, few
 from dalle2_core.helpers import exists
 
 PIPELINE_INDEX = "model_index.json"
@@ -62,7 +62,7 @@ def _shards(index: Path, what: str) -> list[Path]:
         raise DiffusersFolderError(f"{what}: shard index {index.name} names {bad[0]!r}; only .safetensors files beside it are read")
     missing = [f for f in files if not (index.parent / f).is_file()]
     if missing:
-        raise DiffusersFolderError(f"{what}: shard(s) {_few(missing)} listed in {index.name} are missing")
+        raise DiffusersFolderError(f"{what}: shard(s) {few(missing)} listed in {index.name} are missing")
     return [index.parent / f for f in files]
 
 
@@ -84,12 +84,12 @@ def _locate(directory: Path, variant: str | None, what: str) -> tuple[list[Path]
     expected = " or ".join(_variant_names(stem, variant)[0] for stem in WEIGHT_NAMES)
     if pickles and not any(n.endswith(".safetensors") for n in present):
         raise PickleWeightsRefused(
-            f"{what} has only pickled weights ({_few(pickles)}); pickles are never opened (they can run code): "
+            f"{what} has only pickled weights ({few(pickles)}); pickles are never opened (they can run code): "
             f"it needs {expected}"
         )
     wanted = f"{variant} variant " if exists(variant) else ""
     raise DiffusersFolderError(
-        f"{what} has no {wanted}safetensors weights in {directory} (files: {_few(present) if present else 'none'}); "
+        f"{what} has no {wanted}safetensors weights in {directory} (files: {few(present) if present else 'none'}); "
         f"expected {expected}, or a shard index beside its shards"
     )
 
@@ -116,7 +116,7 @@ def open_weights(directory: str | os.PathLike, variant: str | None = None, what:
         if listed != held:
             weights.close()
             raise WeightsError(
-                f"{what}: {index.name} lists {len(listed)} tensors but its shards hold {len(held)} (differ in {_few(listed ^ held)})"
+                f"{what}: {index.name} lists {len(listed)} tensors but its shards hold {len(held)} (differ in {few(listed ^ held)})"
             )
     return weights
 

@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from dalle2_core.convert.laion_keys import check_state
+from dalle2_core.convert.materialize import check_state
 
 # PriorTransformer: exact names, then the per-block names under transformer_blocks.{i}.
 PRIOR_KEYS = {

@@ -42,9 +42,11 @@ class WeightsError(ValueError):
     """Weights that do not fit the module they should fill; the message is one line."""
 
 
-def _few(items: Iterable[str], n: int = 3) -> str:
-    items = sorted(items)
-    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+def few(keys, n: int = 3) -> str:
+    """The first `n` of `keys` (sorted), and how many more there are: for one-line messages."""
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
 
 
 # --- where tensors come from ---------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def _dedupe(names: list[str], what: str, kind: str) -> None:
     for name in names:
         (twice if name in seen else seen).add(name)
     if twice:
-        raise WeightsError(f"{what}: the key map uses {kind} {_few(twice)} more than once")
+        raise WeightsError(f"{what}: the key map uses {kind} {few(twice)} more than once")
 
 
 def _meta_result(rule: Rule, weights: Weights) -> torch.Tensor:
@@ -283,14 +285,14 @@ def check_key_map(weights: Weights, key_map: Sequence[Entry], expected: Mapping[
     missing = {s for r in rules for s in r.sources if s not in available}
     missing |= {d.source for d in drops if not d.optional and d.source not in available}
     if missing:
-        problems.append(f"missing tensor(s) {_few(missing)}")
+        problems.append(f"missing tensor(s) {few(missing)}")
     if available - used:
-        problems.append(f"unexpected tensor(s) {_few(available - used)}")
+        problems.append(f"unexpected tensor(s) {few(available - used)}")
     filled = {r.target for r in rules} | {k.target for k in keeps}
     if filled - set(expected):
-        problems.append(f"the module has no {_few(filled - set(expected))}")
+        problems.append(f"the module has no {few(filled - set(expected))}")
     if set(expected) - filled:
-        problems.append(f"nothing fills {_few(set(expected) - filled)}")
+        problems.append(f"nothing fills {few(set(expected) - filled)}")
     if problems:
         raise WeightsError(f"{what}: " + "; ".join(problems))
     for rule in rules:
@@ -432,6 +434,33 @@ def materialize(
     return module
 
 
+def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> str | None:
+    """What keeps `state` (from `source`, e.g. "weights") from loading into a module whose state is `expected`:
+    missing and unexpected keys and shape mismatches, in one line; None when it fits."""
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {few(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatch ({source} vs config) {few(wrong)}")
+    return "; ".join(problems) or None
+
+
+def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    """The mapped file tensors must be exactly the module's: no key missing, extra or of another shape."""
+    problem = state_mismatch(state, expected, "file")
+    if exists(problem):
+        raise ValueError(f"{what} weights do not match the converted config: {problem}")
+
+
 __all__ = [
     "Drop",
     "Keep",
@@ -443,8 +472,11 @@ __all__ = [
     "WeightsError",
     "build_on_meta",
     "check_key_map",
+    "check_state",
+    "few",
     "identity_key_map",
     "in_namespace",
     "materialize",
     "rename",
+    "state_mismatch",
 ]

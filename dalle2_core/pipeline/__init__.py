@@ -1,4 +1,8 @@
-"""Text-to-image pipelines: one object per loaded model, the seam where model families plug in."""
+"""Text-to-image pipelines: one object per loaded model, the seam where model families plug in.
+
+The families' own pipelines live in their folders (`dalle2_core.families.<name>.pipeline`); `load_pipeline` finds
+the one a model folder needs.
+"""
 
 from dalle2_core.pipeline.base import (
     PRIOR_STAGE,
@@ -9,20 +13,15 @@ from dalle2_core.pipeline.base import (
     StageDefaults,
     TextCondition,
 )
-from dalle2_core.pipeline.karlo import KarloPipeline
-from dalle2_core.pipeline.loading import PIPELINES, load_pipeline
-from dalle2_core.pipeline.unclip import UnclipPipeline
+from dalle2_core.pipeline.loading import load_pipeline
 
 __all__ = [
-    "PIPELINES",
     "PRIOR_STAGE",
     "ImageEdit",
-    "KarloPipeline",
     "NonFiniteOutputError",
     "Pipeline",
     "SettingError",
     "StageDefaults",
     "TextCondition",
-    "UnclipPipeline",
     "load_pipeline",
 ]

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dalle2_core.cascade import per_stage
-from dalle2_core.checkpoint import SamplingSettings
+from dalle2_core.checkpoint import ModelLoadError, SamplingSettings
 from dalle2_core.choices import INPAINT_SAMPLERS
 from dalle2_core.conditioning import Condition, TextCondition
 from dalle2_core.diffusion.repaint import check_inpaint_sampler
@@ -64,6 +66,44 @@ class Pipeline(nn.Module, abc.ABC):
     family: str = ""
     defaults: SamplingSettings
     unit_embeddings: bool = True  # image embeddings on the unit sphere (unCLIP); False: raw projections whose norms matter
+    folder: Path | None = None  # the model folder it was loaded from (on-demand components come from there)
+
+    # ---- loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> Pipeline:
+        """The pipeline of a model folder of this family: each component its family declares (`families.Family`) loaded
+        with `checkpoint.load_component` on `device` in `dtype` and passed by name, with the folder's defaults."""
+        from dalle2_core.checkpoint import load_component, read_index
+        from dalle2_core.families import family
+
+        folder, declared = Path(folder), family(cls.family)
+        index = read_index(folder)
+        missing = [c for c in declared.components if c not in index.components and c not in declared.optional]
+        if missing:
+            raise ModelLoadError(f"{folder} is a {cls.family} model without {', '.join(missing)}; it needs "
+                                 f"{', '.join(c for c in declared.components if c not in declared.optional)}")
+        parts = {c: load_component(folder / c, device=device, dtype=dtype).eval() for c in declared.components if c in index.components}
+        pipeline = cls(**parts, defaults=index.defaults)
+        pipeline.folder, pipeline._load_options = folder, dict(device=device, dtype=dtype)
+        return pipeline.eval()
+
+    def on_demand(self, name: str) -> nn.Module | None:
+        """A component the family loads on first use (`Family.on_demand`), from the folder the pipeline came from:
+        None when the folder lacks it. It is registered as a submodule, so it follows `.to()` and offloading."""
+        if name in self._modules:
+            return self._modules[name]
+        from dalle2_core.checkpoint import load_component
+
+        if self.folder is None or not (self.folder / name).is_dir():
+            return None
+        options = getattr(self, "_load_options", {})
+        module = load_component(self.folder / name, device=options.get("device"), dtype=options.get("dtype")).eval()
+        if exists(self.offload_device):
+            module.to("cpu")
+        self.add_module(name, module)
+        return module
 
     # ---- what a family implements ---------------------------------------------------------------
 

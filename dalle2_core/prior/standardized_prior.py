@@ -1,6 +1,7 @@
-"""StandardizedPrior: Karlo's diffusion prior, which diffuses CLIP image embeddings standardised per feature.
+"""StandardizedPrior: the diffusion prior of Karlo and Kandinsky 2.2, which diffuses CLIP image embeddings standardised
+per feature.
 
-Karlo's prior (DALL-E 2 sec. 2.2 with Karlo's choices) predicts x_0 in a standardised CLIP space:
+The prior (DALL-E 2 sec. 2.2 with Karlo's choices, which Kandinsky 2.2 kept) predicts x_0 in a standardised CLIP space:
 an image embedding e is diffused as (e - clip_mean) / clip_std, with the statistics stored beside the
 network, and the sampled x_0 is mapped back as x · clip_std + clip_mean. Embeddings are CLIP's
 unnormalised projections. Guidance takes its unconditional branch from the empty prompt's CLIP text
@@ -23,21 +24,20 @@ from dalle2_core.prior.prior import rerank_by_similarity
 from dalle2_core.prior.prior_transformer import PriorTransformer, PriorTransformerConfig
 
 
-def karlo_prior_diffusion() -> DiffusionConfig:
-    """diffusers' Karlo prior scheduler: x_0 prediction, fixed_small_log, x_0 clamped to ±5, 25 steps."""
-    return DiffusionConfig(
-        objective="x0", float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=5.0, sample_steps=25
-    )
+def unclip_prior_diffusion() -> DiffusionConfig:
+    """The numerics of diffusers' `UnCLIPScheduler` for a prior (Karlo's, Kandinsky's): x_0 prediction, float32 betas,
+    fixed_small_log variance; the family's config adds its x_0 clamp and default steps."""
+    return DiffusionConfig(objective="x0", float32_schedule=True, posterior_log_variance="unclipped")
 
 
 @config_dataclass
 class StandardizedPriorConfig(Config):
     net: PriorTransformerConfig = field(default_factory=PriorTransformerConfig)
-    diffusion: DiffusionConfig = field(default_factory=karlo_prior_diffusion)
+    diffusion: DiffusionConfig = field(default_factory=unclip_prior_diffusion)
 
 
 class StandardizedPrior(nn.Module):
-    """Karlo's prior: a `PriorTransformer`, its diffusion and the CLIP statistics (`clip_mean`, `clip_std`)."""
+    """A `PriorTransformer`, its diffusion and the CLIP statistics (`clip_mean`, `clip_std`)."""
 
     def __init__(self, net: PriorTransformer | None = None, config: StandardizedPriorConfig | dict | None = None, **kwargs):
         super().__init__()
@@ -50,7 +50,7 @@ class StandardizedPrior(nn.Module):
             raise TypeError(f"StandardizedPrior got unknown option(s) {unknown}; accepted: net, diffusion")
         self.config = c = StandardizedPriorConfig.build(
             default(config, StandardizedPriorConfig), owner="StandardizedPrior", **kwargs
-        )  # the defaults are Karlo v1-alpha's
+        )  # the network's defaults are Karlo v1-alpha's widths; each family's converter gives its own config
         self.net = net if exists(net) else PriorTransformer(c.net)
         self.diffusion = c.diffusion.to_diffusion()
         self.register_buffer("clip_mean", torch.zeros(c.net.embed_dim))
@@ -116,4 +116,4 @@ class StandardizedPrior(nn.Module):
         return rerank_by_similarity(self.sample_embeds(text_embed, text_encodings, text_mask, **opts), text_embed)
 
 
-__all__ = ["StandardizedPrior", "StandardizedPriorConfig", "karlo_prior_diffusion"]
+__all__ = ["StandardizedPrior", "StandardizedPriorConfig", "unclip_prior_diffusion"]

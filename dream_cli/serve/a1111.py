@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dream_cli.output import SAMPLER_NAMES
 from dream_cli.sampling import MAX_SEED
-from dream_cli.serve.app import run_job, server
 from dream_cli.serve.checks import (
     MAX_GUIDANCE,
     MAX_IMAGES,
@@ -38,6 +37,7 @@ from dream_cli.serve.checks import (
 )
 from dream_cli.serve.engine import Cancelled, Edit, Job
 from dream_cli.serve.results import encode_png
+from dream_cli.serve.state import run_job, server
 
 router = APIRouter()
 

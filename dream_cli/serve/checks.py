@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dream_cli.output import SAMPLER_NAMES, fit_square, load_image, load_mask
+from dream_cli.edit import fit_square
+from dream_cli.output import SAMPLER_NAMES
+from dream_cli.pictures import decode_image, mask_of
 from dream_cli.sampling import MAX_SEED
 
 if TYPE_CHECKING:
@@ -165,17 +167,6 @@ def settings_for(model: ServedModel, *, steps=None, cfg_scale=None, prior_steps=
         raise BadInput(SETTING_FIELDS.get(err.setting, err.setting), str(err)) from None
 
 
-class _NamedBytes(io.BytesIO):
-    """Bytes that messages about them call by the request field they came from."""
-
-    def __init__(self, data: bytes, name: str):
-        super().__init__(data)
-        self.name = name
-
-    def __str__(self) -> str:
-        return self.name
-
-
 def decode_base64(data, field: str) -> bytes:
     """A base64 string (A1111 also takes a `data:image/...;base64,` URL) as bytes, within `MAX_BASE64`."""
     if not isinstance(data, str):
@@ -204,10 +195,10 @@ def _check_header(raw: bytes, field: str) -> None:
 
 
 def read_picture(raw: bytes, field: str) -> torch.Tensor:
-    """Image file bytes as (1, 3, h, w) in [0, 1], read within bounded memory (`output.load_image`)."""
+    """Image file bytes as (1, 3, h, w) in [0, 1], read within bounded memory (`pictures.decode_image`)."""
     _check_header(raw, field)
     try:
-        return load_image(_NamedBytes(raw, field), option=field)
+        return decode_image(io.BytesIO(raw), field, option=field)
     except click.BadParameter as err:
         raise BadInput(field, err.message) from None
 
@@ -217,12 +208,7 @@ def read_edit(model: ServedModel, image_b64: str, mask_b64: str | None, invert: 
     picture = read_picture(decode_base64(image_b64, "init_images"), "init_images")
     mask = None
     if mask_b64:
-        raw = decode_base64(mask_b64, "mask")
-        _check_header(raw, "mask")
-        try:
-            mask = load_mask(_NamedBytes(raw, "mask"), picture, option="mask")
-        except click.BadParameter as err:
-            raise BadInput("mask", err.message) from None
+        mask, _ = mask_of(read_picture(decode_base64(mask_b64, "mask"), "mask"), picture, "mask")
         if invert:
             mask = ~mask
     return fit_square(picture, mask, model.size)

@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from dream_cli.serve.app import run_job, server
 from dream_cli.serve.checks import (
     MAX_BASE64,
     MAX_IMAGES,
@@ -31,6 +30,7 @@ from dream_cli.serve.checks import (
     shown,
 )
 from dream_cli.serve.engine import Job
+from dream_cli.serve.state import run_job, server
 
 router = APIRouter()
 MAX_UPLOAD = MAX_BASE64 * 3 // 4  # bytes of an uploaded picture

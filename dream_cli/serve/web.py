@@ -14,9 +14,9 @@ from fastapi.responses import FileResponse, Response
 from pydantic import Field
 
 from dream_cli.serve.a1111 import Txt2ImgRequest, make_job, preview_png
-from dream_cli.serve.app import PAGE_FILES, STATIC, run_job, server
 from dream_cli.serve.checks import BadInput, pick_model, read_picture
 from dream_cli.serve.results import Result
+from dream_cli.serve.state import PAGE_FILES, STATIC, run_job, server
 
 router = APIRouter()
 MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}

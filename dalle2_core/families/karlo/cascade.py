@@ -23,6 +23,7 @@ from dalle2_core.cascade import Picture, Stage, sample_cascade, stage_settings
 from dalle2_core.conditioning import Condition, TextCondition
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import DiffusionConfig
+from dalle2_core.families.karlo.defaults import KARLO_DEFAULTS
 from dalle2_core.helpers import default, eval_mode, exists, resize
 
 STAGES = ("decoder", "super_res")
@@ -48,12 +49,13 @@ def karlo_super_res_unet() -> AdmUnetConfig:
 
 def karlo_decoder_diffusion() -> DiffusionConfig:
     """diffusers' Karlo decoder scheduler: eps, learned range with an unclipped minimum, x_0 clamped to ±1."""
-    return DiffusionConfig(learned_variance=True, float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=1.0, sample_steps=25)
+    return DiffusionConfig(learned_variance=True, float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=1.0,
+                           sample_steps=KARLO_DEFAULTS.steps[0])
 
 
 def karlo_super_res_diffusion() -> DiffusionConfig:
     """diffusers' Karlo super-resolution scheduler: eps, fixed_small_log, x_0 clamped to ±1, 7 steps."""
-    return DiffusionConfig(float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=1.0, sample_steps=7)
+    return DiffusionConfig(float32_schedule=True, posterior_log_variance="unclipped", x0_clamp=1.0, sample_steps=KARLO_DEFAULTS.steps[1])
 
 
 @config_dataclass

@@ -7,6 +7,7 @@ learned null conditions of the prior and the decoder (trained through condition 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -53,6 +54,18 @@ class UnclipPipeline(Pipeline):
         inside = prior.clip if exists(prior) and exists(prior.clip) else decoder.clip
         self.extra_clip = as_clip_adapter(clip).eval().requires_grad_(False) if exists(clip) and not exists(inside) else None
         self.defaults = default(defaults, SamplingSettings())
+
+    @classmethod
+    def from_folder(cls, folder, *, device=None, dtype=None) -> UnclipPipeline:
+        """The model folder's CLIP (stored once), prior and decoder (`checkpoint.load_model`)."""
+        from dalle2_core.checkpoint import ModelLoadError, load_model
+
+        model = load_model(folder, device=device, dtype=dtype)
+        if model.decoder is None:
+            raise ModelLoadError(f"{folder} has no decoder, so it cannot make images")
+        pipeline = cls(clip=model.clip, prior=model.prior, decoder=model.decoder, defaults=model.defaults)
+        pipeline.folder = Path(folder)
+        return pipeline.eval()
 
     @property
     def text_encoder(self) -> ClipAdapter | None:

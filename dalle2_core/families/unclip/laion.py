@@ -20,7 +20,9 @@ from torch import nn
 from dalle2_core.checkpoint import SamplingSettings, save_model
 from dalle2_core.clip.open_clip_adapter import OpenClipConfig
 from dalle2_core.component import read_json, write_json
-from dalle2_core.convert.laion_config import (
+from dalle2_core.convert.safe_load import load_checkpoint, version_string
+from dalle2_core.decoder import Decoder, Unet
+from dalle2_core.families.unclip.laion_config import (
     Notes,
     clip_name,
     decoder_options,
@@ -30,7 +32,7 @@ from dalle2_core.convert.laion_config import (
     stage_options,
     unet_config,
 )
-from dalle2_core.convert.laion_keys import (
+from dalle2_core.families.unclip.laion_keys import (
     check_schedule,
     check_state,
     prior_net_state,
@@ -38,8 +40,6 @@ from dalle2_core.convert.laion_keys import (
     split_prefix,
     unet_state,
 )
-from dalle2_core.convert.safe_load import load_checkpoint, version_string
-from dalle2_core.decoder import Decoder, Unet
 from dalle2_core.helpers import default, exists
 from dalle2_core.prior import DiffusionPrior, DiffusionPriorNetwork
 

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from dalle2_core.adm.cascade import KarloCascade
 from dalle2_core.checkpoint import SamplingSettings
 from dalle2_core.clip.adapter import ClipAdapter
 from dalle2_core.conditioning import Condition, TextCondition
+from dalle2_core.families.karlo.cascade import KarloCascade
+from dalle2_core.families.karlo.defaults import KARLO_DEFAULTS
 from dalle2_core.helpers import default, exists
 from dalle2_core.pipeline.base import (
     PRIOR_STAGE,
@@ -47,8 +48,7 @@ class KarloPipeline(Pipeline):
         if exists(prior) and not isinstance(prior, StandardizedPrior):
             raise TypeError(f"prior must be a StandardizedPrior, got {type(prior).__name__}")
         self.clip, self.prior, self.decoder = clip, prior, decoder
-        self.defaults = default(defaults, SamplingSettings(cond_scale=(8.0, 1.0), prior_cond_scale=4.0, prior_samples=1,
-                                                           steps=(25, 7), prior_steps=25))
+        self.defaults = default(defaults, KARLO_DEFAULTS)
         self._empty: dict[tuple, TextCondition] = {}  # the empty prompt's encoding, per (device, dtype)
 
     @property
@@ -79,7 +79,7 @@ class KarloPipeline(Pipeline):
         """The prompts' raw CLIP text embeddings, 77 token states and masks (with the empty prompt, if not yet known)."""
         with self.on_device(self.clip):
             if isinstance(text, torch.Tensor):
-                raise ValueError("the karlo family takes prompts as strings (its tokenizer pads with '!', id 0)")
+                raise ValueError("the karlo family takes prompts as strings: its tokenizer, padding included, comes with the model")
             prompts = list(text)
             key = self._key()
             extra = [""] if key not in self._empty else []

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from dalle2_core.component import few, state_mismatch
+from dalle2_core.convert.materialize import check_state, few
 from dalle2_core.diffusion import GaussianDiffusion
 from dalle2_core.helpers import exists
 
@@ -129,20 +129,12 @@ def unet_state(
     return out
 
 
-def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
-    """The mapped file tensors must be exactly the module's: no key missing, extra or of another shape."""
-    problem = state_mismatch(state, expected, "file")
-    if exists(problem):
-        raise ValueError(f"{what} weights do not match the converted config: {problem}")
-
-
 __all__ = [
     "DOWN_PARTS",
     "SCHEDULE_BUFFERS",
     "UP_PARTS",
     "check_rotary_freqs",
     "check_schedule",
-    "check_state",
     "prior_net_state",
     "rename_layernorm_gamma",
     "schedule_length",

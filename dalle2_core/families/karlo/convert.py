@@ -17,18 +17,18 @@ from typing import NamedTuple
 
 import torch
 
-from dalle2_core.checkpoint import SamplingSettings, save_model
-from dalle2_core.convert import diffusers_config as dc, diffusers_keys as dk
+from dalle2_core.checkpoint import save_model
+from dalle2_core.convert import diffusers_keys as dk
 from dalle2_core.convert.diffusers_folder import DiffusersFolder, DiffusersFolderError, read_diffusers_folder
 from dalle2_core.convert.materialize import Rule, materialize
+from dalle2_core.families.karlo import config as dc
+from dalle2_core.families.karlo.defaults import KARLO_DEFAULTS
 from dalle2_core.helpers import exists
 
 UNCLIP = "UnCLIPPipeline"
 IMAGE_VARIATIONS = "UnCLIPImageVariationPipeline"
 CASCADE_PARTS = ("text_proj", "decoder", "super_res_first", "super_res_last")
-# diffusers' UnCLIPPipeline.__call__ defaults (its scheduler configs hold no step counts or guidance)
-KARLO_DEFAULTS = SamplingSettings(cond_scale=(8.0, 1.0), prior_cond_scale=4.0, prior_samples=1, steps=(25, 7), prior_steps=25,
-                                  sampler="ddpm")
+
 
 
 # the classes that write the components this converter reads (transformers' tokenizers and processors have two names)
@@ -70,12 +70,13 @@ def _filled(folder: DiffusersFolder, name: str, build: Callable, rename, *, dtyp
 def convert_prior(folder: DiffusersFolder, *, dtype: torch.dtype | None = None):
     from dalle2_core.prior import StandardizedPrior
 
-    config = dc.standardized_prior_config(folder["prior"].config(), folder["prior_scheduler"].config())
+    config = dc.karlo_prior_config(folder["prior"].config(), folder["prior_scheduler"].config())
     return _filled(folder, "prior", lambda: StandardizedPrior(config=config), dk.prior_key, dtype=dtype, flatten=dk.PRIOR_FLATTENED)
 
 
 def convert_cascade(folder: DiffusersFolder, *, dtype: torch.dtype | None = None):
-    from dalle2_core.adm import AdmUnet, KarloCascade, TextProj
+    from dalle2_core.adm import AdmUnet, TextProj
+    from dalle2_core.families.karlo.cascade import KarloCascade
 
     config = dc.karlo_cascade_config(*(folder[n].config() for n in CASCADE_PARTS), folder["decoder_scheduler"].config(),
                                      folder["super_res_scheduler"].config())
