@@ -30,6 +30,7 @@ from dalle2_core.diffusion import (
 )
 from dalle2_core.diffusion.gaussian import DenoiseFn
 from dalle2_core.diffusion.repaint import check_inpaint_sampler
+from dalle2_core.diffusion.spacing import steps_for
 from dalle2_core.errors import SettingError, check_finite
 from dalle2_core.helpers import cast_tuple, default, exists, normalize_neg_one_to_one, randn, resize, unnormalize_zero_to_one
 
@@ -99,6 +100,8 @@ class Stage:
     denoise_fn: DenoiseFn | None = None
     max_batch: int | None = None  # rows per network call (guidance's batched branches in chunks)
     default_steps: int | str | None = None
+    default_spacing: str = "uniform"  # the spacing its scheduler uses (`diffusion.spacing`), when the settings name none
+    spacing_offset: int = 0  # a "leading" spacing's offset (a scheduler's steps_offset)
     resize: Callable[[torch.Tensor, int], torch.Tensor] = resize_picture  # a [0, 1] picture to this stage's size
 
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +119,11 @@ class StageSettings:
     steps: int | str | tuple[int, ...] | None = None  # None: the stage's default
     sampler: str = "ddpm"
     eta: float = 0.0
+    spacing: str | None = None  # which timesteps `steps` visits (`choices.SPACINGS`); None: the stage's default
 
 
-def stage_settings(n: int, *, cond_scale=1.0, steps=None, sampler="ddpm", eta: float = 0.0) -> tuple[StageSettings, ...]:
+def stage_settings(n: int, *, cond_scale=1.0, steps=None, sampler="ddpm", eta: float = 0.0,
+                   spacing: str | None = None) -> tuple[StageSettings, ...]:
     """`StageSettings` for n stages from one value, or a tuple or list of one per stage, of each setting.
 
     Steps None: each stage's default; a stage's explicit timesteps are one item, e.g. `steps=([991, 981, ...], 7)`.
@@ -126,7 +131,8 @@ def stage_settings(n: int, *, cond_scale=1.0, steps=None, sampler="ddpm", eta: f
     pick = lambda v, name: per_stage(tuple(v) if isinstance(v, list) else v, n, name)  # noqa: E731
     counts = pick(steps, "steps")
     counts = tuple(tuple(c) if isinstance(c, list) else c for c in counts)
-    return tuple(StageSettings(float(c), s, m, eta) for c, s, m in zip(pick(cond_scale, "cond_scale"), counts, pick(sampler, "sampler")))
+    return tuple(StageSettings(float(c), s, m, eta, spacing)
+                 for c, s, m in zip(pick(cond_scale, "cond_scale"), counts, pick(sampler, "sampler")))
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,8 @@ def _sample_stage(stage: Stage, s: StageSettings, previous: torch.Tensor | None,
         uncond, scale = cond, 1.0
     model = classifier_free_guidance(stage.network, scale, guide_variance=stage.guide_variance, encode=stage.encode,
                                      uncond=uncond, max_batch=stage.max_batch, **cond)
-    steps = default(s.steps, stage.default_steps)
+    steps = steps_for(stage.diffusion, default(s.steps, stage.default_steps), default(s.spacing, stage.default_spacing),
+                      stage.spacing_offset)
     if exists(stage.final_network):
         model = _with_final(model, stage, steps, scale, cond, uncond)
     at = picture.for_stage(stage)

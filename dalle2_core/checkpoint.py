@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dalle2_core.choices import SPACINGS
 from dalle2_core.component import (
     CONFIG_FILE,
     ModelLoadError,
@@ -59,6 +60,7 @@ class SamplingSettings(Config):
     steps: int | tuple[int, ...] | None = None  # per unet
     prior_steps: int | None = None
     sampler: str = "ddpm"
+    spacing: str | None = None  # which timesteps the steps visit (`choices.SPACINGS`); None: each stage's own default
 
     def __post_init__(self):
         for name, value in (("cond_scale", self.cond_scale), ("prior_cond_scale", self.prior_cond_scale)):
@@ -71,6 +73,8 @@ class SamplingSettings(Config):
             raise ValueError(f"prior_samples {self.prior_samples!r} is invalid: must be an integer >= 1")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is unknown; accepted: {', '.join(SAMPLERS)}")
+        if exists(self.spacing) and self.spacing not in SPACINGS:
+            raise ValueError(f"spacing {self.spacing!r} is unknown; accepted: {', '.join(SPACINGS)}")
 
 
 def _as_tuple(value) -> tuple:

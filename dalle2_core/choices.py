@@ -5,6 +5,7 @@ Each is the single source its module builds from (`diffusion.samplers.SAMPLERS` 
 """
 
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
+SPACINGS = ("uniform", "leading", "trailing", "karras")  # which timesteps a run of n steps visits (diffusion.spacing)
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # the samplers RePaint inpainting runs with; the first is the fallback
 PRECISIONS = ("fp32", "fp16", "bf16")
 BUNDLED = ("shapes",)  # shipped inside the package
@@ -20,5 +21,6 @@ SHAPES_SPLITS = ("seen", "held")
 SHAPES_FORMATS = ("txt", "jsonl")
 
 __all__ = [
-    "BUNDLED", "DEFAULT_MODEL", "FAMILIES", "INPAINT_SAMPLERS", "PRECISIONS", "PRESETS", "SAMPLER_NAMES", "SHAPES_FORMATS", "SHAPES_SPLITS",
+    "BUNDLED", "DEFAULT_MODEL", "FAMILIES", "INPAINT_SAMPLERS", "PRECISIONS", "PRESETS", "SAMPLER_NAMES", "SHAPES_FORMATS",
+    "SHAPES_SPLITS", "SPACINGS",
 ]

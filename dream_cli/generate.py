@@ -52,6 +52,7 @@ def run_metadata(settings, resolved, precision: str, device, *, prior: bool = Tr
         **({"model_sources": list(resolved.sources)} if resolved.sources else {}),  # the Hub repos (commits) it came from
         "model_hash": weights_sha256(resolved.path / "decoder" / "model.safetensors"),
         "sampler": settings.sampler,
+        "spacing": settings.spacing,
         "cond_scale": list(settings.cond_scale[first_stage:]),
         "steps": list(settings.steps[first_stage:]),
         "prior_cond_scale": settings.prior_cond_scale if prior else None,
@@ -69,7 +70,7 @@ def _command_line(prompt: str, resolved, s, seed: int, extra: list[str], prior: 
     spec = f"{resolved.spec.split('@')[0]}@{resolved.revision}" if resolved.source == "hub" else model_name(resolved)
     args = ["dream", "--model", spec, "--seed", str(seed), "-n", "1"]
     args += ["--sampler", s.sampler, "--cond-scale", ",".join(f"{v:g}" for v in s.cond_scale)]
-    args += ["--steps", ",".join(map(str, s.steps))]
+    args += ["--steps", ",".join(map(str, s.steps))] + (["--spacing", s.spacing] if s.spacing else [])
     if prior and s.prior_steps is not None:
         args += ["--prior-steps", str(s.prior_steps), "--prior-cond-scale", f"{s.prior_cond_scale:g}"]
         args += ["--prior-samples", str(s.prior_samples)]

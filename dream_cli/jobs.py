@@ -17,11 +17,11 @@ import click
 
 # per-prompt options a JSON line of --prompts may set (the same names as the command's options)
 JOB_OPTIONS = ("seed", "num", "negative_prompt", "steps", "cond_scale", "prior_steps", "prior_cond_scale", "prior_samples",
-               "sampler")
+               "sampler", "spacing")
 # option -> the field of the `dream-dalle2` settings chunk that holds it
 STORED = {"seed": "seed", "negative_prompt": "negative_prompt", "steps": "steps", "cond_scale": "cond_scale",
           "prior_steps": "prior_steps", "prior_cond_scale": "prior_cond_scale", "prior_samples": "prior_samples",
-          "sampler": "sampler", "precision": "precision"}
+          "sampler": "sampler", "spacing": "spacing", "precision": "precision"}
 EDIT_STORED = ("strength", "outpaint")  # read only with the init_image they edit
 
 

@@ -67,6 +67,7 @@ def a1111_parameters(prompt: str, info: dict) -> str:
     fields = {
         "Steps": steps[0],
         "Sampler": SAMPLER_NAMES.get(info["sampler"], info["sampler"]),
+        **({"Schedule type": info["spacing"].capitalize()} if info.get("spacing") else {}),
         "CFG scale": f"{scales[0]:g}",
         "Seed": info["seed"],
         "Size": f"{info['size'][0]}x{info['size'][1]}",

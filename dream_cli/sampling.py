@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
-from dalle2_core.choices import DEFAULT_MODEL, PRECISIONS, SAMPLER_NAMES
+from dalle2_core.choices import DEFAULT_MODEL, PRECISIONS, SAMPLER_NAMES, SPACINGS
 from dream_cli.errors import DreamError, one_line
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ MAX_SEED = 2**63 - 1
 # a setting of `SamplingSettings` -> the option that sets it
 SETTING_OPTIONS = {
     "steps": "--steps", "cond_scale": "--cond-scale", "prior_steps": "--prior-steps",
-    "prior_cond_scale": "--prior-cond-scale", "prior_samples": "--prior-samples", "sampler": "--sampler",
+    "prior_cond_scale": "--prior-cond-scale", "prior_samples": "--prior-samples", "sampler": "--sampler", "spacing": "--spacing",
 }
 
 
@@ -79,6 +79,8 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
                      help="Decoder sampling steps: one value or one per stage. [model default]"),
         click.option("--prior-steps", type=click.IntRange(min=1), help="Prior sampling steps. [model default]"),
         click.option("--sampler", type=click.Choice(list(SAMPLER_NAMES)), help="Sampler, for every stage. [model default]"),
+        click.option("--spacing", type=click.Choice(list(SPACINGS)),
+                     help="Which timesteps the steps visit, for every stage: uniform, leading, trailing or karras. [each stage's own]"),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
                      help="Weights and activations (fp16 needs an accelerator)."),

@@ -334,6 +334,7 @@ class Decoder(nn.Module):
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         on_step=None,
         uncond: Condition | None = None,
+        spacing: str | None = None,
     ) -> torch.Tensor:
         """Run the cascade from `start_at_unet_number` to `stop_at_unet_number`; images in [0, 1].
 
@@ -345,7 +346,8 @@ class Decoder(nn.Module):
         where `inpaint_mask` (b, h, w) is True. `on_step(unet_number, i, total, x)` is called after
         every denoising step. `generator` may be a list with one generator per image: each image's
         noise is then the same as when sampled alone. `uncond` (a negative prompt's image embedding and
-        text, Kandinsky-style) replaces the learned null conditions in the unconditional branch of guidance.
+        text, Kandinsky-style) replaces the learned null conditions in the unconditional branch of guidance. `spacing`
+        picks which timesteps the steps visit (`diffusion.spacing`; default "uniform").
         """
         start = self._unet_index(start_at_unet_number)
         stop = self._unet_index(default(stop_at_unet_number, self.num_unets))
@@ -356,7 +358,7 @@ class Decoder(nn.Module):
         picture = Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
         previous = self._start_images(start, start_image_or_video, batch_size)
         settings = stage_settings(self.num_unets, cond_scale=cond_scale, sampler=sampler, eta=self.config.diffusion.ddim_sampling_eta,
-                                  steps=default(steps, self.config.diffusion.sample_timesteps))
+                                  steps=default(steps, self.config.diffusion.sample_timesteps), spacing=spacing)
         hook = (lambda position, i, total, x: on_step(start + position + 1, i, total, x)) if exists(on_step) else None
         with eval_mode(self):
             stages = self.stages(image_embed, text_encodings, text_mask, uncond=uncond, start=start, stop=stop)

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
-def _evenly(num_timesteps: int, count: int) -> list[int]:
-    """`count` timesteps from 0 to num_timesteps - 1, ends included (one step keeps the noisiest)."""
-    if count == 1:
-        return [num_timesteps - 1]
-    stride = (num_timesteps - 1) / (count - 1)
-    return [round(i * stride) for i in range(count)]
+from .spacing import uniform_timesteps as _evenly
 
 
 def space_timesteps(num_timesteps: int, spacing: int | str | Sequence[int]) -> list[int]:

@@ -33,6 +33,7 @@ from dalle2_core.checkpoint import ModelLoadError, SamplingSettings
 from dalle2_core.choices import INPAINT_SAMPLERS
 from dalle2_core.conditioning import Condition, TextCondition
 from dalle2_core.diffusion.repaint import check_inpaint_sampler
+from dalle2_core.diffusion.spacing import steps_for
 from dalle2_core.errors import NonFiniteOutputError, SettingError, check_finite
 from dalle2_core.helpers import default, exists
 from dalle2_core.interpolation import mix_embeddings, slerp
@@ -383,6 +384,11 @@ class Pipeline(nn.Module, abc.ABC):
         raise ValueError("this model cannot mix prompt and image ends")
 
 
+def prior_steps(prior, settings: SamplingSettings):
+    """What a prior's `sample` takes as `steps` for these settings: the prior step count at the settings' spacing."""
+    return steps_for(prior.diffusion, settings.prior_steps, settings.spacing)
+
+
 def edit_options(edit: ImageEdit | None, batch: int) -> dict:
     """A cascade's `sample` keywords (`Decoder`, `KarloCascade`) for img2img (SDEdit) or inpainting (RePaint keeps
     where the mask is False)."""
@@ -420,4 +426,5 @@ __all__ = [
     "check_finite",
     "edit_options",
     "per_stage",
+    "prior_steps",
 ]

@@ -159,6 +159,7 @@ class KarloCascade(nn.Module):
         inpaint_image: torch.Tensor | None = None,
         inpaint_mask: torch.Tensor | None = None,
         inpaint_resample_times: int = 5,
+        spacing: str | None = None,
     ) -> torch.Tensor:
         """Images (b, channels, image_size, image_size) in [0, 1] from CLIP embeddings.
 
@@ -173,9 +174,9 @@ class KarloCascade(nn.Module):
         are one value or (decoder, super-resolution); the super-resolution stage is unconditioned, so its scale is
         not used; `steps` default to the config's `sample_steps`. `on_step(stage_number, i, total, x)` as in
         `Decoder.sample` (1 = decoder, 2 = super-resolution). `generator`: one generator or one per image (an image's
-        noise is then the same alone or in a batch).
+        noise is then the same alone or in a batch). `spacing`: which timesteps the steps visit (`diffusion.spacing`).
         """
-        settings = stage_settings(2, cond_scale=cond_scale, steps=steps, sampler=sampler)
+        settings = stage_settings(2, cond_scale=cond_scale, steps=steps, sampler=sampler, spacing=spacing)
         if isinstance(uncond, TextCondition):
             uncond = Condition(None, uncond)
         if not exists(uncond) and settings[0].cond_scale != 1.0:
@@ -189,12 +190,13 @@ class KarloCascade(nn.Module):
                                   picture=picture)
 
     @torch.no_grad()
-    def upscale(self, images: torch.Tensor, *, steps=None, sampler: str = "ddpm", generator=None, on_step=None) -> torch.Tensor:
+    def upscale(self, images: torch.Tensor, *, steps=None, sampler: str = "ddpm", generator=None, on_step=None,
+                spacing: str | None = None) -> torch.Tensor:
         """The super-resolution stage alone on [0, 1] images at the decoder's size (b, c, s, s); [0, 1] out.
         `on_step(2, i, total, x)` as in `sample`."""
         hook = (lambda position, i, total, x: on_step(2, i, total, x)) if exists(on_step) else None
         with eval_mode(self):
-            return sample_cascade([self.super_res_stage()], stage_settings(1, steps=steps, sampler=sampler),
+            return sample_cascade([self.super_res_stage()], stage_settings(1, steps=steps, sampler=sampler, spacing=spacing),
                                   batch_size=images.shape[0], generator=generator, on_step=hook, start=images * 2 - 1)
 
     def decoder_stage(self, image_embed: torch.Tensor, text: TextCondition, uncond: Condition | None) -> Stage:

@@ -27,6 +27,7 @@ from dalle2_core.pipeline.base import (
     StageDefaults,
     check_finite,
     edit_options,
+    prior_steps,
 )
 from dalle2_core.prior.prior import rerank_by_similarity
 from dalle2_core.prior.standardized_prior import StandardizedPrior
@@ -112,8 +113,8 @@ class KarloPipeline(Pipeline):
             step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
             candidates = self.prior.sample_embeds(
                 text.text_embed, text.text_encodings, text.text_mask, num_samples_per_batch=settings.prior_samples,
-                cond_scale=settings.prior_cond_scale, steps=settings.prior_steps, sampler=settings.sampler, generator=generator,
-                uncond=uncond, on_step=step,
+                cond_scale=settings.prior_cond_scale, steps=prior_steps(self.prior, settings), sampler=settings.sampler,
+                generator=generator, uncond=uncond, on_step=step,
             )
             check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
             return rerank_by_similarity(candidates, text.text_embed)
@@ -132,8 +133,8 @@ class KarloPipeline(Pipeline):
             uncond = negative if exists(negative) else Condition(None, self._empty_prompt())
             return self.decoder.sample(image_embed, text.text_encodings, text.text_mask, text_embed=text.text_embed,
                                        cond_scale=settings.cond_scale, steps=settings.steps, sampler=settings.sampler,
-                                       generator=generator, uncond=uncond, on_step=self._stage_hook(on_step),
-                                       **edit_options(edit, b))
+                                       spacing=settings.spacing, generator=generator, uncond=uncond,
+                                       on_step=self._stage_hook(on_step), **edit_options(edit, b))
 
     def upscale(self, images: torch.Tensor, settings: SamplingSettings, *, prompts: Sequence[str] | None = None,
                 generator: Generator = None, on_step: OnStep | None = None) -> torch.Tensor:
@@ -143,6 +144,6 @@ class KarloPipeline(Pipeline):
 
             small = resize_center_crop(images, self.decoder.config.decoder.sample_size, "bicubic").clamp(0.0, 1.0)
             return self.decoder.upscale(small, steps=settings.steps[1], sampler=settings.sampler, generator=generator,
-                                        on_step=self._stage_hook(on_step))
+                                        spacing=settings.spacing, on_step=self._stage_hook(on_step))
 
 __all__ = ["KarloPipeline"]

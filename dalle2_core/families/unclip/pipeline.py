@@ -25,6 +25,7 @@ from dalle2_core.pipeline.base import (
     StageDefaults,
     check_finite,
     edit_options,
+    prior_steps,
 )
 from dalle2_core.prior.prior import DiffusionPrior, rerank_by_similarity
 
@@ -130,7 +131,7 @@ class UnclipPipeline(Pipeline):
             uncond = negative
             candidates = prior.sample_embeds(
                 **cond, num_samples_per_batch=settings.prior_samples, cond_scale=settings.prior_cond_scale,
-                steps=settings.prior_steps, sampler=settings.sampler, generator=generator, on_step=step, uncond=uncond,
+                steps=prior_steps(prior, settings), sampler=settings.sampler, generator=generator, on_step=step, uncond=uncond,
             )
             check_finite(candidates, PRIOR_STAGE, settings.prior_cond_scale)
             return rerank_by_similarity(candidates, text.text_embed)
@@ -152,7 +153,7 @@ class UnclipPipeline(Pipeline):
                     uncond = self._decoder_uncond(negative)
             b = default(batch_size, image_embed.shape[0] if exists(image_embed) else 1)
             return decoder.sample(**cond, batch_size=b, cond_scale=settings.cond_scale, sampler=settings.sampler,
-                                  steps=settings.steps, generator=generator, on_step=self._stage_hook(on_step),
+                                  steps=settings.steps, spacing=settings.spacing, generator=generator, on_step=self._stage_hook(on_step),
                                   uncond=uncond, **edit_options(edit, b))
 
     def _decoder_cond(self, image_embed: torch.Tensor, text: TextCondition | None) -> dict:
@@ -182,8 +183,8 @@ class UnclipPipeline(Pipeline):
                 text = self.encode_text(prompts) if exists(prompts) else None
                 cond = self._decoder_text(text, low.shape[0])
             return decoder.sample(**cond, batch_size=low.shape[0], cond_scale=settings.cond_scale, sampler=settings.sampler,
-                                  steps=settings.steps, start_at_unet_number=2, start_image_or_video=low, generator=generator,
-                                  on_step=self._stage_hook(on_step))
+                                  steps=settings.steps, spacing=settings.spacing, start_at_unet_number=2, start_image_or_video=low,
+                                  generator=generator, on_step=self._stage_hook(on_step))
 
     def _decoder_text(self, text: TextCondition | None, batch: int) -> dict:
         """Text encodings for the decoder: the shared encoding, its own CLIP's, or its learned null text."""
