@@ -202,7 +202,7 @@ def sample_cascade(stages: Sequence[Stage], settings: Sequence[StageSettings], *
     if exists(picture.init) and all(redraws_nothing(st.diffusion, default(s.steps, st.default_steps), picture.strength)
                                     for st, s in zip(stages, settings)):
         return stages[-1].resize(picture.init, stages[-1].size).to(stages[-1].dtype)  # nothing is re-drawn: the picture itself
-    image = start
+    image = start.to(stages[0].dtype) if exists(start) else None  # a float32 picture for a half-precision model
     for position, (stage, s) in enumerate(zip(stages, settings)):
         hook = (lambda i, total, x, _p=position: on_step(_p, i, total, x)) if exists(on_step) else None
         image = _sample_stage(stage, s, image, batch_size, generator, hook, picture)

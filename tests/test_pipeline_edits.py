@@ -122,3 +122,18 @@ def test_sdedit_truncates_the_respaced_schedule_with_its_numerics_options():
                                 learned_variance=respaced.learned_variance, timestep_map=respaced.timestep_map[:10])
     lost = (rebuilt._tables["posterior_log_variance"] - first._tables["posterior_log_variance"]).abs()
     assert lost[0] > 1.0 and lost[1:].max() < 1e-5  # t = 0 (ddpm's last step on a learned range); float32 rounding elsewhere
+
+
+def test_float32_pictures_edit_and_upscale_with_a_bfloat16_model():
+    # a library caller hands pictures as they come (float32); the cascade casts them to each stage's precision
+    from dalle2_core.hub import bundled_path
+
+    pipe = load_pipeline(bundled_path("shapes"), dtype=torch.bfloat16)
+    s = pipe.resolve(steps=(2, 2), prior_steps=2, inpainting=True)
+    pic, mask = picture(size=64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[:, :32] = True
+    for edit in (ImageEdit(pic, strength=0.5), ImageEdit(pic, mask=mask)):
+        out = pipe.generate(["a red circle"], s, generator=gens(n=1), edit=edit)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    up = pipe.upscale(picture(size=32), s, generator=gens(n=1))
+    assert up.dtype == torch.bfloat16 and up.shape == (1, 3, 64, 64) and torch.isfinite(up).all()
