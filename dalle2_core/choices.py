@@ -14,6 +14,7 @@ BUNDLED = ("shapes",)  # shipped inside the package
 FAMILIES = {
     "unclip": ("laion",),
     "karlo": ("karlo",),
+    "kandinsky": ("kandinsky",),
 }
 PRESETS = tuple(preset for presets in FAMILIES.values() for preset in presets)
 DEFAULT_MODEL = "karlo"
