@@ -143,7 +143,7 @@ class Pipeline(nn.Module, abc.ABC):
             return self.default_size
         width, height = size
         if (width, height) != self.default_size:
-            raise SettingError("size", f"{width}x{height}: this model makes {self.sizes()} images; accepted: {self.sizes()}")
+            raise SettingError("size", f"{width}x{height} is not a size this model makes; accepted: {self.sizes()}")
         return width, height
 
     @property

@@ -76,7 +76,7 @@ class KandinskyPipeline(Pipeline):
         try:
             self.decoder.config.check_size(height, width)
         except ValueError:
-            raise SettingError("size", f"{width}x{height}: this model makes {self.sizes()}; accepted: {self.sizes()}") from None
+            raise SettingError("size", f"{width}x{height} is not a size this model makes; accepted: {self.sizes()}") from None
         return width, height
 
     @property
