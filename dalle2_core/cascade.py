@@ -218,14 +218,18 @@ def sample_cascade(stages: Sequence[Stage], settings: Sequence[StageSettings], *
         for st, s in zip(stages, settings):  # before any stage runs
             if not exists(st.inpaint_mask):
                 check_inpaint_sampler(s.sampler)
-    if exists(picture.init) and all(redraws_nothing(st.diffusion, default(s.steps, st.default_steps), picture.strength, st.strength_rounding)
-                                    for st, s in zip(stages, settings)):
+    if exists(picture.init) and all(_keeps_picture(st, s, picture.strength) for st, s in zip(stages, settings)):
         return stages[-1].resize(picture.init, stages[-1].size).to(stages[-1].dtype)  # nothing is re-drawn: the picture itself
     image = start
     for position, (stage, s) in enumerate(zip(stages, settings)):
         hook = (lambda i, total, x, _p=position: on_step(_p, i, total, x)) if exists(on_step) else None
         image = _sample_stage(stage, s, image, batch_size, generator, hook, picture)
     return picture.restore(unnormalize_zero_to_one(image), stages[-1])
+
+
+def _keeps_picture(stage: Stage, s: StageSettings, strength: float) -> bool:
+    """Whether SDEdit at `strength` re-draws no step of this stage."""
+    return redraws_nothing(stage.diffusion, default(s.steps, stage.default_steps), strength, stage.strength_rounding)
 
 
 def _sample_stage(stage: Stage, s: StageSettings, previous: torch.Tensor | None, batch_size: int, generator: Generator,

@@ -17,7 +17,7 @@ FAMILIES = {
     "kandinsky": ("kandinsky",),
 }
 PRESETS = tuple(preset for presets in FAMILIES.values() for preset in presets)
-DEFAULT_MODEL = "karlo"
+DEFAULT_MODEL = "kandinsky"
 SHAPES_SPLITS = ("seen", "held")
 SHAPES_FORMATS = ("txt", "jsonl")
 

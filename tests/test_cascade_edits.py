@@ -54,7 +54,7 @@ def test_sdedit_step_count_follows_the_stages_rounding():
     for rounding in ("round", "floor"):
         seen = []
         sample_cascade([stage(strength_rounding=rounding, default_steps=50)], [StageSettings()], batch_size=1,
-                       picture=Picture.of(init, 0.35), on_step=lambda p, i, total, x: seen.append(total),
+                       picture=Picture.of(init, 0.35), on_step=lambda p, i, total, x, seen=seen: seen.append(total),
                        generator=torch.Generator().manual_seed(0))
         totals[rounding] = seen[0]
     assert totals == {"round": 18, "floor": 17}

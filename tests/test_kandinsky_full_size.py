@@ -21,8 +21,8 @@ from dalle2_core.convert import diffusers_keys as dk
 from dalle2_core.convert.hf_clip_keys import open_clip_text_cfg, open_clip_vision_cfg, text_key_map, vision_key_map
 from dalle2_core.convert.materialize import Rule, TensorDict, build_on_meta, check_key_map
 from dalle2_core.families.kandinsky import config as kc, keys
-from dalle2_core.families.kandinsky.decoder import KandinskyDecoder, KandinskyDecoderConfig
 from dalle2_core.families.kandinsky.convert import CLIP_ARCHITECTURE
+from dalle2_core.families.kandinsky.decoder import KandinskyDecoder, KandinskyDecoderConfig
 from dalle2_core.movq import MoVQ
 from dalle2_core.prior import StandardizedPrior
 

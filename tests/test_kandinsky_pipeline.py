@@ -144,7 +144,7 @@ def test_img2img_counts_re_drawn_steps_as_diffusers_does(pipeline):
         s = pipeline.resolve(steps=steps, prior_steps=2)
         seen = []
         pipeline.decode(R["prior_run.image_embeds"][:1], None, s, edit=ImageEdit(R["img2img_run.picture"][:1], strength=strength),
-                        generator=torch.Generator().manual_seed(0), on_step=lambda stage, i, total, x: seen.append(total))
+                        generator=torch.Generator().manual_seed(0), on_step=lambda stage, i, total, x, seen=seen: seen.append(total))
         counted.append(seen[0])
     assert counted == [17, 28]
 

@@ -18,7 +18,6 @@ from .gaussian import GaussianDiffusion, ModelFn
 from .repaint import repaint_sample
 from .samplers import sample
 
-
 STRENGTH_ROUNDINGS = ("round", "floor")
 
 

@@ -233,6 +233,10 @@ class Pipeline(nn.Module, abc.ABC):
         names = self.stage_names
         return lambda stage_number, i, total, x: on_step(names[stage_number - 1], i, total, x)
 
+    def prior_runs(self, *, text: bool, negative: bool) -> int:
+        """How many times a batch samples the prior: once for the prompts (`text`), once more for negative prompts."""
+        return int(text) + int(negative)
+
     def stages(self, settings: SamplingSettings) -> list[tuple[str, int]]:
         """(stage name, steps) in the order a text-to-image run goes through them."""
         prior = [(PRIOR_STAGE, settings.prior_steps)] if self.has_prior and not self.unconditional else []

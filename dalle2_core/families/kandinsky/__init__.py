@@ -16,4 +16,9 @@ FAMILY = Family(
         "KandinskyV22PriorPipeline": "dalle2_core.families.kandinsky.preset:converted_kandinsky",
         "KandinskyV22Pipeline": "dalle2_core.families.kandinsky.preset:converted_kandinsky",
     },
+    converters={
+        "KandinskyV22PriorPipeline": "dalle2_core.families.kandinsky.preset:convert_folders",
+        "KandinskyV22Pipeline": "dalle2_core.families.kandinsky.preset:convert_folders",
+        "KandinskyV22Img2ImgPipeline": "dalle2_core.families.kandinsky.preset:convert_folders",
+    },
 )

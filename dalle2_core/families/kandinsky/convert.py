@@ -205,11 +205,28 @@ def convert_kandinsky(
     return KandinskyConversion(out_dir, notes)
 
 
+def add_inpaint_unet(model_dir: str | os.PathLike, inpaint_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    """Give the converted Kandinsky model folder `model_dir` the inpainting U-Net of a KandinskyV22InpaintPipeline folder
+    (`decoder_inpaint/`, written atomically beside the others), in `dtype` (default: as stored)."""
+    from dalle2_core.checkpoint import read_index
+    from dalle2_core.component import read_json
+
+    model_dir = Path(model_dir)
+    if read_index(model_dir).family != "kandinsky":
+        raise ValueError(f"{model_dir} is not a Kandinsky model folder; the inpainting U-Net goes beside a Kandinsky decoder")
+    folder = read_diffusers_folder(inpaint_dir, expect=INPAINT_PIPELINES)
+    folder["unet"].weight_files()  # refuses pickles before anything is built
+    decoder = kc.KandinskyDecoderConfig.from_dict(read_json(model_dir / "decoder" / "config.json", "the decoder's config")["config"])
+    _check_inpaint(kc.unet_config(folder["unet"].config(), "inpaint unet (UNet2DConditionModel)"), decoder.unet)
+    return save_component(convert_unet(folder, dtype=dtype, what="inpaint unet"), model_dir / DECODER_INPAINT)
+
+
 __all__ = [
     "DECODER_INPAINT",
     "IMAGE_ENCODER",
     "KANDINSKY_DEFAULTS",
     "KandinskyConversion",
+    "add_inpaint_unet",
     "convert_decoder",
     "convert_kandinsky",
     "convert_prior",

@@ -167,8 +167,8 @@ class KandinskyDecoder(nn.Module):
 
     # ---- sampling ---------------------------------------------------------------------------------------
 
-    def stage(self, image_embed: torch.Tensor, negative_image_embed: torch.Tensor | None = None, *, size: int | tuple[int, int] | None = None,
-              inpaint_unet: AdmUnet | None = None) -> Stage:
+    def stage(self, image_embed: torch.Tensor, negative_image_embed: torch.Tensor | None = None, *,
+              size: int | tuple[int, int] | None = None, inpaint_unet: AdmUnet | None = None) -> Stage:
         """The decoder as a cascade stage for one run: latents of a `size` picture ((height, width) or a side; default
         `config.default_size`) guided on eps, the unconditional branch `negative_image_embed` (a negative prompt's prior
         sample; default the zero-image embedding); MoVQ as the codec; diffusers' leading timesteps with `steps_offset`

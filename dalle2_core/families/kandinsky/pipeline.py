@@ -83,6 +83,9 @@ class KandinskyPipeline(Pipeline):
     def repaints(self) -> bool:
         return DECODER_INPAINT not in self._modules and not (exists(self.folder) and (self.folder / DECODER_INPAINT).is_dir())
 
+    def prior_runs(self, *, text: bool, negative: bool) -> int:
+        return int(text or negative)  # negative prompts are extra rows of the prompts' prior run
+
     def stage_defaults(self) -> StageDefaults:
         prior, decoder = self.prior.config.diffusion, self.decoder.config.diffusion
         return StageDefaults(prior=(default(prior.sample_steps, prior.timesteps), prior.timesteps),
@@ -154,7 +157,7 @@ class KandinskyPipeline(Pipeline):
         """Pictures' raw image embeddings from the vision tower (`image_encoder/`, loaded on first use)."""
         tower = self.on_demand(IMAGE_ENCODER)
         if tower is None:
-            raise ModelLoadError(f"this Kandinsky model folder has no {IMAGE_ENCODER}/ (the CLIP vision tower), so it cannot embed pictures")
+            raise ModelLoadError(f"this Kandinsky model folder has no {IMAGE_ENCODER}/ (the CLIP vision tower): it cannot embed pictures")
         with self.on_device(tower):
             param = next(tower.parameters())
             return tower.embed_image(images.to(device=param.device, dtype=param.dtype)).image_embed.to(self._dtype())
