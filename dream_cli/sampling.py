@@ -209,8 +209,9 @@ def _load_hint(err) -> str:
     """What the user can do about a load failure, in this command's options."""
     if getattr(err, "offline", False):
         return "; use --model shapes"
-    if type(err).__name__ == "PairNeeded":
-        return "; convert the pair with: dream convert diffusers PRIOR DECODER --out DIR"
+    if getattr(err, "diffusers_pair", False):  # a Kandinsky 2.2 prior and decoder, converted together
+        pair = "; download the prior and decoder at other commits and convert" if getattr(err, "pinned_repo", None) else "; convert"
+        return f"{pair} the pair with: dream convert diffusers PRIOR DECODER --out DIR"
     repo, filename = getattr(err, "pinned_repo", None), getattr(err, "pinned_file", None)
     if repo and filename:
         return f"; download {filename} of {repo} at another commit yourself and convert it with `dream convert laion`"

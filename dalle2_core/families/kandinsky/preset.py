@@ -37,7 +37,10 @@ INPAINT_REPO, INPAINT_REVISION = "kandinsky-community/kandinsky-2-2-decoder-inpa
 
 
 class PairNeeded(ModelNotFoundError):
-    """A prior or decoder folder alone: a Kandinsky model is both, converted together."""
+    """A prior or decoder folder alone, or a pinned commit the Hub no longer serves: a Kandinsky model is a prior and a
+    decoder converted together (by whoever has the pair)."""
+
+    diffusers_pair = True  # a caller can say how its user converts a pair
 
 
 def _add_inpainting(target: Path, *, progress: bool, cache_dir) -> str:
@@ -60,9 +63,15 @@ def resolve_kandinsky(*, progress: bool = False, cache_dir=None, pictures: bool 
     nothing more); with `inpainting`, with the inpainting U-Net of kandinsky-2-2-decoder-inpaint."""
     from dalle2_core.families.kandinsky.convert import convert_kandinsky
 
-    prior = download_pipeline(PRIOR_REPO, pin=PRIOR_REVISION, expect=PRIOR_PIPELINES, progress=progress, cache_dir=cache_dir)
-    decoder = download_pipeline(DECODER_REPO, pin=DECODER_REVISION, expect=DECODER_PIPELINES, components=("unet", "movq"),
-                                progress=progress, cache_dir=cache_dir)
+    try:
+        prior = download_pipeline(PRIOR_REPO, pin=PRIOR_REVISION, expect=PRIOR_PIPELINES, progress=progress, cache_dir=cache_dir)
+        decoder = download_pipeline(DECODER_REPO, pin=DECODER_REVISION, expect=DECODER_PIPELINES, components=("unet", "movq"),
+                                    progress=progress, cache_dir=cache_dir)
+    except ModelNotFoundError as err:
+        if err.pinned_repo is None:
+            raise
+        # another commit of one repo is no Kandinsky preset: the pair is converted by whoever picks the commits
+        raise PairNeeded(str(err), pinned_repo=err.pinned_repo, pinned_revision=err.pinned_revision) from None
     source = {"key": f"{prior.sources[0]}+{decoder.sources[0]}", "prior": {"repo": PRIOR_REPO, "commit": prior.revision},
               "decoder": {"repo": DECODER_REPO, "commit": decoder.revision}}
     path = convert_once(dream_cache_dir() / "models" / "kandinsky", source, lambda out: convert_kandinsky(prior.path, decoder.path, out))
