@@ -98,7 +98,7 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
         click.option("--sampler", type=click.Choice(list(SAMPLER_NAMES)), help="Sampler, for every stage. [model default]"),
         click.option("--spacing", type=click.Choice(list(SPACINGS)),
                      help="Which timesteps the steps visit, for every stage: uniform, leading, trailing or karras. [each stage's own]"),
-        click.option("--size", type=ImageSize(),
+        click.option("--size", type=ImageSize(), metavar="WxH",
                      help="Image size WIDTHxHEIGHT, one the model makes (kandinsky: multiples of 64 from 256 to 1024 a side; "
                           "karlo: 256x256). [model default]"),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
