@@ -142,9 +142,9 @@ class KandinskyPipeline(Pipeline):
         """The negative prompts' unguided prior samples (what diffusers' prior pipeline gives as negative_image_embeds)."""
         return Condition(self._prior(negative, negative, 1.0, settings, generator, on_step), negative)
 
-    def _prior(self, text: TextCondition, uncond, cond_scale: float, settings: SamplingSettings, generator, on_step) -> torch.Tensor:
+    def _prior(self, text: TextCondition, uncond: TextCondition, cond_scale: float, settings: SamplingSettings, generator,
+               on_step) -> torch.Tensor:
         with self.on_device(self.prior):
-            uncond = uncond() if callable(uncond) else uncond
             step = None if on_step is None else (lambda i, total, x: on_step(PRIOR_STAGE, i, total, x))
             candidates = self.prior.sample_embeds(
                 text.text_embed, text.text_encodings, text.text_mask, num_samples_per_batch=settings.prior_samples, cond_scale=cond_scale,
