@@ -5,6 +5,8 @@
 #      fraction of the card's peak, peak memory), default path and the compiled path (--ours-fast)
 #   3. `dream --model shapes --device cuda -n 8` end to end (timed, the PNGs kept)
 #   4. Karlo-sized networks in fp16: s/step, one 256 px image's peak, and the same image with the networks offloaded
+#   5. Kandinsky 2.2 at full size in fp16 (random weights from the Hub's configs) through its pipeline: s/image at 512 and
+#      768 px (prior 25 steps, decoder 100), peak memory, with and without offload
 #
 #   bash benchmarks/gpu_check.sh [--out DIR]      # on the GPU machine
 #   bash benchmarks/gpu_check.sh --dry-run        # anywhere, CPU, tiny sizes, seconds: checks the script works
@@ -13,7 +15,7 @@
 # python3; e.g. the project venv carried along), and for step 2 the peer's venv at PEER_VENV (default
 # /work/scratch/peervenv: `python3 -m venv` + `pip install torch==<ours> dalle2-pytorch==1.15.6`, made beforehand and
 # carried, ~2 GB with CUDA torch). Without it step 2 is skipped and the summary says so; nothing is installed.
-# Each step has its own time limit (40-130 s, 480 s in all), so the whole stays under 8 minutes; a step that
+# Each step has its own time limit (40-130 s, 580 s in all), so the whole stays under 10 minutes; a step that
 # times out is reported in the summary and the others still run.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -70,6 +72,8 @@ if [ "$dry" = 1 ]; then
   notes+=("- benchmark table: not run in a dry run (on a GPU: peer_compare.py --device cuda, bf16 and fp32, and --ours-fast)")
   step "Karlo-sized networks (tiny)" 150 karlo.log \
     "$OURS_PYTHON" "$here/karlo_speed.py" --tiny --device cpu --dtypes fp32 --offload --threads 1 --out-dir "$out"
+  step "Kandinsky 2.2 pipeline (tiny)" 100 kandinsky.log \
+    "$OURS_PYTHON" "$here/kandinsky_speed.py" --tiny --offload --threads 1 --out-dir "$out"
   notes+=("- dream --model shapes --device cuda -n 8: run only on a GPU")
   { echo; printf '%s\n' "${notes[@]}"; } >> "$summary"
   cat "$summary"
@@ -94,5 +98,7 @@ step "dream --model shapes --device cuda -n 8" "$limit" dream-shapes.log \
   "a large red circle on the left on a blue background"
 step "Karlo-sized networks fp16 (offload and not)" 130 karlo.log \
   "$OURS_PYTHON" "$here/karlo_speed.py" --device cuda --dtypes fp16 --offload --iters 3 --out-dir "$out"
+step "Kandinsky 2.2 fp16, 512 and 768 px (offload and not)" 100 kandinsky.log \
+  "$OURS_PYTHON" "$here/kandinsky_speed.py" --device cuda --dtype fp16 --offload --out-dir "$out"
 [ ${#notes[@]} -gt 0 ] && { echo; printf '%s\n' "${notes[@]}"; } >> "$summary"
 cat "$summary"

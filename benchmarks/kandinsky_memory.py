@@ -9,10 +9,10 @@ configs in tests/fixtures/kandinsky/configs) are written as safetensors shards w
 (text tower float32, vision tower float16, as on the Hub) and a decoder folder. Then, each in a fresh process with
 `MALLOC_MMAP_THRESHOLD_=65536` so freed tensors leave the resident set:
   convert   `convert_kandinsky(prior, decoder, out)`
-  generate  `load_component` of clip (text tower), prior and decoder (U-Net + MoVQ): what text-to-image loads;
-            every tensor read once; then one picture (default 512 px) with 2 steps a stage, driven through the
-            networks and samplers directly (text tower -> prior sample_embeds -> guided DDPM on the decoder's
-            leading timesteps -> MoVQ decode), as the pipeline will run them
+  generate  `load_pipeline` of the converted folder, as `dream --model` loads it: clip (text tower), prior and
+            decoder (U-Net + MoVQ), not the vision tower; every tensor read once; then one picture (default 512 px)
+            with 2 steps a stage through `KandinskyPipeline.generate` (text tower -> guided prior -> guided decoder on
+            its leading timesteps -> MoVQ decode)
 Peaks are resident-set high-water marks (`VmHWM`, file-backed pages of the mapped weights included): the whole
 process, and above the process after its imports. Writes benchmarks/results/kandinsky-memory.md and .json.
 """
@@ -114,19 +114,14 @@ def _touch(modules) -> None:
 
 @torch.no_grad()
 def generate(model: Path, size: int, steps: int) -> dict:
-    import dalle2_core.clip.hf_clip_adapter  # noqa: F401  (imported before the baseline, as load_component would)
-    import dalle2_core.families.kandinsky  # noqa: F401
-    import dalle2_core.prior  # noqa: F401
-    from dalle2_core.checkpoint import load_component
-    from dalle2_core.diffusion import classifier_free_guidance
-    from dalle2_core.diffusion.samplers import sample_ddpm
+    import dalle2_core.clip.hf_clip_adapter  # noqa: F401  (imported before the baseline, as loading would)
+    import dalle2_core.families.kandinsky.pipeline  # noqa: F401
+    from dalle2_core.pipeline import load_pipeline
 
     base = reset_peak()
     start = time.perf_counter()
-    clip = load_component(model / "clip").eval()
-    prior = load_component(model / "prior").eval()
-    decoder = load_component(model / "decoder").eval()
-    modules = (clip, prior, decoder)
+    pipeline = load_pipeline(model)  # what `dream --model` loads: clip (text tower), prior, decoder (U-Net + MoVQ)
+    modules = (pipeline.clip, pipeline.prior, pipeline.decoder)
     weights = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
     loaded = _status()
     _touch(modules)
@@ -134,19 +129,14 @@ def generate(model: Path, size: int, steps: int) -> dict:
     load_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    text = clip.embed_text(clip.tokenize(["a sunset on everest"]))
-    empty = clip.embed_text(clip.tokenize([""]))
-    embed = prior.sample_embeds(*text, cond_scale=4.0, steps=steps, generator=g, uncond=tuple(empty))[:, 0]
-    shape = decoder.latent_shape(size, size)
-    model_fn = classifier_free_guidance(decoder, 4.0, uncond={"image_embed": decoder.null_image_embeds(1)}, image_embed=embed)
-    latents = sample_ddpm(model_fn, decoder.config.sampling_diffusion(steps), torch.randn(1, *shape, generator=g), generator=g)
-    image = decoder.decode(latents)
+    settings = pipeline.resolve(steps=steps, prior_steps=steps, size=(size, size))
+    image = pipeline.generate(["a sunset on everest"], settings, generator=torch.Generator().manual_seed(0))
     final = _status()
     return {
         "baseline_rss": base, "weights_bytes": weights, "load_seconds": load_seconds, "image_seconds": time.perf_counter() - start,
         "peak_after_load": loaded["VmHWM"], "peak_after_touch": touched["VmHWM"], "peak_rss": final["VmHWM"],
         "file_backed_after": final["RssFile"], "image_shape": list(image.shape), "image_std": float(image.std()),
+        "loaded_components": sorted(pipeline._modules),
     }
 
 

@@ -2,13 +2,13 @@
 
 A family turns its networks into `Stage` records (what to call, with which conditions, on which diffusion, in
 which space) and `sample_cascade` runs them in order: per-stage settings, the noise draw, guidance, start
-pictures (SDEdit or RePaint), kept pixels, the finite check and the hand-over of each stage's image to the next.
-unCLIP's decoder (Ramesh et al. 2022 sec. 2.1), Karlo's 64 px decoder with its 256 px super-resolution pair and
-a latent stage with an autoencoder are all lists of stages. The diffusion math is `dalle2_core.diffusion`; this
-module imports no network.
+pictures (SDEdit, or inpainting: RePaint on any network, or a network trained for inpainting), kept pixels, the
+finite check and the hand-over of each stage's image to the next. unCLIP's decoder (Ramesh et al. 2022 sec. 2.1),
+Karlo's 64 px decoder with its 256 px super-resolution pair and Kandinsky 2.2's latent U-Net with its MoVQ are all
+lists of stages. The diffusion math is `dalle2_core.diffusion`; this module imports no network.
 
-Between stages an image is a (b, c, size, size) tensor in [-1, 1] pixels: a stage's output decoded by its codec
-and clamped. The cascade returns the last one in [0, 1].
+Between stages an image is a (b, c, h, w) tensor in [-1, 1] pixels: a stage's output decoded by its codec and
+clamped. A stage's size is one side (square) or (height, width). The cascade returns the last image in [0, 1].
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from dalle2_core.errors import SettingError, check_finite
 from dalle2_core.helpers import cast_tuple, default, exists, normalize_neg_one_to_one, randn, resize, unnormalize_zero_to_one
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
+Size = int | tuple[int, int]  # one side of a square, or (height, width)
 # on_step(position, i, total, x): after step i (0-based) of `total` in stage `position` of the list run
 CascadeOnStep = Callable[[int, int, int, torch.Tensor], "torch.Tensor | None"]
 
@@ -58,16 +59,21 @@ class Codec(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
-def resize_picture(images: torch.Tensor, size: int) -> torch.Tensor:
+def hw(size: Size) -> tuple[int, int]:
+    """(height, width) of a `Size`."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_picture(images: torch.Tensor, size: Size) -> torch.Tensor:
     """A [0, 1] picture at a stage's size: antialiased bicubic, clamped (the default `Stage.resize`)."""
-    return images if images.shape[-2:] == (size, size) else resize(images, size).clamp(0.0, 1.0)
+    return images if images.shape[-2:] == hw(size) else resize(images, hw(size)).clamp(0.0, 1.0)
 
 
-def _nearest_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """(b, 1, h, w) bool at (size, size), nearest neighbour."""
-    if mask.shape[-2:] == (size, size):
+def _nearest_mask(mask: torch.Tensor, size: Size) -> torch.Tensor:
+    """(b, 1, h, w) bool at `size`, nearest neighbour."""
+    if mask.shape[-2:] == hw(size):
         return mask
-    return F.interpolate(mask.float(), size=(size, size), mode="nearest") > 0.5
+    return F.interpolate(mask.float(), size=hw(size), mode="nearest") > 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,14 +85,20 @@ class Stage:
     by a `cond_drop_mask` the guidance adds) and what `lowres(previous, generator)` derives from the previous
     stage's image (both branches). `encode(**batched conditions) -> keywords` runs once per run (conditioning that
     depends on neither x_t nor t). `final_network` takes the last model call (Karlo's `super_res_last`).
+
+    Inpainting runs RePaint on `network` unless `inpaint_mask` is set: `network` is then a network trained for
+    inpainting, called with two more keywords, `masked` (the picture in the stage's space, zero where it is
+    re-drawn) and `mask` (b, 1, h, w, 1.0 = kept), and the kept region is put back after every step
+    (`diffusion.blended_sample`); `inpaint_mask` turns the keep mask at the stage's latent size into the one the
+    network sees (diffusers' Kandinsky 2.2 grows the re-drawn region by a latent pixel).
     """
 
     name: str  # progress and error messages name it
     network: Callable[..., torch.Tensor]
     diffusion: GaussianDiffusion  # the training schedule; settings respace it
-    size: int  # height and width of the [-1, 1] image the stage outputs
+    size: Size  # of the [-1, 1] image the stage outputs
     channels: int  # channels of what it diffuses
-    latent_size: int | None = None  # height and width of what it diffuses; None: `size` (a pixel stage)
+    latent_size: Size | None = None  # of what it diffuses; None: `size` (a pixel stage)
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
     codec: Codec | None = None  # None: the stage diffuses pixels
@@ -102,7 +114,9 @@ class Stage:
     default_steps: int | str | None = None
     default_spacing: str = "uniform"  # the spacing its scheduler uses (`diffusion.spacing`), when the settings name none
     spacing_offset: int = 0  # a "leading" spacing's offset (a scheduler's steps_offset)
-    resize: Callable[[torch.Tensor, int], torch.Tensor] = resize_picture  # a [0, 1] picture to this stage's size
+    strength_rounding: str = "round"  # SDEdit's re-drawn steps from a strength (`diffusion.redrawn_steps`)
+    inpaint_mask: Callable[[torch.Tensor], torch.Tensor] | None = None  # see above: `network` is an inpainting network
+    resize: Callable[[torch.Tensor, Size], torch.Tensor] = resize_picture  # a [0, 1] picture to this stage's size
 
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
         return (self.codec.decode(x) if exists(self.codec) else x).clamp(-1.0, 1.0)
@@ -160,18 +174,22 @@ class Picture:
             known = normalize_neg_one_to_one(stage.resize(self.known, stage.size)).to(stage.dtype)
             keep = _nearest_mask(self.keep[:, None], stage.size)
             latent_keep = _nearest_mask(keep, default(stage.latent_size, stage.size))
-            return _AtStage(StageEdit(known=stage.from_pixels(known), keep=latent_keep), known, keep)
+            blend = exists(stage.inpaint_mask)
+            latent_keep = stage.inpaint_mask(latent_keep) if blend else latent_keep
+            return _AtStage(StageEdit(known=stage.from_pixels(known), keep=latent_keep, blend=blend), known, keep)
         if exists(self.init):
             init = normalize_neg_one_to_one(stage.resize(self.init, stage.size).to(stage.dtype))
-            return _AtStage(StageEdit(init=stage.from_pixels(init), strength=self.strength), init)
+            return _AtStage(StageEdit(init=stage.from_pixels(init), strength=self.strength, rounding=stage.strength_rounding), init)
         return _AtStage()
 
     def restore(self, images: torch.Tensor, stage: Stage) -> torch.Tensor:
         """[0, 1] images with the kept pixels exactly the picture's (at the last stage's size)."""
         if not exists(self.known):
             return images
-        keep = _nearest_mask(self.keep[:, None], images.shape[-1])
-        return torch.where(keep, stage.resize(self.known, images.shape[-1]).to(images.dtype), images)
+        h, w = images.shape[-2:]
+        size = h if h == w else (h, w)  # a square by its side, as every `Stage.resize` takes it
+        keep = _nearest_mask(self.keep[:, None], size)
+        return torch.where(keep, stage.resize(self.known, size).to(images.dtype), images)
 
 
 NO_PICTURE = Picture()
@@ -197,10 +215,10 @@ def sample_cascade(stages: Sequence[Stage], settings: Sequence[StageSettings], *
     if len(stages) != len(settings):
         raise ValueError(f"{len(stages)} stages need as many settings, got {len(settings)}")
     if exists(picture.known):
-        for s in settings:  # before any stage runs
-            check_inpaint_sampler(s.sampler)
-    if exists(picture.init) and all(redraws_nothing(st.diffusion, default(s.steps, st.default_steps), picture.strength)
-                                    for st, s in zip(stages, settings)):
+        for st, s in zip(stages, settings):  # before any stage runs
+            if not exists(st.inpaint_mask):
+                check_inpaint_sampler(s.sampler)
+    if exists(picture.init) and all(_keeps_picture(st, s, picture.strength) for st, s in zip(stages, settings)):
         return stages[-1].resize(picture.init, stages[-1].size).to(stages[-1].dtype)  # nothing is re-drawn: the picture itself
     image = start.to(stages[0].dtype) if exists(start) else None  # a float32 picture for a half-precision model
     for position, (stage, s) in enumerate(zip(stages, settings)):
@@ -209,10 +227,18 @@ def sample_cascade(stages: Sequence[Stage], settings: Sequence[StageSettings], *
     return picture.restore(unnormalize_zero_to_one(image), stages[-1])
 
 
+def _keeps_picture(stage: Stage, s: StageSettings, strength: float) -> bool:
+    """Whether SDEdit at `strength` re-draws no step of this stage."""
+    return redraws_nothing(stage.diffusion, default(s.steps, stage.default_steps), strength, stage.strength_rounding)
+
+
 def _sample_stage(stage: Stage, s: StageSettings, previous: torch.Tensor | None, batch_size: int, generator: Generator,
                   on_step, picture: Picture) -> torch.Tensor:
-    """One stage: [-1, 1] pixels (b, c, size, size)."""
+    """One stage: [-1, 1] pixels (b, c, h, w)."""
+    at = picture.for_stage(stage)
     extra = stage.lowres(previous, generator) if exists(stage.lowres) else {}
+    if exists(at.edit) and at.edit.blend:  # an inpainting network sees the kept picture and the mask
+        extra = {**extra, "masked": at.edit.known * at.edit.keep, "mask": at.edit.keep.to(at.edit.known.dtype)}
     cond = {**stage.cond, **extra}
     uncond = {**stage.uncond, **extra} if exists(stage.uncond) else None
     scale = s.cond_scale
@@ -224,10 +250,9 @@ def _sample_stage(stage: Stage, s: StageSettings, previous: torch.Tensor | None,
                       stage.spacing_offset)
     if exists(stage.final_network):
         model = _with_final(model, stage, steps, scale, cond, uncond)
-    at = picture.for_stage(stage)
-    size = default(stage.latent_size, stage.size)
-    noise = randn((batch_size, stage.channels, size, size), generator=generator, device=stage.device, dtype=stage.dtype)
-    if exists(at.edit) and exists(at.edit.init) and redraws_nothing(stage.diffusion, steps, at.edit.strength):
+    noise = randn((batch_size, stage.channels, *hw(default(stage.latent_size, stage.size))), generator=generator, device=stage.device,
+                  dtype=stage.dtype)
+    if exists(at.edit) and exists(at.edit.init) and redraws_nothing(stage.diffusion, steps, at.edit.strength, at.edit.rounding):
         return at.pixels  # no step of this stage is re-drawn: the picture itself (the noise is drawn all the same)
     x = sample_stage(model, stage.diffusion, noise, sampler=s.sampler, steps=steps, eta=s.eta if s.sampler == "ddim" else 0.0,
                      denoise_fn=stage.denoise_fn, generator=generator, on_step=on_step, edit=at.edit,
@@ -252,8 +277,10 @@ def _with_final(model, stage: Stage, steps, cond_scale: float, cond: dict, uncon
 __all__ = [
     "Codec",
     "Picture",
+    "Size",
     "Stage",
     "StageSettings",
+    "hw",
     "per_stage",
     "resize_picture",
     "sample_cascade",

@@ -61,6 +61,7 @@ class SamplingSettings(Config):
     prior_steps: int | None = None
     sampler: str = "ddpm"
     spacing: str | None = None  # which timesteps the steps visit (`choices.SPACINGS`); None: each stage's own default
+    size: tuple[int, int] | None = None  # (width, height) of the images, as "WxH" writes it; None: the model's own
 
     def __post_init__(self):
         for name, value in (("cond_scale", self.cond_scale), ("prior_cond_scale", self.prior_cond_scale)):
@@ -75,6 +76,8 @@ class SamplingSettings(Config):
             raise ValueError(f"sampler {self.sampler!r} is unknown; accepted: {', '.join(SAMPLERS)}")
         if exists(self.spacing) and self.spacing not in SPACINGS:
             raise ValueError(f"spacing {self.spacing!r} is unknown; accepted: {', '.join(SPACINGS)}")
+        if exists(self.size) and (len(self.size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.size)):
+            raise ValueError(f"size {self.size!r} is invalid: (width, height), two integers >= 1")
 
 
 def _as_tuple(value) -> tuple:

@@ -14,9 +14,10 @@ BUNDLED = ("shapes",)  # shipped inside the package
 FAMILIES = {
     "unclip": ("laion",),
     "karlo": ("karlo",),
+    "kandinsky": ("kandinsky",),
 }
 PRESETS = tuple(preset for presets in FAMILIES.values() for preset in presets)
-DEFAULT_MODEL = "karlo"
+DEFAULT_MODEL = "kandinsky"
 SHAPES_SPLITS = ("seen", "held")
 SHAPES_FORMATS = ("txt", "jsonl")
 

@@ -47,7 +47,7 @@ _SHARED_CLASSES = {
     "StandardizedPrior": ("dalle2_core.prior",),
     "TextProj": ("dalle2_core.adm",),
     "AdmUnet": ("dalle2_core.adm",),
-    "KandinskyDecoder": ("dalle2_core.families.kandinsky",),
+    "MoVQ": ("dalle2_core.movq",),
 }
 
 

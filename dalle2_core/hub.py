@@ -44,9 +44,10 @@ def parse_hub_id(spec: str) -> tuple[str, str | None] | None:
 
 
 def resolve_hub(repo_id: str, revision: str | None = None, *, progress: bool = False, cache_dir=None,
-                pictures: bool = False) -> ResolvedModel:
+                pictures: bool = False, inpainting: bool = False) -> ResolvedModel:
     """A Hub repo holding a model folder, downloaded (or found) in the Hugging Face cache; a diffusers pipeline repo of a
-    class a family reads is downloaded in full (safetensors only) and converted once (`pictures`: see `resolve_model`)."""
+    class a family reads is downloaded in full (safetensors only) and converted once (`pictures`, `inpainting`: see
+    `resolve_model`)."""
     path = download_model_folder(repo_id, revision, progress, cache_dir)
     spec = repo_id + (f"@{revision}" if exists(revision) else "")
     name = pipeline_class(path)
@@ -54,7 +55,7 @@ def resolve_hub(repo_id: str, revision: str | None = None, *, progress: bool = F
     if exists(convert):  # the whole pipeline (safetensors only), converted once by the family that reads it
         snapshot = download_pipeline(repo_id, revision, expect=(name,), progress=progress, cache_dir=cache_dir)
         return convert(snapshot.path, spec, revision=snapshot.revision, source="hub", pictures=pictures,
-                       progress=progress, cache_dir=cache_dir)
+                       progress=progress, cache_dir=cache_dir, inpainting=inpainting)
     if not (path / INDEX_FILE).is_file():
         raise ModelNotFoundError(
             f"Hugging Face repo {spec!r} is not a dream model folder: it has no {INDEX_FILE} at its root"
@@ -68,14 +69,16 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or (has_sep and not exists(parse_hub_id(spec)))
 
 
-def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=None, pictures: bool = False) -> ResolvedModel:
+def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=None, pictures: bool = False,
+                  inpainting: bool = False) -> ResolvedModel:
     """A local model folder for `spec`: a bundled model, a preset, a folder path, or a Hub id org/name[@revision].
 
     The names are checked first: a local folder called `shapes` is reached as `./shapes`.
     `progress` lets huggingface_hub show download bars (off by default: the library never prints).
     `pictures`: the caller will embed pictures, so a model whose family fetches its vision tower on first use (Karlo)
-    gets it now; text to image never needs it. Presets and diffusers pipeline folders are resolved by the family
-    that declares them (`dalle2_core.families`).
+    gets it now; text to image never needs it. `inpainting`: the caller will inpaint, so a model whose family fetches
+    an inpainting network on first use (Kandinsky 2.2) gets it now. Presets and diffusers pipeline folders are
+    resolved by the family that declares them (`dalle2_core.families`).
     """
     spec = default_model_spec() if spec is None else spec
     if not isinstance(spec, str) or not spec.strip():
@@ -98,18 +101,18 @@ def resolve_model(spec: str | None = None, *, progress: bool = False, cache_dir=
             )
         return ResolvedModel(path=path, spec=spec, source="bundled")
     if spec in PRESETS:
-        return preset_resolver(spec)(progress=progress, cache_dir=cache_dir, pictures=pictures)
+        return preset_resolver(spec)(progress=progress, cache_dir=cache_dir, pictures=pictures, inpainting=inpainting)
     local = Path(spec).expanduser()
     if local.exists() or _looks_like_path(spec):
         if not local.exists():
             raise ModelNotFoundError(f"model folder {str(local)!r} does not exist")
         convert = diffusers_converter(pipeline_class(local))
         if exists(convert):  # a diffusers pipeline folder a family reads: converted once
-            return convert(local, spec, pictures=pictures, progress=progress, cache_dir=cache_dir)
+            return convert(local, spec, pictures=pictures, progress=progress, cache_dir=cache_dir, inpainting=inpainting)
         return ResolvedModel(path=local, spec=spec, source="local")
     hub = parse_hub_id(spec)
     if exists(hub):
-        return resolve_hub(*hub, progress=progress, cache_dir=cache_dir, pictures=pictures)
+        return resolve_hub(*hub, progress=progress, cache_dir=cache_dir, pictures=pictures, inpainting=inpainting)
     raise ModelNotFoundError(
         f"model {spec!r} not found: expected a model folder path, a Hugging Face repo id "
         f"org/name[@revision], or one of: {', '.join((*BUNDLED, *PRESETS))}"

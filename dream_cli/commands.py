@@ -16,7 +16,7 @@ import click
 from dream_cli.generate import note, run_metadata
 from dream_cli.output import png_text, save_png, slugify
 from dream_cli.pictures import file_size, load_image
-from dream_cli.sampling import Progress, opening, per_image_generators, sampling_errors, sampling_options
+from dream_cli.sampling import Progress, cpu_estimate, opening, per_image_generators, sampling_errors, sampling_options
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ def interpolate(a: str, b: str, frames: int, batch_size: int, outdir: Path, **op
         base = {**run_metadata(s, run.resolved, opts["precision"], device, prior=prompts), "seed": seed, "frames": frames,
                 "a": names[0], "b": names[1]}
         i = 0
-        with Progress(run.quiet, pipeline.stages(s), runs) as progress, sampling_errors():
+        with Progress(run.quiet, pipeline.stages(s), runs, cpu_estimate(pipeline, device, run.quiet)) as progress, sampling_errors():
             for batch in pipeline.interpolate_batches(ends, frames, s, seed=seed, batch_size=batch_size, on_step=progress):
                 for img in batch.float().cpu():
                     info = {**base, "index": i, "t": i / (frames - 1), "size": [img.shape[-1], img.shape[-2]]}
@@ -98,7 +98,7 @@ def mix(items: tuple[str, ...], num: int, outdir: Path, **opts) -> None:
         pipeline, s, seed, device = run.pipeline, run.settings, run.seed, run.device
         prompts = any(isinstance(item, str) for item, _, _ in parsed)
         runs = {name: 1 for name in pipeline.stage_names} | {"prior": int(prompts)}
-        with Progress(run.quiet, pipeline.stages(s), runs) as progress, sampling_errors():
+        with Progress(run.quiet, pipeline.stages(s), runs, cpu_estimate(pipeline, device, run.quiet)) as progress, sampling_errors():
             images = pipeline.mix([(item, w) for item, w, _ in parsed], s, num_images=num, seed=seed,
                                   generator=per_image_generators(seed, num, device), on_step=progress).float().cpu()
         label = " + ".join(f"{name if isinstance(item, str) else Path(name).stem}:{w:g}" for item, w, name in parsed)

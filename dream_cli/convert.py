@@ -1,4 +1,5 @@
-"""`dream convert laion`: LAION's DALLE2-pytorch checkpoints into a model folder (parses options, calls dalle2_core)."""
+"""`dream convert laion` (LAION's DALLE2-pytorch checkpoints) and `dream convert diffusers` (diffusers pipeline folders, read
+by the family that declares their class) into a model folder: parses options, calls dalle2_core."""
 
 from __future__ import annotations
 
@@ -69,25 +70,37 @@ def laion(prior: Path, prior_config: Path, decoder: Path, upsampler: Path | None
 
 
 @convert.command()
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("src", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New or empty folder for the model.")
 @click.option("--image-variations", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="An UnCLIPImageVariationPipeline folder or a transformers CLIP folder (openai/clip-vit-large-patch14): "
+              help="Karlo: an UnCLIPImageVariationPipeline folder or a transformers CLIP folder (openai/clip-vit-large-patch14): "
                    "its CLIP vision tower lets the model embed pictures.")
+@click.option("--inpaint", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Kandinsky 2.2: a KandinskyV22InpaintPipeline folder (kandinsky-2-2-decoder-inpaint), the U-Net --mask uses.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the weights in this precision. [as given]")
 @click.option("-q", "--quiet", is_flag=True, help="No notes on stderr (the folder path is still printed).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def diffusers(src: Path, out: Path, image_variations: Path | None, precision: str | None, quiet: bool, debug: bool) -> None:
-    """Convert a diffusers UnCLIPPipeline folder SRC (Karlo v1-alpha, a fine-tune) into a model folder.
+def diffusers(src: tuple[Path, ...], out: Path, image_variations: Path | None, inpaint: Path | None, precision: str | None,
+              quiet: bool, debug: bool) -> None:
+    """Convert diffusers pipeline folders SRC... of one model into a model folder: an UnCLIPPipeline folder (Karlo
+    v1-alpha, a fine-tune), or a Kandinsky 2.2 prior folder and its decoder folder (KandinskyV22PriorPipeline,
+    KandinskyV22Pipeline).
 
     Only safetensors weights are read; a component with only .bin pickles is refused.
     """
     import torch
 
-    from dalle2_core.families.karlo.convert import convert_unclip
+    from dalle2_core.convert.diffusers_folder import pipeline_class
+    from dalle2_core.families import families, folders_converter
 
+    first = pipeline_class(src[0])
+    converter = folders_converter(first)
+    if converter is None:
+        known = sorted(name for fam in families() for name in fam.converters)
+        what = f"a {first} folder" if first else "not a diffusers pipeline folder (no model_index.json)"
+        raise click.BadParameter(f"{str(src[0])!r} is {what}; accepted: {', '.join(known)}", param_hint="SRC")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     with _new_folder(out) as tmp:
-        notes = convert_unclip(src, tmp, image_variations=image_variations, dtype=dtype).notes
+        notes = converter(list(src), tmp, dtype=dtype, inpaint=inpaint, image_variations=image_variations).notes
     _report(out, notes, quiet)

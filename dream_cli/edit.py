@@ -1,9 +1,9 @@
 """`--init-image` with `--strength`, `--mask` or `--outpaint`: read, checked and bounded before any model loads.
 
 Outpainting grows the picture by PX of its own pixels on each named side, then to a square (mid-grey where new);
-that canvas is fitted to the model's output size like every start picture, so the picture shrinks within the
-output while the new area is drawn around it. Each axis may grow to at most `MAX_GROWTH` times the picture's side,
-so the picture keeps at least a quarter of the output's width and height.
+that canvas is fitted to the run's output size like every start picture (the side that fits, centre crop), so the
+picture shrinks within the output while the new area is drawn around it. Each axis may grow to at most `MAX_GROWTH`
+times the picture's side, so the picture keeps at least a quarter of the output's width and height.
 
 An edit that leaves nothing to draw (`--strength 0`, an all-black mask, `--outpaint` that adds no pixels) is said
 and skipped (`NothingToDo`): no model is loaded and nothing is written.
@@ -72,8 +72,10 @@ def outpaint(image: torch.Tensor, mask: torch.Tensor | None, sides: dict[str, in
     return grown, torch.nn.functional.pad(known, pad, value=True)
 
 
-def fit_square(image: torch.Tensor, mask: torch.Tensor | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`image` (1, c, h, w) and its mask resized to size x size as CLIP does it (shorter side, centre crop)."""
+def fit_picture(image: torch.Tensor, mask: torch.Tensor | None, size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`image` (1, c, h, w) and its mask resized to `size` (a side, or (width, height)) as CLIP does it (the side that
+    fits, centre crop)."""
+    size = (size[1], size[0]) if isinstance(size, tuple) else size  # (height, width)
     from dalle2_core.clip import resize_center_crop
 
     out = resize_center_crop(image, size).clamp(0, 1)
@@ -117,14 +119,14 @@ def read_edit(init_image: Path | None, strength: float | None, mask: Path | None
     return EditSource(picture, region, strength, metadata, args, [note] if note else [])
 
 
-def edit_for(pipeline, source: EditSource | None, device, dtype):
-    """The edit at the model's output size, on its device and in its precision."""
+def edit_for(source: EditSource | None, size: tuple[int, int], device, dtype):
+    """The edit at the run's output size (width, height), on its device and in its precision."""
     from dalle2_core.pipeline import ImageEdit
 
     if source is None:
         return None
-    image, mask = fit_square(source.image, source.mask, pipeline.image_size)
+    image, mask = fit_picture(source.image, source.mask, size)
     return ImageEdit(image.to(device=device, dtype=dtype), source.strength, mask.to(device) if mask is not None else None)
 
 
-__all__ = ["MAX_GROWTH", "EditSource", "NothingToDo", "edit_for", "fit_square", "outpaint", "parse_outpaint", "read_edit"]
+__all__ = ["MAX_GROWTH", "EditSource", "NothingToDo", "edit_for", "fit_picture", "outpaint", "parse_outpaint", "read_edit"]

@@ -19,6 +19,7 @@ from dream_cli.sampling import (
     NumberList,
     Progress,
     check_outdir,
+    cpu_estimate,
     first_seed,
     info_line,
     load,
@@ -130,14 +131,13 @@ def generate(prompt: tuple[str, ...], prompts_file: Path | None, from_image: Pat
     with surface_warnings(everything=opts["debug"], negative_prompts=[j.options.get("negative_prompt") or opts["negative_prompt"]
                                                                         for j in jobs]):
         pipeline, resolved = load(opts["model_spec"], _rank_device(device, world), dtype, quiet, opts["offload"],
-                                  pictures=picture is not None)
+                                  pictures=picture is not None, inpainting=edit_source is not None and edit_source.mask is not None)
         if pipeline.unconditional:
             picture = None  # nothing conditions the images: no prior, no image embedding
         elif picture is None and not pipeline.has_prior:
             raise DreamError(f"model {resolved.spec!r} has no prior, so it cannot generate from text; use --image")
-        edit = edit_for(pipeline, edit_source, pipeline.device, dtype)
         for index, job in mine:
-            run = Run(pipeline, resolved, job, seeds[index], {**opts, **job.options}, picture, edit_source, edit, outdir, quiet)
+            run = Run(pipeline, resolved, job, seeds[index], {**opts, **job.options}, picture, edit_source, dtype, outdir, quiet)
             run.write()
 
 
@@ -186,11 +186,12 @@ def _rank_device(device, world: int):
 class Run:
     """The images of one prompt: batches through the pipeline, each image written as soon as it exists."""
 
-    def __init__(self, pipeline, resolved, job: Job, seed: int, opts: dict, picture, edit_source, edit, outdir: Path, quiet: bool):
+    def __init__(self, pipeline, resolved, job: Job, seed: int, opts: dict, picture, edit_source, dtype, outdir: Path, quiet: bool):
         self.pipeline, self.resolved, self.text, self.seed, self.opts = pipeline, resolved, job.prompt, seed, opts
-        self.picture, self.edit, self.outdir, self.quiet = picture, edit, outdir, quiet
+        self.picture, self.outdir, self.quiet = picture, outdir, quiet
         self.num, self.batch_size = opts["num"], opts["batch_size"]
-        self.s = resolve_settings(pipeline, opts, inpainting=edit is not None and edit.mask is not None)
+        self.s = resolve_settings(pipeline, opts, inpainting=edit_source is not None and edit_source.mask is not None)
+        self.edit = edit_for(edit_source, self.s.size, pipeline.device, dtype)
         image, negative = opts["image"], opts.get("negative_prompt")
         # variations take the picture's embedding: the prior runs only for a negative prompt
         self.prior = pipeline.has_prior and not pipeline.unconditional and (picture is None or bool(negative))
@@ -200,6 +201,8 @@ class Run:
         self.extra = (["--image", image.name] if image is not None else []) + (edit_source.args if edit_source else [])
         if negative:
             self.extra += ["--negative-prompt", negative]
+        if tuple(self.s.size) != tuple(pipeline.default_size):
+            self.extra += ["--size", "{}x{}".format(*self.s.size)]
         self.slug = slugify(self.text if self.text.strip() else image.stem)
 
     def write(self) -> None:
@@ -207,10 +210,12 @@ class Run:
         stages = self.pipeline.stages(self.s)
         batches = -(-self.num // self.batch_size)
         runs = {name: batches for name, _ in stages}
-        if "prior" in runs:  # once for the prompts, once more for a negative prompt; not at all for variations
-            runs["prior"] = batches * ((self.picture is None) + bool(self.opts.get("negative_prompt"))) if self.prior else 0
+        if "prior" in runs:  # for the prompts and for a negative prompt (not at all for variations without one)
+            prior = self.pipeline.prior_runs(text=self.picture is None, negative=bool(self.opts.get("negative_prompt")))
+            runs["prior"] = batches * prior if self.prior else 0
         saved = []
-        with Progress(self.quiet, stages, runs) as progress, sampling_errors():
+        estimate = cpu_estimate(self.pipeline, self.pipeline.device, self.quiet)
+        with Progress(self.quiet, stages, runs, estimate) as progress, sampling_errors():
             for start in range(0, self.num, self.batch_size):
                 b = min(self.batch_size, self.num - start)
                 for j, img in enumerate(self._batch(start, b, progress)):

@@ -17,11 +17,11 @@ import click
 
 # per-prompt options a JSON line of --prompts may set (the same names as the command's options)
 JOB_OPTIONS = ("seed", "num", "negative_prompt", "steps", "cond_scale", "prior_steps", "prior_cond_scale", "prior_samples",
-               "sampler", "spacing")
+               "sampler", "spacing", "size")
 # option -> the field of the `dream-dalle2` settings chunk that holds it
 STORED = {"seed": "seed", "negative_prompt": "negative_prompt", "steps": "steps", "cond_scale": "cond_scale",
           "prior_steps": "prior_steps", "prior_cond_scale": "prior_cond_scale", "prior_samples": "prior_samples",
-          "sampler": "sampler", "spacing": "spacing", "precision": "precision"}
+          "sampler": "sampler", "spacing": "spacing", "precision": "precision", "size": "size"}
 EDIT_STORED = ("strength", "outpaint")  # read only with the init_image they edit
 
 
@@ -79,6 +79,9 @@ def _is_number(value) -> bool:
 def _as_argument(name: str, value, param: click.Parameter) -> str:
     """A JSON value as the command-line text of its option; a value of the wrong JSON type is refused."""
     kind = param.type
+    joiner = getattr(kind, "list_joiner", None)  # a WIDTHxHEIGHT option from [width, height]
+    if joiner and isinstance(value, list) and value and all(map(_is_number, value)):
+        return joiner.join(map(str, value))
     if getattr(kind, "single", True) is False:  # NumberList of one value per stage: N or [N, ...]
         if _is_number(value) or (isinstance(value, list) and value and all(map(_is_number, value))):
             return ",".join(map(str, value if isinstance(value, list) else [value]))
@@ -113,6 +116,8 @@ def stored_run(path: Path, ctx: click.Context) -> tuple[Job, dict, str | None]:
     if not isinstance(prompt, str):
         raise click.BadParameter(f"{where} stores no prompt", param_hint="--from")
     keys = dict(STORED)
+    if stored.get("grid"):
+        del keys["size"]  # a grid's size is the grid's, not its images'
     if stored.get("init_image"):
         keys.update({key: key for key in EDIT_STORED})
     keys.update({key: key for key in ("image", "init_image", "mask") if stored.get(key)})

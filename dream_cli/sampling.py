@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
-from dalle2_core.choices import DEFAULT_MODEL, PRECISIONS, SAMPLER_NAMES, SPACINGS
+from dalle2_core.choices import DEFAULT_MODEL, PRECISIONS, PRESETS, SAMPLER_NAMES, SPACINGS
 from dream_cli.errors import DreamError, one_line
 
 if TYPE_CHECKING:
@@ -27,7 +27,9 @@ MAX_SEED = 2**63 - 1
 SETTING_OPTIONS = {
     "steps": "--steps", "cond_scale": "--cond-scale", "prior_steps": "--prior-steps",
     "prior_cond_scale": "--prior-cond-scale", "prior_samples": "--prior-samples", "sampler": "--sampler", "spacing": "--spacing",
+    "size": "--size",
 }
+MAX_SIDE = 8192  # what --size reads at all; the model says which sizes it makes
 
 
 class NumberList(click.ParamType):
@@ -62,10 +64,25 @@ class NumberList(click.ParamType):
         return numbers[0] if self.single else tuple(numbers)
 
 
+class ImageSize(click.ParamType):
+    """WIDTHxHEIGHT (`768x512`) as (width, height); an image's stored [width, height] too. The model checks the size."""
+
+    name = "WxH"
+    list_joiner = "x"  # a stored [width, height] as the option's text
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):  # a default, or a value already converted
+            return value
+        width, sep, height = str(value).strip().lower().partition("x")
+        if sep and width.isdigit() and height.isdigit() and 1 <= int(width) <= MAX_SIDE and 1 <= int(height) <= MAX_SIDE:
+            return int(width), int(height)
+        self.fail(f"{value!r}: expected WIDTHxHEIGHT in pixels, such as 768x512", param, ctx)
+
+
 def sampling_options(*, model_default: str | None = None, seed_default: int | None = None):
     """The options of every sampling command (`dream PROMPT`, `interpolate`, `eval shapes`)."""
-    model_help = ("Model folder, Hugging Face repo org/name[@revision], 'shapes' (bundled, offline) or 'laion'."
-                  + (" [env DREAM_MODEL]" if model_default is None else ""))
+    model_help = ("Model folder, Hugging Face repo org/name[@revision], 'shapes' (bundled, offline), or a preset: "
+                  f"{', '.join(PRESETS)}." + (" [env DREAM_MODEL]" if model_default is None else ""))
     seed_help = "Random seed (random if omitted); image i uses seed + i." if seed_default is None else \
         "Chooses the prompts and the noise; the same seed gives the same figures."
     options = [
@@ -81,6 +98,9 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
         click.option("--sampler", type=click.Choice(list(SAMPLER_NAMES)), help="Sampler, for every stage. [model default]"),
         click.option("--spacing", type=click.Choice(list(SPACINGS)),
                      help="Which timesteps the steps visit, for every stage: uniform, leading, trailing or karras. [each stage's own]"),
+        click.option("--size", type=ImageSize(), metavar="WxH",
+                     help="Image size WIDTHxHEIGHT, one the model makes (kandinsky: multiples of 64 from 256 to 1024 a side; "
+                          "karlo: 256x256). [model default]"),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
                      help="Weights and activations (fp16 needs an accelerator)."),
@@ -166,15 +186,17 @@ def per_image_generators(first: int, count: int, device) -> list[torch.Generator
 # --- the model ---------------------------------------------------------------------------------------
 
 
-def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offload: bool = False, pictures: bool = False):
+def load(spec: str, device: torch.device, dtype: torch.dtype, quiet: bool, offload: bool = False, pictures: bool = False,
+         inpainting: bool = False):
     """(pipeline, resolved model) for a `--model` value; every load failure is one line, exit 1. `pictures`: the run
-    embeds pictures (a Karlo model then fetches its CLIP vision tower on first use)."""
+    embeds pictures (a Karlo model then fetches its CLIP vision tower on first use); `inpainting`: it inpaints (the
+    Kandinsky preset then fetches its inpainting U-Net on first use)."""
     from dalle2_core.checkpoint import ModelLoadError
     from dalle2_core.hub import resolve_model
     from dalle2_core.pipeline import load_pipeline
 
     try:
-        resolved = resolve_model(spec, progress=not quiet, pictures=pictures)
+        resolved = resolve_model(spec, progress=not quiet, pictures=pictures, inpainting=inpainting)
         pipeline = load_pipeline(resolved.path, device="cpu" if offload else device, dtype=dtype)
         if offload:
             pipeline.offload(device)
@@ -187,6 +209,9 @@ def _load_hint(err) -> str:
     """What the user can do about a load failure, in this command's options."""
     if getattr(err, "offline", False):
         return "; use --model shapes"
+    if getattr(err, "diffusers_pair", False):  # a Kandinsky 2.2 prior and decoder, converted together
+        pair = "; download the prior and decoder at other commits and convert" if getattr(err, "pinned_repo", None) else "; convert"
+        return f"{pair} the pair with: dream convert diffusers PRIOR DECODER --out DIR"
     repo, filename = getattr(err, "pinned_repo", None), getattr(err, "pinned_file", None)
     if repo and filename:
         return f"; download {filename} of {repo} at another commit yourself and convert it with `dream convert laion`"
@@ -228,12 +253,33 @@ def _is_out_of_memory(err: RuntimeError) -> bool:
 # --- progress and warnings ---------------------------------------------------------------------------
 
 
+class Estimate(NamedTuple):
+    """What the one line about a CPU run's length needs: the first decoder stage, and what would be faster."""
+
+    stage: str  # the first decoder stage (its first step is timed)
+    faster: str  # e.g. "--model karlo, or fewer --steps"
+    threshold: float = 60.0  # seconds: a shorter run says nothing
+
+
+def cpu_estimate(pipeline, device, quiet: bool) -> Estimate | None:
+    """An `Estimate` for a run on the CPU (None on an accelerator, or quiet)."""
+    if quiet or device.type != "cpu" or not pipeline.stage_names:
+        return None
+    faster = ("" if pipeline.family == "karlo" else "--model karlo, or ") + "fewer --steps"
+    return Estimate(pipeline.stage_names[0], faster)
+
+
 class Progress:
     """One bar per stage (prior, each decoder stage) on a terminal; one plain line per stage once all its runs are done
-    otherwise; nothing when quiet. `runs` is how many times each stage will run."""
+    otherwise; nothing when quiet. `runs` is how many times each stage will run. With an `estimate` (a run on the CPU),
+    the first step of the first decoder stage is timed and one line says how long that stage will take and what is
+    faster, before its second step (when it will take a minute or more)."""
 
-    def __init__(self, quiet: bool, stages: list[tuple[str, int]], runs: dict[str, int]):
+    def __init__(self, quiet: bool, stages: list[tuple[str, int]], runs: dict[str, int], estimate: Estimate | None = None,
+                 clock=time.perf_counter):
         self.bar, self.plain, self.tasks, self.runs = None, False, {}, dict(runs)
+        self.steps = dict(stages)
+        self.estimate, self.clock, self.last = estimate, clock, clock()
         self.seconds: dict[str, float] = {}
         self.started: dict[str, float] = {}
         self.done: dict[str, int] = {}
@@ -250,6 +296,7 @@ class Progress:
         self.tasks = {name: self.bar.add_task(name, total=steps * runs.get(name, 0)) for name, steps in stages if runs.get(name)}
 
     def __enter__(self) -> Progress:
+        self.last = self.clock()
         if self.bar is not None:
             self.bar.start()
         return self
@@ -259,18 +306,43 @@ class Progress:
             self.bar.stop()
 
     def __call__(self, stage: str, i: int, total: int, x=None) -> None:
+        now = self.clock()
+        if self.estimate is not None and stage == self.estimate.stage and i == 0:
+            self._say_estimate(now - self.last, total)
+        self.last = now
         if self.bar is not None and stage in self.tasks:
             self.bar.advance(self.tasks[stage])
         elif self.plain:
             if i == 0:
-                self.started[stage] = time.perf_counter()
+                self.started[stage] = now
             if i == total - 1:
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - self.started.pop(stage, time.perf_counter())
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.started.pop(stage, now)
                 self.done[stage] = done = self.done.get(stage, 0) + 1
                 if done >= self.runs.get(stage, 1):  # the stage's last run (or one more than was announced)
                     runs = f"{done} x " if done > 1 else ""
                     click.echo(f"{stage}: {runs}{total} steps in {self.seconds.pop(stage):.1f} s", err=True)
                     self.done[stage] = 0
+
+    def _say_estimate(self, step: float, total: int) -> None:
+        """Once: how long the timed stage takes (its first step, which includes the run's one-off conditioning, times
+        every step of every run of it) and what is faster."""
+        estimate, self.estimate = self.estimate, None
+        runs = max(1, self.runs.get(estimate.stage, 1))
+        seconds = step * total * runs
+        if seconds < estimate.threshold:
+            return
+        batches = f" x {runs} batches" if runs > 1 else ""
+        line = (f"Note: on this CPU the {estimate.stage} takes {step:.1f} s a step: about {_duration(seconds)} for {total} steps"
+                f"{batches}; faster: {estimate.faster}")
+        if self.bar is not None:
+            self.bar.console.print(line, markup=False, highlight=False)
+        else:
+            click.echo(line, err=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(1, round(minutes))} min"
 
 
 def _relabelled(message: str, negative_prompts) -> str:

@@ -78,6 +78,20 @@ def _write_tree(storage: Path, commit: str, tree: dict[str, dict]) -> None:
     write_tree_cache(str(storage), commit, {path: TreeCacheEntry.from_json(info) for path, info in tree.items()})
 
 
+def offline_caches(tmp_path: Path, monkeypatch) -> Path:
+    """HF_HUB_OFFLINE, an empty Hugging Face cache (returned) and an empty dream cache; no $DREAM_MODEL (the default model)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "dream"))
+    monkeypatch.delenv("DREAM_MODEL", raising=False)
+    return cache
+
+
 def check_cache(cache: Path) -> dict[str, set[str]]:
     """{repo id: commits} as huggingface_hub's `scan_cache_dir` reads the cache; it reports what it cannot read."""
     from huggingface_hub import scan_cache_dir

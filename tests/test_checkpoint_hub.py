@@ -23,9 +23,9 @@ def test_parse_hub_id(spec, expected):
     assert parse_hub_id(spec) == expected
 
 
-def test_default_is_dream_model_env_then_karlo(monkeypatch):
+def test_default_is_dream_model_env_then_kandinsky(monkeypatch):
     monkeypatch.delenv("DREAM_MODEL", raising=False)
-    assert default_model_spec() == "karlo"
+    assert default_model_spec() == "kandinsky"
     monkeypatch.setenv("DREAM_MODEL", "org/name@v1")
     assert default_model_spec() == "org/name@v1"
 

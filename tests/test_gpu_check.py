@@ -17,7 +17,7 @@ def test_gpu_check_dry_run_writes_its_results_folder(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith("# GPU check (dry run: CPU, tiny sizes)")
     rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| step")]
-    assert len(rows) == 3 and all("| ok |" in row for row in rows), summary
+    assert len(rows) == 4 and all("| ok |" in row for row in rows), summary
     worker = json.loads((tmp_path / "benchmark-ours.json").read_text().splitlines()[-1])
     assert worker["case"] == "prior_sample" and worker["steps"] == 1 and worker["seconds_per_step"] > 0
     karlo = json.loads((tmp_path / "karlo-cpu-tiny.json").read_text())
@@ -28,3 +28,6 @@ def test_gpu_check_dry_run_writes_its_results_folder(tmp_path):
     assert offload["finite"] and offload["shape"][0] == 1 and 0 < offload["largest_bytes"] < offload["weights_bytes"]
     assert all(karlo["flops"][net] > 0 for net in ("prior", "decoder", "super_res"))
     assert "(karlo-cpu-tiny.md" not in summary and (tmp_path / "karlo-cpu-tiny.md").is_file()
+    kandinsky = json.loads((tmp_path / "kandinsky-cpu-tiny.json").read_text())  # the pipeline, the tiny fixture converted
+    assert [(r["offload"], r["size"]) for r in kandinsky["rows"]] == [(False, 16), (False, 32), (True, 16), (True, 32)]
+    assert all(r["finite"] and r["seconds"] > 0 and r["peak_bytes"] > 0 for r in kandinsky["rows"])

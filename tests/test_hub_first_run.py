@@ -1,4 +1,4 @@
-"""The first run of `dream` (Karlo, the default) and `dream --model laion`, offline, from a Hugging Face cache that holds
+"""The first run of `dream --model karlo` and `dream --model laion`, offline, from a Hugging Face cache that holds
 the foreign tools' fixtures under the real repo names and the pinned commits: resolve, convert once, sample, and the
 PNG naming repo and commit. Also what the pins refuse.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from hf_cache import cache_repo, check_cache, repo_folder
+from hf_cache import cache_repo, check_cache, offline_caches, repo_folder
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -48,21 +48,13 @@ CLIP_LISTED = {".gitattributes": 1_500, "README.md": 7_900, "pytorch_model.bin":
                "flax_model.msgpack": 1_710_639_803, "vocab.json": 961_143, "merges.txt": 524_619, "tokenizer.json": 2_224_003,
                "tokenizer_config.json": 905, "special_tokens_map.json": 389}
 FAST = ("--steps", "2,2", "--prior-steps", "2", "--seed", "1", "-q")
+KARLO_FAST = ("--model", "karlo", *FAST)
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE, an empty Hugging Face cache and an empty dream cache; no $DREAM_MODEL (karlo is the default)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "dream"))
-    monkeypatch.delenv("DREAM_MODEL", raising=False)
-    return cache
+    """HF_HUB_OFFLINE, an empty Hugging Face cache and an empty dream cache; no $DREAM_MODEL."""
+    return offline_caches(tmp_path, monkeypatch)
 
 
 def dream(*args) -> object:
@@ -73,10 +65,10 @@ def settings(png: Path) -> dict:
     return json.loads(read_png_text(png)[SETTINGS_CHUNK])
 
 
-def test_karlo_is_the_default_and_runs_from_the_hub_cache(env, tmp_path):
+def test_karlo_runs_from_the_hub_cache(env, tmp_path):
     cache_repo(env, KARLO_REPO, KARLO_REVISION, KARLO, listed=KARLO_LISTED)
     assert check_cache(env) == {KARLO_REPO: {KARLO_REVISION}}  # huggingface_hub reads the layout as its own
-    result = dream("a sunset on everest", *FAST, "--outdir", tmp_path / "out")
+    result = dream("a sunset on everest", *KARLO_FAST, "--outdir", tmp_path / "out")
     assert result.exit_code == 0, result.output
     png = tmp_path / "out" / "a-sunset-on-everest-1-0.png"
     info = settings(png)
@@ -99,7 +91,7 @@ def test_karlo_is_the_default_and_runs_from_the_hub_cache(env, tmp_path):
     torch.testing.assert_close(embed, REFERENCE["text_embeds"], rtol=0, atol=1e-6)
     torch.testing.assert_close(states, REFERENCE["last_hidden_state"], rtol=0, atol=1e-6)
     stamp = (converted / "model_index.json").stat().st_mtime_ns
-    assert dream("a sunset on everest", *FAST, "--outdir", tmp_path / "again").exit_code == 0
+    assert dream("a sunset on everest", *KARLO_FAST, "--outdir", tmp_path / "again").exit_code == 0
     assert (converted / "model_index.json").stat().st_mtime_ns == stamp  # converted once
     assert settings(tmp_path / "again" / "a-sunset-on-everest-1-0.png")["model_sources"] == info["model_sources"]
 
@@ -108,7 +100,7 @@ def test_pictures_fetch_the_pinned_vision_tower_on_first_use(env, tmp_path):
     cache_repo(env, KARLO_REPO, KARLO_REVISION, KARLO, listed=KARLO_LISTED)
     picture = tmp_path / "photo.png"
     Image.open(FIXTURES / "hf_clip" / "image.png").save(picture)
-    args = ("--image", picture, *FAST, "--outdir", tmp_path / "out")
+    args = ("--image", picture, *KARLO_FAST, "--outdir", tmp_path / "out")
     missing = dream(*args)
     assert missing.exit_code == 1 and missing.output.count("\n") == 1
     assert "'openai/clip-vit-large-patch14'" in missing.output and "not in the local Hugging Face cache" in missing.output
@@ -153,9 +145,14 @@ def test_a_pinned_commit_the_hub_no_longer_serves(tmp_path, monkeypatch):
     )) as err:
         resolve_model("karlo")
     assert (err.value.pinned_repo, err.value.pinned_revision, err.value.pinned_file) == (KARLO_REPO, KARLO_REVISION, None)
-    result = dream("a sunset on everest", "-q")
+    result = dream("--model", "karlo", "a sunset on everest", "-q")
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.rstrip().endswith("; choose another commit with --model kakaobrain/karlo-v1-alpha@REVISION")
+    result = dream("a sunset on everest", "-q")  # the default, Kandinsky 2.2: two repos, converted as a pair
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "Hugging Face repo 'kandinsky-community/kandinsky-2-2-prior' is pinned to commit" in result.output
+    assert result.output.rstrip().endswith("; download the prior and decoder at other commits and convert the pair with: "
+                                           "dream convert diffusers PRIOR DECODER --out DIR")
     result = dream("--model", "laion", "a sunset on everest", "-q")
     assert result.exit_code == 1 and "LAION file laion/DALLE2-PyTorch/prior/latest.pth is pinned to commit 38741d4b" in result.output
     assert "convert it with `dream convert laion`" in result.output and result.output.count("\n") == 1

@@ -20,8 +20,9 @@ from dalle2_core.clip.hf_clip_adapter import HFClipAdapter, HFClipConfig
 from dalle2_core.convert import diffusers_keys as dk
 from dalle2_core.convert.hf_clip_keys import open_clip_text_cfg, open_clip_vision_cfg, text_key_map, vision_key_map
 from dalle2_core.convert.materialize import Rule, TensorDict, build_on_meta, check_key_map
-from dalle2_core.families.kandinsky import KandinskyDecoder, KandinskyDecoderConfig, config as kc, keys
+from dalle2_core.families.kandinsky import config as kc, keys
 from dalle2_core.families.kandinsky.convert import CLIP_ARCHITECTURE
+from dalle2_core.families.kandinsky.decoder import KandinskyDecoder, KandinskyDecoderConfig
 from dalle2_core.movq import MoVQ
 from dalle2_core.prior import StandardizedPrior
 
@@ -90,9 +91,11 @@ def test_full_size_decoder_is_the_default_kandinsky_decoder():
     assert KandinskyDecoderConfig.from_dict(json.loads(json.dumps(converted.to_dict()))) == converted
     assert converted.downsample_factor == 64 and converted.diffusion.sample_steps == 100
     decoder = build_on_meta(KandinskyDecoder)
-    assert decoder.latent_shape(512, 768) == (4, 64, 96)
-    with pytest.raises(ValueError, match="picture size 500x512 is not supported; accepted: positive multiples of 64"):
-        decoder.latent_shape(512, 500)
+    assert decoder.latent_shape(512, 768) == (4, 64, 96) and converted.default_size == 512
+    assert converted.sizes() == "multiples of 64 from 256 to 1024 per side"
+    for height, width in ((512, 500), (192, 512), (512, 1088)):
+        with pytest.raises(ValueError, match=f"picture size {width}x{height} is not supported; accepted: multiples of 64 from 256 to 1024"):
+            decoder.latent_shape(height, width)
 
 
 @pytest.mark.parametrize("tower", ["text", "vision"])

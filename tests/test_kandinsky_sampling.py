@@ -1,8 +1,9 @@
 """Kandinsky 2.2's sampling numerics against diffusers 0.42.1: leading timesteps, DDPMScheduler steps, whole prior and
 decoder chains on diffusers' recorded noise.
 
-The chains run our networks and samplers (`sample_ddpm`, classifier-free guidance) directly; the pipeline that
-will drive them through the stage seam must reproduce the same numbers. References: tests/fixtures/kandinsky.
+The chains run our networks and samplers (`sample_ddpm`, classifier-free guidance) directly on the decoder's diffusion
+respaced to the shared "leading" timesteps; tests/test_kandinsky_pipeline.py drives the same numbers through the stage
+seam. References: tests/fixtures/kandinsky.
 """
 
 import pytest
@@ -11,13 +12,16 @@ from fixtures.kandinsky import loader as kf
 
 from dalle2_core.diffusion import GaussianDiffusion, RecordedNoise, classifier_free_guidance, p_sample_step
 from dalle2_core.diffusion.samplers import sample_ddpm
-from dalle2_core.diffusion.spacing import leading_timesteps
+from dalle2_core.diffusion.spacing import leading_timesteps, steps_for
 
 R = kf.reference()
 
 
-def leading_diffusion(decoder_config, steps: int) -> GaussianDiffusion:
-    diffusion = decoder_config.sampling_diffusion(steps)
+def leading_diffusion(decoder, steps: int) -> GaussianDiffusion:
+    """The decoder's diffusion over a `steps`-step run of its stage's default spacing (leading, offset steps_offset)."""
+    stage = decoder.stage(R["unet.image_embeds"])
+    assert (stage.default_spacing, stage.spacing_offset) == ("leading", 1)
+    diffusion = decoder.diffusion.respace(steps_for(decoder.diffusion, steps, stage.default_spacing, stage.spacing_offset))
     assert diffusion.timestep_map.tolist() == leading_timesteps(1000, steps, 1)
     return diffusion
 
@@ -45,7 +49,7 @@ def test_leading_timesteps_are_ddpm_schedulers():
 
 @pytest.mark.parametrize("i", [0, 37, 99])
 def test_posterior_step_matches_ddpm_scheduler(decoder, i):
-    diffusion = leading_diffusion(decoder.config, 100)
+    diffusion = leading_diffusion(decoder, 100)
     key = f"ddpm.step.{i}"
     index = 99 - i
     assert int(diffusion.timestep_map[index]) == int(R["ddpm.timesteps.100"][i])
@@ -62,7 +66,7 @@ def test_decoder_chain_matches_kandinsky_v22_pipeline(decoder):
     embeds, negative = R["prior_run.image_embeds"], R["prior_run.negative_image_embeds"]
     model = classifier_free_guidance(decoder, 4.0, uncond={"image_embed": negative}, image_embed=embeds)
     noise = RecordedNoise(draws[1:])
-    latents = sample_ddpm(model, leading_diffusion(decoder.config, 100), draws[0], generator=noise)
+    latents = sample_ddpm(model, leading_diffusion(decoder, 100), draws[0], generator=noise)
     assert noise.remaining == 0
     images = decoder.decode(latents)
     assert R["decoder_run.images"].std() > 0.1

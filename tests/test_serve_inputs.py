@@ -140,7 +140,7 @@ def test_accepted_values_are_named(served):
     detail = send(url, "POST", "/sdapi/v1/txt2img", {"json": {**GOOD, "steps": 0}}).json()["detail"][0]
     assert "accepted: an integer 1..150" in detail["msg"]
     detail = send(url, "POST", "/sdapi/v1/txt2img", {"json": {**GOOD, "width": 512, "height": 512}}).json()["detail"][0]
-    assert "accepted: width 64, height 64" in detail["msg"]
+    assert "512x512: model 'shapes' does not make it; accepted: 64x64" in detail["msg"]
     error = send(url, "POST", "/v1/images/generations", {"json": {"prompt": "x", "model": "dall-e-3"}}).json()["error"]
     assert "accepted: shapes" in error["message"]
     error = send(url, "POST", "/v1/images/generations", {"json": {"prompt": "c" * 1001}}).json()["error"]

@@ -1,7 +1,16 @@
 """Parameter-free diffusion math: schedules, the Gaussian diffusion, respacing, guidance, samplers."""
 
 from .config import DiffusionConfig
-from .edit import StageEdit, check_picture, redraws_nothing, sample_stage, truncated_diffusion
+from .edit import (
+    STRENGTH_ROUNDINGS,
+    StageEdit,
+    blended_sample,
+    check_picture,
+    redrawn_steps,
+    redraws_nothing,
+    sample_stage,
+    truncated_diffusion,
+)
 from .gaussian import OBJECTIVES, POSTERIOR_LOG_VARIANCES, GaussianDiffusion, ModelPrediction, PMeanVariance
 from .guidance import classifier_free_guidance, dynamic_threshold, dynamic_thresholding, static_clamp, static_clamping
 from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
@@ -21,8 +30,11 @@ from .samplers import (
 from .schedules import BETA_SCHEDULES, beta_schedule
 
 __all__ = [
+    "STRENGTH_ROUNDINGS",
     "StageEdit",
+    "blended_sample",
     "check_picture",
+    "redrawn_steps",
     "redraws_nothing",
     "sample_stage",
     "truncated_diffusion",

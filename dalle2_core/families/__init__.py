@@ -2,7 +2,7 @@
 
 A family's `__init__.py` declares a `Family`: its pipeline class, the components a model folder of it holds (in the
 order they run, which is the order offloading moves them), the components loaded only on first use, the component
-classes it adds to the checkpoint registry, its presets and the diffusers pipelines its converter reads. Everything
+classes it adds to the checkpoint registry, its presets and the diffusers pipelines its converters read. Everything
 is named by "module:attribute" strings and imported when first used, so declaring a family costs no import of torch,
 and the generic code (loading, the class registry, presets, conversion) never imports a family by name.
 
@@ -30,6 +30,9 @@ class Family:
     classes: dict[str, str] = field(default_factory=dict)  # component class name -> module defining it
     presets: dict[str, str] = field(default_factory=dict)  # preset name -> "module:function" resolving it
     diffusers: dict[str, str] = field(default_factory=dict)  # diffusers pipeline class -> "module:function" converting once
+    # diffusers pipeline class of the first folder given -> "module:function(folders, out, *, dtype, inpaint, image_variations)"
+    # writing a model folder from the folders of one model
+    converters: dict[str, str] = field(default_factory=dict)
 
 
 def load_ref(ref: str):
@@ -65,9 +68,17 @@ def diffusers_converter(pipeline_class: str | None):
     return None
 
 
+def folders_converter(pipeline_class: str | None):
+    """The function writing a model folder from diffusers folders whose first is of this class, or None when no family reads it."""
+    for fam in families():
+        if pipeline_class in fam.converters:
+            return load_ref(fam.converters[pipeline_class])
+    return None
+
+
 def component_classes() -> dict[str, str]:
     """Component class name -> module, over every family (the checkpoint registry adds them to the shared ones)."""
     return {name: module for fam in families() for name, module in fam.classes.items()}
 
 
-__all__ = ["Family", "component_classes", "diffusers_converter", "families", "family", "load_ref", "preset_resolver"]
+__all__ = ["Family", "component_classes", "diffusers_converter", "families", "family", "folders_converter", "load_ref", "preset_resolver"]

@@ -127,6 +127,31 @@ class Pipeline(nn.Module, abc.ABC):
         """True when nothing conditions the images (no text, no image embedding)."""
         return False
 
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) of the images a run makes when no size is asked for."""
+        return self.image_size, self.image_size
+
+    def sizes(self) -> str:
+        """The image sizes the model makes, in words (what a refused size is told)."""
+        return "{}x{}".format(*self.default_size)
+
+    def check_size(self, size: Sequence[int] | None) -> tuple[int, int]:
+        """(width, height) of the images: `size` when the model makes it (None: `default_size`); else a `SettingError`
+        naming the size and `sizes()`. A cascade makes one size, its last stage's."""
+        if size is None:
+            return self.default_size
+        width, height = size
+        if (width, height) != self.default_size:
+            raise SettingError("size", f"{width}x{height} is not a size this model makes; accepted: {self.sizes()}")
+        return width, height
+
+    @property
+    def repaints(self) -> bool:
+        """Whether inpainting runs RePaint (on the samplers of `choices.INPAINT_SAMPLERS`); False: the model has a network
+        trained for inpainting, which runs with any sampler."""
+        return True
+
     @abc.abstractmethod
     def stage_defaults(self) -> StageDefaults: ...
 
@@ -161,13 +186,15 @@ class Pipeline(nn.Module, abc.ABC):
         """Concrete settings: `given` (None = not given) over `settings` over the model's defaults.
 
         Steps and guidance become one value per decoder stage; every step count is checked against
-        the training schedule of its stage. `inpainting`: the settings are for an edit with a mask, so the
-        sampler must be one RePaint runs with (`choices.INPAINT_SAMPLERS`); a model default that is not
-        becomes DDPM, a sampler asked for that is not is refused. Raises `SettingError` naming the field.
+        the training schedule of its stage; the size is one the model makes (`check_size`). `inpainting`: the
+        settings are for an edit with a mask, so where the model inpaints by RePaint (`repaints`) the sampler must
+        be one RePaint runs with (`choices.INPAINT_SAMPLERS`); a model default that is not becomes DDPM, a sampler
+        asked for that is not is refused. Raises `SettingError` naming the field.
         """
         base = self.defaults.to_dict()
         asked = dict(settings if isinstance(settings, dict) else settings.to_dict()) if exists(settings) else {}
         asked.update({k: v for k, v in given.items() if exists(v)})
+        inpainting = inpainting and self.repaints
         if inpainting and "sampler" not in asked and base["sampler"] not in INPAINT_SAMPLERS:
             base["sampler"] = INPAINT_SAMPLERS[0]  # the model's default sampler cannot inpaint
         base.update(asked)
@@ -186,6 +213,7 @@ class Pipeline(nn.Module, abc.ABC):
                 raise SettingError("prior_steps",
                                    f"{prior_steps} steps exceed the prior's {total} training timesteps; accepted: 1..{total}")
         cond_scale = per_stage(base["cond_scale"], n, "cond_scale")
+        size = self.check_size(base.get("size"))
         try:
             return SamplingSettings.build(
                 base,
@@ -193,6 +221,7 @@ class Pipeline(nn.Module, abc.ABC):
                 cond_scale=tuple(float(v) for v in cond_scale),
                 prior_cond_scale=float(base["prior_cond_scale"]),
                 prior_steps=prior_steps,
+                size=tuple(size),
             )
         except (TypeError, ValueError) as err:
             raise SettingError(_field_named(err), str(err)) from None
@@ -203,6 +232,10 @@ class Pipeline(nn.Module, abc.ABC):
             return None
         names = self.stage_names
         return lambda stage_number, i, total, x: on_step(names[stage_number - 1], i, total, x)
+
+    def prior_runs(self, *, text: bool, negative: bool) -> int:
+        """How many times a batch samples the prior: once for the prompts (`text`), once more for negative prompts."""
+        return int(text) + int(negative)
 
     def stages(self, settings: SamplingSettings) -> list[tuple[str, int]]:
         """(stage name, steps) in the order a text-to-image run goes through them."""
@@ -256,9 +289,22 @@ class Pipeline(nn.Module, abc.ABC):
         if not self.has_prior:
             raise ValueError("this model has no prior, so it cannot generate from text; give images to vary instead")
         cond, neg = self._encode_with_negatives(text, negative_prompts)
-        image_embed = self.sample_prior(cond, s, generator=generator, on_step=on_step, negative=neg)
-        negative = None if neg is None else Condition(self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
+        image_embed, negative = self.sample_prior_with_negatives(cond, neg, s, generator=generator, on_step=on_step)
         return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, edit=edit, negative=negative)
+
+    def sample_prior_with_negatives(self, text: TextCondition, negative: TextCondition | None, settings: SamplingSettings, *,
+                                    generator: Generator = None, on_step: OnStep | None = None) -> tuple[torch.Tensor, Condition | None]:
+        """The prompts' image embeddings guided away from the negative prompts, and the decoder's unconditional branch
+        for them (None without negative prompts): the negative prompts' own image embeddings with their text."""
+        image_embed = self.sample_prior(text, settings, generator=generator, on_step=on_step, negative=negative)
+        if negative is None:
+            return image_embed, None
+        return image_embed, self.negative_condition(negative, settings, generator=generator, on_step=on_step)
+
+    def negative_condition(self, negative: TextCondition, settings: SamplingSettings, *, generator: Generator = None,
+                           on_step: OnStep | None = None) -> Condition:
+        """Guidance's unconditional branch for the decoder from negative prompts' text: their prior embedding and text."""
+        return Condition(self.sample_prior(negative, settings, generator=generator, on_step=on_step), negative)
 
     def _encode_with_negatives(self, text, negative_prompts):
         """The prompts' and the negative prompts' text conditions from one forward of the text tower."""
@@ -315,8 +361,7 @@ class Pipeline(nn.Module, abc.ABC):
         if negative_prompts:
             if not self.has_prior:
                 raise ValueError("a negative prompt is embedded by the prior, and this model has none")
-            neg = self.encode_text(list(negative_prompts))
-            negative = Condition(self.sample_prior(neg, s, generator=generator, on_step=on_step), neg)
+            negative = self.negative_condition(self.encode_text(list(negative_prompts)), s, generator=generator, on_step=on_step)
         return self.decode(image_embed, cond, s, generator=generator, on_step=on_step, negative=negative)
 
     @torch.no_grad()

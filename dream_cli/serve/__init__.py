@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from dalle2_core.choices import PRECISIONS
+from dalle2_core.choices import DEFAULT_MODEL, PRECISIONS
 from dream_cli.errors import DreamError, one_line
 from dream_cli.sampling import DEVICES, NumberList, check_outdir, pick_device, pick_dtype, surface_warnings
 
@@ -121,8 +121,8 @@ def _main_thread() -> bool:
 
 @click.command("serve")
 @click.option("--model", "model_specs", multiple=True, metavar="[NAME=]MODEL",
-              help="A model to serve (repeat for more; the first is the default): shapes, karlo, laion, a folder or a Hub repo, "
-                   "optionally named NAME=MODEL. [default: $DREAM_MODEL, else karlo]")
+              help="A model to serve (repeat for more; the first is the default): shapes, kandinsky, karlo, laion, a folder or a "
+                   f"Hub repo, optionally named NAME=MODEL. [default: $DREAM_MODEL, else {DEFAULT_MODEL}]")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; another than loopback needs --api-auth or --api-key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,

@@ -84,7 +84,7 @@ def requested_model(srv, body: Txt2ImgRequest):
 
 def make_job(srv, body: Txt2ImgRequest, model, kind: str = "txt2img", inpainting: bool = False) -> Job:
     """The job of an A1111 request (also the web page's), every field but the pictures checked."""
-    check_size(model, body.width, body.height)
+    size = check_size(model, body.width, body.height)
     prompt = check_prompt(body.prompt, required=kind == "txt2img")
     n = body.batch_size * body.n_iter
     if n > MAX_IMAGES:
@@ -92,7 +92,7 @@ def make_job(srv, body: Txt2ImgRequest, model, kind: str = "txt2img", inpainting
     settings = settings_for(model, steps=body.steps, cfg_scale=body.cfg_scale, prior_steps=body.prior_steps,
                             prior_cfg_scale=body.prior_cfg_scale, prior_samples=body.prior_samples,
                             sampler=sampler_of(body.sampler_name or body.sampler_index),
-                            inpainting=inpainting)
+                            inpainting=inpainting, size=size)
     return Job(kind, model, settings, prompt, n, check_seed(body.seed, n), negative_prompt=body.negative_prompt or None,
                task_id=body.force_task_id)
 
@@ -104,7 +104,7 @@ def info_text(job: Job, results, interrupted: bool = False) -> str:
     info = {
         "prompt": job.prompt, "all_prompts": [job.prompt] * job.n, "negative_prompt": job.negative_prompt or "",
         "all_negative_prompts": [job.negative_prompt or ""] * job.n, "seed": job.seed, "all_seeds": seeds,
-        "subseed": -1, "all_subseeds": [-1] * job.n, "subseed_strength": 0, "width": model.size, "height": model.size,
+        "subseed": -1, "all_subseeds": [-1] * job.n, "subseed_strength": 0, "width": s.size[0], "height": s.size[1],
         "sampler_name": SAMPLER_NAMES.get(s.sampler, s.sampler), "cfg_scale": s.cond_scale[0], "steps": s.steps[0],
         "batch_size": job.n, "restore_faces": False, "face_restoration_model": None, "sd_model_name": model.name,
         "sd_model_hash": model.short_hash, "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1,
@@ -141,7 +141,8 @@ async def img2img(body: Img2ImgRequest, request: Request):
     srv = server(request)
     job = make_job(srv, body, requested_model(srv, body), kind="img2img", inpainting=bool(body.mask))
     async with srv.decoding:
-        image, mask = await asyncio.to_thread(read_edit, job.model, body.init_images[0], body.mask, body.inpainting_mask_invert == 1)
+        image, mask = await asyncio.to_thread(read_edit, job.model, body.init_images[0], body.mask, body.inpainting_mask_invert == 1,
+                                                job.settings.size)
     # inpainting re-draws the masked region fully (RePaint): A1111's denoising_strength applies to img2img alone
     job.edit = Edit(image, mask, 1.0 if mask is not None else body.denoising_strength)
     parameters = body.model_dump(exclude=set() if body.include_init_images else {"init_images", "mask"})

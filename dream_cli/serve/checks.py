@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dream_cli.edit import fit_square
+from dream_cli.edit import fit_picture
 from dream_cli.output import SAMPLER_NAMES
 from dream_cli.pictures import decode_image, mask_of
 from dream_cli.sampling import MAX_SEED
@@ -54,9 +54,9 @@ ACCEPTED = {
     "cfg_scale": f"a finite number 0..{MAX_GUIDANCE:g} (the first decoder stage), or a list of one per decoder stage",
     "prior_steps": f"an integer 1..{MAX_STEPS}", "prior_cfg_scale": f"a finite number 0..{MAX_GUIDANCE:g}",
     "prior_samples": f"an integer 1..{MAX_PRIOR_SAMPLES}",
-    "width": "an integer, the model's size", "height": "an integer, the model's size",
+    "width": "an integer, a size the model makes", "height": "an integer, a size the model makes",
     "init_images": "a list of one base64 image", "mask": "a base64 image", "denoising_strength": "a finite number 0..1",
-    "inpainting_mask_invert": "0 or 1", "response_format": "url or b64_json", "size": "WIDTHxHEIGHT, the model's size",
+    "inpainting_mask_invert": "0 or 1", "response_format": "url or b64_json", "size": "WIDTHxHEIGHT, a size the model makes",
     "image": "an image file in the multipart field 'image'", "override_settings": "an object", "send_images": "true or false",
     "sampler_name": "a sampler's name", "model": "a served model's name", "source": "the id of a result of this server",
 }
@@ -112,13 +112,18 @@ def pick_model(models: dict[str, ServedModel], name, default: str, field: str = 
     raise BadInput(field, f"{shown(name)} is not a model this server serves; accepted: {', '.join(models)}")
 
 
-def check_size(model: ServedModel, width: int | None, height: int | None, field: str = "width") -> None:
-    """The family makes images of one size: unCLIP cascades end at their last stage's resolution."""
-    s = model.size
-    if (width is None or width == s) and (height is None or height == s):
-        return
-    wrong = field if width is not None and width != s else ("height" if field == "width" else field)
-    raise BadInput(wrong, f"{width}x{height}: model {model.name!r} makes {s}x{s} images; accepted: width {s}, height {s}")
+def check_size(model: ServedModel, width: int | None, height: int | None, field: str = "width") -> tuple[int, int]:
+    """(width, height) of the images: the size asked for (a side not given: the model's default), if the model makes it
+    (`Pipeline.check_size`: an unCLIP cascade makes its last stage's size, Kandinsky 2.2 multiples of 64 from 256 to 1024)."""
+    from dalle2_core.pipeline import SettingError
+
+    default_w, default_h = model.pipeline.default_size
+    size = (default_w if width is None else width, default_h if height is None else height)
+    try:
+        return model.pipeline.check_size(size)
+    except SettingError:
+        wrong = field if width is not None and width != default_w else ("height" if field == "width" else field)
+        raise BadInput(wrong, f"{size[0]}x{size[1]}: model {model.name!r} does not make it; accepted: {model.pipeline.sizes()}") from None
 
 
 def sampler_of(name) -> str | None:
@@ -152,7 +157,7 @@ def per_stage(value, base: tuple, field: str) -> tuple | None:
 
 
 def settings_for(model: ServedModel, *, steps=None, cfg_scale=None, prior_steps=None, prior_cfg_scale=None, prior_samples=None,
-                 sampler: str | None = None, inpainting: bool = False) -> SamplingSettings:
+                 sampler: str | None = None, inpainting: bool = False, size: tuple[int, int] | None = None) -> SamplingSettings:
     """The model's settings with the request's over its defaults (`Pipeline.resolve`); a misfit names its field."""
     from dalle2_core.pipeline import SettingError
 
@@ -161,7 +166,7 @@ def settings_for(model: ServedModel, *, steps=None, cfg_scale=None, prior_steps=
         return model.pipeline.resolve(
             model.overrides, inpainting=inpainting, steps=per_stage(steps, base.steps, "steps"),
             cond_scale=per_stage(cfg_scale, base.cond_scale, "cfg_scale"), prior_steps=prior_steps,
-            prior_cond_scale=prior_cfg_scale, prior_samples=prior_samples, sampler=sampler,
+            prior_cond_scale=prior_cfg_scale, prior_samples=prior_samples, sampler=sampler, size=size,
         )
     except SettingError as err:
         raise BadInput(SETTING_FIELDS.get(err.setting, err.setting), str(err)) from None
@@ -203,15 +208,16 @@ def read_picture(raw: bytes, field: str) -> torch.Tensor:
         raise BadInput(field, err.message) from None
 
 
-def read_edit(model: ServedModel, image_b64: str, mask_b64: str | None, invert: bool):
-    """img2img / inpainting input at the model's size: (image (1, 3, s, s), mask (1, s, s) True = regenerate, or None)."""
+def read_edit(model: ServedModel, image_b64: str, mask_b64: str | None, invert: bool, size: tuple[int, int] | None = None):
+    """img2img / inpainting input at the run's size (width, height; default the model's): (image (1, 3, h, w), mask
+    (1, h, w) True = regenerate, or None)."""
     picture = read_picture(decode_base64(image_b64, "init_images"), "init_images")
     mask = None
     if mask_b64:
         mask, _ = mask_of(read_picture(decode_base64(mask_b64, "mask"), "mask"), picture, "mask")
         if invert:
             mask = ~mask
-    return fit_square(picture, mask, model.size)
+    return fit_picture(picture, mask, size or model.pipeline.default_size)
 
 
 __all__ = [

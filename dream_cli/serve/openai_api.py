@@ -1,7 +1,8 @@
 """OpenAI's Images API (the DALL-E 2 endpoints): what the `openai` SDK and Open WebUI's "openai" engine send.
 
 `model` names a served model; "dall-e-2" (what clients send by default) and no model mean the server's current one.
-`size` must be the model's own (`64x64` for `shapes`, `256x256` for Karlo); no size means that size. Seeds are
+`size` must be one the model makes (`64x64` for `shapes`, `256x256` for Karlo, multiples of 64 from 256 to 1024 a side
+for Kandinsky 2.2); no size means the model's default (Kandinsky: 512x512). Seeds are
 random and recorded in each PNG. URLs in `url` responses expire after the server's `--url-expiry`.
 """
 
@@ -52,13 +53,13 @@ def _model(srv, name):
     return srv.models[srv.current] if name is None or name in DALL_E else pick_model(srv.models, name, srv.current)
 
 
-def _size(model, size: str | None) -> None:
+def _size(model, size: str | None) -> tuple[int, int]:
     if size is None:
-        return
+        return model.pipeline.default_size
     match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", size)
     if not match:
-        raise BadInput("size", f"{shown(size)} is not WIDTHxHEIGHT; accepted: {model.size}x{model.size}")
-    check_size(model, int(match[1]), int(match[2]), field="size")
+        raise BadInput("size", f"{shown(size)} is not WIDTHxHEIGHT; accepted: {model.pipeline.sizes()}")
+    return check_size(model, int(match[1]), int(match[2]), field="size")
 
 
 def _data(request: Request, results, response_format: str | None) -> dict:
@@ -73,10 +74,10 @@ def _data(request: Request, results, response_format: str | None) -> dict:
 async def generations(body: GenerationRequest, request: Request):
     srv = server(request)
     model = _model(srv, body.model)
-    _size(model, body.size)
+    size = _size(model, body.size)
     prompt = check_prompt(body.prompt, limit=OPENAI_MAX_PROMPT)
     n = body.n or 1
-    job = Job("txt2img", model, settings_for(model), prompt, n, check_seed(-1, n))
+    job = Job("txt2img", model, settings_for(model, size=size), prompt, n, check_seed(-1, n))
     return _data(request, await run_job(request, job), body.response_format)
 
 
@@ -87,12 +88,12 @@ async def variations(request: Request, image: Annotated[UploadFile, File()], mod
                      user: Annotated[str | None, Form(max_length=256)] = None):
     srv = server(request)
     served = _model(srv, model)
-    _size(served, size)
+    size = _size(served, size)
     raw = await image.read(MAX_UPLOAD + 1)
     if len(raw) > MAX_UPLOAD:
         raise BadInput("image", f"more than {MAX_UPLOAD} bytes; accepted: a picture of at most {MAX_UPLOAD} bytes")
     async with srv.decoding:
         picture = await asyncio.to_thread(read_picture, raw, "image")
     n = n or 1
-    job = Job("variations", served, settings_for(served), "", n, check_seed(-1, n), picture=picture)
+    job = Job("variations", served, settings_for(served, size=size), "", n, check_seed(-1, n), picture=picture)
     return _data(request, await run_job(request, job), response_format)

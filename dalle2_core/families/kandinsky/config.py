@@ -13,6 +13,7 @@ from dalle2_core.adm import AdmUnetConfig
 from dalle2_core.convert import diffusers_config as dc
 from dalle2_core.diffusion import DiffusionConfig
 from dalle2_core.families.kandinsky.decoder import KandinskyDecoderConfig
+from dalle2_core.families.kandinsky.defaults import DECODER_STEPS, PRIOR_STEPS
 from dalle2_core.movq import MoVQConfig
 from dalle2_core.prior.standardized_prior import StandardizedPriorConfig
 
@@ -42,8 +43,6 @@ DDPM_OPTIONS = dict(
     timestep_spacing=("leading", ("leading",)), steps_offset=(0, ANY), rescale_betas_zero_snr=(False, (False,)),
     set_alpha_to_one=(None, ANY),  # a DDIMScheduler option that DDPMScheduler ignores (Kandinsky's config has it)
 )
-# sampling steps of the diffusers pipelines' call defaults
-PRIOR_STEPS, DECODER_STEPS = 25, 100
 
 
 def _class(config: dict, accepted: tuple[str, ...], what: str) -> None:

@@ -25,25 +25,22 @@ from typing import NamedTuple
 import torch
 
 from dalle2_core.atomic import fsync_dir, temp_dir_beside
-from dalle2_core.checkpoint import SamplingSettings, save_model
+from dalle2_core.checkpoint import save_model
 from dalle2_core.component import save_component
 from dalle2_core.convert import diffusers_keys as dk
 from dalle2_core.convert.diffusers_folder import DiffusersFolder, read_diffusers_folder
 from dalle2_core.convert.materialize import Rule, materialize
 from dalle2_core.families.kandinsky import config as kc, keys
+from dalle2_core.families.kandinsky.defaults import DECODER_INPAINT, IMAGE_ENCODER, KANDINSKY_DEFAULTS
 from dalle2_core.helpers import exists
 
 PRIOR_PIPELINES = ("KandinskyV22PriorPipeline",)
 DECODER_PIPELINES = ("KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline")
 INPAINT_PIPELINES = ("KandinskyV22InpaintPipeline",)
 CLIP_ARCHITECTURE = "ViT-bigG-14"  # open_clip's name of the towers; their widths come from the transformers configs
-# component folders beside the model index's clip / prior / decoder
-IMAGE_ENCODER, DECODER_INPAINT = "image_encoder", "decoder_inpaint"
-# the diffusers pipelines' call defaults (their configs hold no step counts or guidance)
-KANDINSKY_DEFAULTS = SamplingSettings(cond_scale=4.0, prior_cond_scale=4.0, prior_samples=1, steps=100, prior_steps=25, sampler="ddpm")
 # the diffusers components each folder must have, with safetensors weights where they are networks
 NEEDED = {
-    "prior": ("prior", "text_encoder", "image_encoder", "image_processor", "scheduler"),
+    "prior": ("prior", "text_encoder", "tokenizer", "image_encoder", "image_processor", "scheduler"),
     "decoder": ("unet", "movq", "scheduler"),
     "inpaint": ("unet",),
 }
@@ -81,11 +78,13 @@ def _check_folders(folders: dict[str, DiffusersFolder]) -> None:
 
 
 def convert_text_tower(prior: DiffusersFolder, *, dtype: torch.dtype | None = None):
-    """The text tower (clip component): raw projection `text_embed` and the whole 77-token state, as the prior reads them."""
+    """The text tower (clip component): raw projection `text_embed` and the whole 77-token state, as the prior reads them,
+    with the padding token of the folder's tokenizer (Kandinsky's `<|endoftext|>`)."""
     from dalle2_core.clip.hf_clip_adapter import HFClipAdapter
 
     return HFClipAdapter.from_transformers(
-        text_encoder=prior["text_encoder"].path, name=CLIP_ARCHITECTURE, normalize=False, zero_padding=False, dtype=dtype,
+        text_encoder=prior["text_encoder"].path, tokenizer=prior["tokenizer"].path, name=CLIP_ARCHITECTURE, normalize=False,
+        zero_padding=False, dtype=dtype,
     )
 
 
@@ -206,11 +205,28 @@ def convert_kandinsky(
     return KandinskyConversion(out_dir, notes)
 
 
+def add_inpaint_unet(model_dir: str | os.PathLike, inpaint_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    """Give the converted Kandinsky model folder `model_dir` the inpainting U-Net of a KandinskyV22InpaintPipeline folder
+    (`decoder_inpaint/`, written atomically beside the others), in `dtype` (default: as stored)."""
+    from dalle2_core.checkpoint import read_index
+    from dalle2_core.component import read_json
+
+    model_dir = Path(model_dir)
+    if read_index(model_dir).family != "kandinsky":
+        raise ValueError(f"{model_dir} is not a Kandinsky model folder; the inpainting U-Net goes beside a Kandinsky decoder")
+    folder = read_diffusers_folder(inpaint_dir, expect=INPAINT_PIPELINES)
+    folder["unet"].weight_files()  # refuses pickles before anything is built
+    decoder = kc.KandinskyDecoderConfig.from_dict(read_json(model_dir / "decoder" / "config.json", "the decoder's config")["config"])
+    _check_inpaint(kc.unet_config(folder["unet"].config(), "inpaint unet (UNet2DConditionModel)"), decoder.unet)
+    return save_component(convert_unet(folder, dtype=dtype, what="inpaint unet"), model_dir / DECODER_INPAINT)
+
+
 __all__ = [
     "DECODER_INPAINT",
     "IMAGE_ENCODER",
     "KANDINSKY_DEFAULTS",
     "KandinskyConversion",
+    "add_inpaint_unet",
     "convert_decoder",
     "convert_kandinsky",
     "convert_prior",

@@ -8,7 +8,12 @@ a negative prompt's prior sample or, without one, `null_image_embed`: the CLIP v
 all-zero (after normalisation) 224 px image, a constant of the checkpoint computed once at conversion.
 
 The schedule is DDPM's linear one from `beta_start` to `beta_end` in float32 (diffusers' DDPMScheduler), sampled
-on diffusers' "leading" timesteps shifted by `steps_offset` (`diffusion.spacing.leading_timesteps`).
+by default on diffusers' "leading" timesteps shifted by `steps_offset` (`diffusion.spacing.leading_timesteps`).
+
+`stage(...)` is the decoder as one `cascade.Stage` (MoVQ as its codec; the inpainting U-Net of
+kandinsky-2-2-decoder-inpaint as its inpainting network when given); `sample(...)` is the thin front that runs it.
+Pictures are any multiple of `config.downsample_factor` (64) per side from half to twice the size the U-Net was
+trained at (`config.default_size`: 512 for Kandinsky 2.2, so 256 .. 1024).
 """
 
 from __future__ import annotations
@@ -16,14 +21,20 @@ from __future__ import annotations
 from dataclasses import field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dalle2_core.adm import AdmAttentionConfig, AdmBlocksConfig, AdmConditioningConfig, AdmUnet, AdmUnetConfig
+from dalle2_core.cascade import Picture, Stage, hw, sample_cascade, stage_settings
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import DiffusionConfig, GaussianDiffusion
-from dalle2_core.diffusion.spacing import leading_timesteps
-from dalle2_core.helpers import default, exists, normalize_neg_one_to_one, unnormalize_zero_to_one
+from dalle2_core.helpers import default, eval_mode, exists, normalize_neg_one_to_one, unnormalize_zero_to_one
 from dalle2_core.movq import MoVQ, MoVQConfig
+
+STAGE = "decoder"
+# diffusers' Kandinsky 2.2 inpainting grows the region to re-draw by one latent pixel towards these neighbours (its
+# `prepare_mask` loop): up, down, left, right and the two diagonal corners (-1, -1), (+1, +1), not the other two
+GROWTH = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
 
 
 def kandinsky_unet() -> AdmUnetConfig:
@@ -72,15 +83,22 @@ class KandinskyDecoderConfig(Config):
         """Pixels per latent pixel times the U-Net's own downsampling: picture sizes are multiples of this."""
         return self.movq.downsample_factor * self.unet.downsample_factor
 
-    def sampling_diffusion(self, steps: int | None = None) -> GaussianDiffusion:
-        """The diffusion over diffusers' leading timesteps of a `steps`-step run (default `diffusion.sample_steps`): alpha_bar
-        kept at each, each beta 1 - alpha_bar_t / alpha_bar_prev in float32, as DDPMScheduler.step computes them."""
-        full = self.to_diffusion()
-        kept = leading_timesteps(full.num_timesteps, default(steps, self.diffusion.sample_steps), self.steps_offset)
-        alphas_cumprod = full.alphas_cumprod[kept].to(torch.float32)  # exact: float32 values
-        betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        return GaussianDiffusion(betas, alphas_cumprod=alphas_cumprod, timestep_map=kept, objective=self.diffusion.objective,
-                                 float32_schedule=True, posterior_log_variance=self.diffusion.posterior_log_variance)
+    @property
+    def default_size(self) -> int:
+        """The side of the pictures the U-Net was trained on (its sample size in pixels): 512 for Kandinsky 2.2."""
+        return self.unet.sample_size * self.movq.downsample_factor
+
+    def sizes(self) -> str:
+        """The picture sizes it makes, in words."""
+        step, side = self.downsample_factor, self.default_size
+        return f"multiples of {step} from {max(step, side // 2)} to {2 * side} per side"
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuses a picture size the decoder does not make (`sizes`), naming it."""
+        step, side = self.downsample_factor, self.default_size
+        for s in (height, width):
+            if isinstance(s, bool) or not isinstance(s, int) or s % step or not max(step, side // 2) <= s <= 2 * side:
+                raise ValueError(f"picture size {width}x{height} is not supported; accepted: {self.sizes()}")
 
     def to_diffusion(self) -> GaussianDiffusion:
         d = self.diffusion
@@ -121,11 +139,8 @@ class KandinskyDecoder(nn.Module):
         return self.config.movq.latent_channels
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """(channels, h, w) of the latent a height × width picture is sampled as; sizes must be multiples of
-        `config.downsample_factor` (64 for Kandinsky 2.2)."""
-        step = self.config.downsample_factor
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < step or s % step for s in (height, width)):
-            raise ValueError(f"picture size {width}x{height} is not supported; accepted: positive multiples of {step}")
+        """(channels, h, w) of the latent a height × width picture is sampled as (`config.check_size`)."""
+        self.config.check_size(height, width)
         f = self.config.movq.downsample_factor
         return self.latent_channels, height // f, width // f
 
@@ -150,5 +165,86 @@ class KandinskyDecoder(nn.Module):
         """Latents -> pictures in [0, 1], decoded without quantisation (diffusers' `force_not_quantize=True`)."""
         return unnormalize_zero_to_one(self.movq.decode(latents)).clamp(0.0, 1.0)
 
+    # ---- sampling ---------------------------------------------------------------------------------------
 
-__all__ = ["KandinskyDecoder", "KandinskyDecoderConfig", "kandinsky_decoder_diffusion", "kandinsky_unet"]
+    def stage(self, image_embed: torch.Tensor, negative_image_embed: torch.Tensor | None = None, *,
+              size: int | tuple[int, int] | None = None, inpaint_unet: AdmUnet | None = None) -> Stage:
+        """The decoder as a cascade stage for one run: latents of a `size` picture ((height, width) or a side; default
+        `config.default_size`) guided on eps, the unconditional branch `negative_image_embed` (a negative prompt's prior
+        sample; default the zero-image embedding); MoVQ as the codec; diffusers' leading timesteps with `steps_offset`
+        and its img2img step count (int(strength · steps)). `inpaint_unet` (kandinsky-2-2-decoder-inpaint's, 9 input
+        channels: latents ‖ masked picture latents ‖ keep mask) is the network an inpainting run uses."""
+        b, c = image_embed.shape[0], self.config
+        height, width = hw(default(size, c.default_size))
+        _, h, w = self.latent_shape(height, width)
+        param = next(self.unet.parameters())
+        negative = default(negative_image_embed, lambda: self.null_image_embeds(b))
+        negative = negative.to(device=image_embed.device, dtype=image_embed.dtype)
+        if negative.shape != image_embed.shape:
+            raise ValueError(f"negative_image_embed has shape {tuple(negative.shape)}; image_embed has {tuple(image_embed.shape)}")
+        unet = inpaint_unet if exists(inpaint_unet) else self.unet
+        if exists(inpaint_unet):
+            _check_inpaint_unet(inpaint_unet, self.unet.config)
+            param = next(inpaint_unet.parameters())
+        # the 32 context tokens and every attention layer's keys and values depend on neither x_t nor t: once per run
+        encode = lambda **kw: unet.encode_context(**kw)  # noqa: E731
+        return Stage(
+            name=STAGE, network=_Inpainting(unet, self.latent_channels) if exists(inpaint_unet) else self, diffusion=self.diffusion,
+            size=(height, width), latent_size=(h, w), channels=self.latent_channels, dtype=param.dtype, device=param.device,
+            codec=self.movq, cond=dict(image_embed=image_embed), uncond=dict(image_embed=negative), encode=encode,
+            denoise_fn=c.diffusion.denoise_fn(), default_steps=c.diffusion.sample_steps, default_spacing="leading",
+            spacing_offset=c.steps_offset, strength_rounding="floor", inpaint_mask=grow_repainted if exists(inpaint_unet) else None,
+        )
+
+    @torch.no_grad()
+    def sample(self, image_embed: torch.Tensor, *, negative_image_embed: torch.Tensor | None = None, size=None, cond_scale: float = 4.0,
+               steps: int | tuple | None = None, sampler: str = "ddpm", spacing: str | None = None, generator=None, on_step=None,
+               init_image: torch.Tensor | None = None, strength: float = 1.0, inpaint_image: torch.Tensor | None = None,
+               inpaint_mask: torch.Tensor | None = None, inpaint_unet: AdmUnet | None = None, inpaint_resample_times: int = 5,
+               ) -> torch.Tensor:
+        """Pictures (b, 3, height, width) in [0, 1] from image embeddings (b, d), as KandinskyV22Pipeline makes them.
+
+        From a picture, as `KarloCascade.sample`: `init_image` (b, 3, H, W) in [0, 1] with `strength` < 1 (img2img:
+        the last int(strength · steps) steps re-drawn); `inpaint_image` with `inpaint_mask` (b, H, W), True = keep,
+        inpaints with `inpaint_unet` (diffusers' KandinskyV22InpaintPipeline) or, without one, RePaint on the decoder;
+        the kept pixels are returned exactly. `steps` default 100 (diffusers' call default); `spacing` default "leading".
+        `on_step(1, i, total, x)` after each step; `generator`: one generator or one per picture.
+        """
+        settings = stage_settings(1, cond_scale=cond_scale, steps=steps, sampler=sampler, spacing=spacing)
+        picture = Picture.of(init_image, strength, inpaint_image, inpaint_mask, inpaint_resample_times)
+        hook = (lambda position, i, total, x: on_step(position + 1, i, total, x)) if exists(on_step) else None
+        with eval_mode(self), eval_mode(inpaint_unet if exists(inpaint_unet) else self.unet):
+            stage = self.stage(image_embed, negative_image_embed, size=size, inpaint_unet=inpaint_unet if exists(inpaint_image) else None)
+            return sample_cascade([stage], settings, batch_size=image_embed.shape[0], generator=generator, on_step=hook, picture=picture)
+
+
+def grow_repainted(keep: torch.Tensor) -> torch.Tensor:
+    """A keep mask (b, 1, h, w) bool with the region to re-draw grown by one pixel as diffusers' Kandinsky 2.2
+    inpainting grows it (`GROWTH`): the mask its inpainting U-Net was trained with."""
+    repainted = (~keep).float()
+    grown = F.conv2d(repainted, GROWTH.to(repainted)[None, None], padding=1) > 0  # (b, 1, h, w)
+    return ~grown
+
+
+def _check_inpaint_unet(inpaint: AdmUnet, unet: AdmUnetConfig) -> None:
+    latent = unet.in_channels
+    c = inpaint.config
+    if not isinstance(inpaint, AdmUnet) or c.in_channels != 2 * latent + 1 or c.out_channels != unet.out_channels:
+        raise ValueError(f"the inpainting U-Net must take {2 * latent + 1} channels (latents, masked picture latents, mask) and give "
+                         f"{unet.out_channels}; it has in {c.in_channels}, out {c.out_channels}")
+    if c.conditioning.image_embed_dim != unet.conditioning.image_embed_dim:
+        raise ValueError(f"the inpainting U-Net reads {c.conditioning.image_embed_dim}-wide image embeddings; the decoder's "
+                         f"are {unet.conditioning.image_embed_dim}")
+
+
+class _Inpainting:
+    """The inpainting U-Net as the stage's network: called on [x_t ‖ masked picture latents ‖ keep mask], eps out."""
+
+    def __init__(self, unet: AdmUnet, channels: int):
+        self.unet, self.channels = unet, channels
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *, masked: torch.Tensor, mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.unet(torch.cat([x, masked, mask], dim=1), t, **kwargs)[:, : self.channels]  # (b, 2c + 1, h, w) in
+
+
+__all__ = ["KandinskyDecoder", "KandinskyDecoderConfig", "grow_repainted", "kandinsky_decoder_diffusion", "kandinsky_unet"]

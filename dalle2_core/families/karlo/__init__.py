@@ -14,4 +14,5 @@ FAMILY = Family(
         "UnCLIPPipeline": "dalle2_core.families.karlo.preset:converted_unclip",
         "UnCLIPImageVariationPipeline": "dalle2_core.families.karlo.preset:converted_unclip",
     },
+    converters={"UnCLIPPipeline": "dalle2_core.families.karlo.convert:convert_folders"},
 )

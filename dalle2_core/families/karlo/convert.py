@@ -152,7 +152,17 @@ def convert_unclip(src: str | os.PathLike, out_dir: str | os.PathLike, *, image_
     return UnclipConversion(out_dir, notes)
 
 
+def convert_folders(sources, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None, inpaint=None,
+                    image_variations: str | os.PathLike | None = None) -> UnclipConversion:
+    """`convert_unclip` for a list of diffusers folders: Karlo's is one UnCLIPPipeline folder (it inpaints by RePaint)."""
+    if len(sources) != 1:
+        raise ValueError(f"a Karlo model is converted from one {UNCLIP} folder; got {len(sources)} folders")
+    if inpaint is not None:
+        raise ValueError("an inpainting U-Net folder applies to Kandinsky 2.2 models; Karlo inpaints with its own decoder")
+    return convert_unclip(sources[0], out_dir, image_variations=image_variations, dtype=dtype)
+
+
 __all__ = [
     "COMPONENT_CLASSES", "KARLO_DEFAULTS", "UnclipConversion", "check_component_classes", "convert_cascade", "convert_clip",
-    "convert_prior", "convert_unclip", "vision_tower_folders",
+    "convert_folders", "convert_prior", "convert_unclip", "vision_tower_folders",
 ]

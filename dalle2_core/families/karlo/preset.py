@@ -89,8 +89,9 @@ def _converter(src: Path):
     return lambda out: convert_unclip(src, out)
 
 
-def resolve_karlo(*, progress: bool = False, cache_dir=None, pictures: bool = False) -> ResolvedModel:
-    """Karlo v1-alpha as a dream model folder of the karlo family; with `pictures`, with its CLIP vision tower."""
+def resolve_karlo(*, progress: bool = False, cache_dir=None, pictures: bool = False, inpainting: bool = False) -> ResolvedModel:
+    """Karlo v1-alpha as a dream model folder of the karlo family; with `pictures`, with its CLIP vision tower (`inpainting`
+    needs nothing more: RePaint on its decoder)."""
     main = download_pipeline(KARLO_REPO, pin=KARLO_REVISION, expect=UNCLIP_PIPELINES, progress=progress, cache_dir=cache_dir)
     source = {"key": main.sources[0], "repo": KARLO_REPO, "commit": main.revision}
     path = convert_once(dream_cache_dir() / "models" / "karlo", source, _converter(main.path))
@@ -100,7 +101,7 @@ def resolve_karlo(*, progress: bool = False, cache_dir=None, pictures: bool = Fa
 
 
 def converted_unclip(folder: Path, spec: str, revision: str | None = None, source: str = "local", *, pictures: bool = False,
-                     progress: bool = False, cache_dir=None) -> ResolvedModel:
+                     progress: bool = False, cache_dir=None, inpainting: bool = False) -> ResolvedModel:
     """A diffusers UnCLIPPipeline folder converted once under `dream_cache_dir()/models/unclip/` (with `pictures` and
     no image encoder of its own: with the pinned CLIP vision tower, `add_vision_tower`).
 

@@ -40,9 +40,9 @@ LAION_FILES = {
 }
 
 
-def resolve_laion(*, progress: bool = False, cache_dir=None, pictures: bool = False) -> ResolvedModel:
-    """LAION's prior, decoder and upsampler, checked and converted once into `dream_cache_dir()/models/laion`
-    (`pictures` needs nothing more: its CLIP, open_clip's ViT-L/14, embeds text and pictures)."""
+def resolve_laion(*, progress: bool = False, cache_dir=None, pictures: bool = False, inpainting: bool = False) -> ResolvedModel:
+    """LAION's prior, decoder and upsampler, checked and converted once into `dream_cache_dir()/models/laion` (`pictures`
+    needs nothing more: its CLIP, open_clip's ViT-L/14, embeds text and pictures; nor does `inpainting`: RePaint)."""
     from dalle2_core.families.unclip.laion import convert_laion
 
     converted = dream_cache_dir() / "models" / "laion"
