@@ -47,6 +47,7 @@ import time
 stamps = [time.time()]
 import json, sys, tempfile
 from pathlib import Path
+import dream_cli  # first, as in `dream`: it sets OMP_WAIT_POLICY before torch loads OpenMP
 import torch
 stamps.append(time.time())
 from dalle2_core.hub import bundled_path
