@@ -5,7 +5,9 @@
     python benchmarks/startup.py --runs 9
 
 Others share this machine: it first waits (up to --wait s) for the 1-minute load average to fall below --max-load,
-and records the load at the start and the end. Targets: help, version and usage errors <= 0.3 s; `dream --model shapes -n 4` <= 4 s on 2 cores.
+and records the load at the start and the end.
+
+Targets: help, version and usage errors <= 0.3 s; `dream --model shapes -n 4` <= 4 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait", type=float, default=600, help="longest wait for it, seconds (then measure anyway)")
     args = parser.parse_args(argv)
     result = measure(args.runs, args.shapes_runs, args.max_load, args.wait)
-    command = "python benchmarks/startup.py" + (f" --runs {args.runs}" if args.runs != 7 else "") + (
-        f" --shapes-runs {args.shapes_runs}" if args.shapes_runs != 5 else "")
+    command = "python benchmarks/startup.py" + "".join(f" {flag} {value:g}" for flag, value, usual in (
+        ("--runs", args.runs, 7), ("--shapes-runs", args.shapes_runs, 5), ("--max-load", args.max_load, 1.5)) if value != usual)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "startup.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "startup.md").write_text(table(result, command))
