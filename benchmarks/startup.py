@@ -49,7 +49,9 @@ import time
 stamps = [time.time()]
 import json, sys, tempfile
 from pathlib import Path
+import atexit, gc
 import dream_cli  # first, as in `dream`: it sets OMP_WAIT_POLICY before torch loads OpenMP
+atexit.register(gc.freeze)  # as dream's main does: no last cycle collection over everything alive at exit
 import torch
 stamps.append(time.time())
 from dalle2_core.hub import bundled_path
