@@ -35,11 +35,13 @@ def slugify(text: str, max_len: int = 48) -> str:
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A (c, h, w) tensor in [0, 1] as an 8-bit PIL image (c = 1, 3 or 4), rounded to the nearest level."""
     import torch
-    from torchvision.transforms.functional import to_pil_image
+    from PIL import Image
 
     if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
         raise ValueError(f"expected an image tensor (1|3|4, h, w), got shape {tuple(image.shape)}")
-    return to_pil_image((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    # (h, w) for one channel ("L"), (h, w, c) for RGB / RGBA: PIL's own array layouts
+    return Image.fromarray(pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).contiguous().numpy())
 
 
 def make_grid(images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""Pretrained CLIPs through open_clip (any architecture and tag), behind the `ClipAdapter` interface."""
+"""Pretrained CLIPs through open_clip (any architecture and tag), behind the `ClipAdapter` interface.
+
+open_clip (and torchvision, which it imports) is imported when an adapter is built, not with this module:
+its config and error types cost nothing to a model that has no open_clip tower.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import field
 
-import open_clip
 import torch
-from open_clip.hf_model import HFTextEncoder
-from open_clip.pretrained import download_pretrained
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import TextTransformer
 from torch import nn
 
 from ..config import Config, config_dataclass
@@ -43,6 +42,8 @@ def openai_to_open_clip_name(name: str) -> str:
 
 
 def _check_model_name(name: str) -> None:
+    import open_clip
+
     if name.startswith(HUB_SCHEMA) or exists(open_clip.get_model_config(name)):
         return
     close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
@@ -52,6 +53,9 @@ def _check_model_name(name: str) -> None:
 
 def _token_state_hook_target(model: nn.Module) -> tuple[nn.Module, Callable]:
     """The module whose output is the per-token text states, and how to read them from that output."""
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.transformer import TextTransformer
+
     text = getattr(model, "text", None)
     if text is None and isinstance(getattr(model, "ln_final", None), nn.LayerNorm):
         return model.ln_final, lambda out: out  # open_clip.CLIP: text tower pieces live on the model
@@ -82,6 +86,10 @@ class OpenClipAdapter(ClipAdapter):
         cache_dir: str | None = None,
         **model_kwargs,
     ):
+        import open_clip
+        from open_clip.hf_model import HFTextEncoder
+        from open_clip.tokenizer import SimpleTokenizer
+
         super().__init__()
         name = name if name.startswith(HUB_SCHEMA) else name.replace("/", "-")
         _check_model_name(name)
@@ -128,6 +136,9 @@ class OpenClipAdapter(ClipAdapter):
 
     @staticmethod
     def _create_model(name: str, pretrained: str | None, cache_dir: str | None, model_kwargs: dict) -> nn.Module:
+        import open_clip
+        from open_clip.pretrained import download_pretrained
+
         where = f"open_clip model {name!r} (pretrained={pretrained!r})"
         advice = "connect once to the Hugging Face Hub to cache them, or set cache_dir to a cache that has them"
         if name.startswith(HUB_SCHEMA):

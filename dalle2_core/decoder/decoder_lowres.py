@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from dalle2_core.diffusion import GaussianDiffusion
 from dalle2_core.helpers import exists, normalize_neg_one_to_one, randn, unnormalize_zero_to_one
@@ -76,6 +75,8 @@ class LowresConditioner:
         )
 
     def _blur(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.functional import gaussian_blur  # training only: sampling never imports torchvision
+
         sigma, kernel = self.blur_sigma, self.blur_kernel_size
         if isinstance(sigma, tuple):  # a range to draw from
             lo, hi = map(float, sigma)
