@@ -10,7 +10,7 @@ import pytest
 
 # what a model without an open_clip tower must not import: open_clip, torchvision (open_clip imports it, and it
 # imports torch._dynamo), timm (open_clip's), and the Hub client (the bundled model is on disk)
-NOT_ON_THE_SHAPES_PATH = ("open_clip", "torchvision", "timm", "huggingface_hub")
+NOT_ON_THE_SHAPES_PATH = ("open_clip", "torchvision", "timm", "huggingface_hub", "torch._dynamo")
 
 PROMPT = "a large red circle on the left on a blue background"
 

@@ -7,8 +7,8 @@ read from the memory-mapped files (`safetensors.safe_open`), renamed or reshaped
 to the wanted dtype and device one at a time, and assigned (`load_state_dict(assign=True)`): a tensor
 that needs no cast stays a view of the mapped file. The key map is checked before any tensor is read:
 each source tensor is used exactly once, each target is filled exactly once, and shapes agree.
-A tensor that is cast or combined is read through a memory map of its own, released with it, so the
-peak stays near the size of the loaded weights (`benchmarks/karlo_memory.py`).
+A tensor of 1 MiB or more that is cast or combined is read through a memory map of its own, released with
+it, so the peak stays near the size of the loaded weights (`benchmarks/karlo_memory.py`).
 
 Values are bit-identical to a plain load. A tensor left as a view of the file is only as aligned as
 safetensors' layout (16 bytes), where CPU kernels may vectorise differently from a fresh allocation:
@@ -17,6 +17,7 @@ outputs can then differ from a plain load's at float rounding (1e-7 in `tests/te
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
+from torch.overrides import TorchFunctionMode
 
 from dalle2_core.helpers import exists
 
@@ -318,9 +320,24 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
 
     handle = register_module_parameter_registration_hook(to_meta)
     try:
-        return build()
+        with _NoInitOnMeta():
+            return build()
     finally:
         handle.remove()
+
+
+class _NoInitOnMeta(TorchFunctionMode):
+    """`torch.nn.init` and `Tensor.normal_` on a `meta` tensor left out: it holds no values, and torch runs `normal_`
+    on `meta` through a Python reference whose first call imports torch._dynamo (1.5 s of start-up).
+    Torch function modes are per thread."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.normal_ or getattr(func, "__module__", None) == "torch.nn.init":
+            tensor = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
 
 
 def _aliases(module: nn.Module) -> dict[str, str]:
@@ -352,6 +369,17 @@ def _makes_a_copy(rule: Rule, weights: Weights, like: torch.Tensor, dtype, devic
     """Whether filling `rule` creates a new tensor (combined, cast or moved) rather than a view of the file."""
     moved = exists(device) and torch.device(device).type != "cpu"
     return exists(rule.fn) or moved or weights.dtype(rule.sources[0]) != _target_dtype(like, dtype)
+
+
+TRANSIENT_MIN_BYTES = 2**20
+
+
+def _read_transiently(rule: Rule, weights: Weights, like: torch.Tensor, dtype, device) -> bool:
+    """Whether `rule`'s sources are read through memory maps of their own (`SafetensorsWeights.get`): filling it makes
+    a copy, and they are large enough that releasing their pages with it is worth opening a map per tensor (~0.3 ms,
+    which over the hundreds of small tensors of a small model was most of its loading)."""
+    size = sum(math.prod(weights.shape(s)) * weights.dtype(s).itemsize for s in rule.sources)
+    return size >= TRANSIENT_MIN_BYTES and _makes_a_copy(rule, weights, like, dtype, device)
 
 
 MAX_BUFFER_BYTES = 2**32  # tensors a module builds itself (tables, masks): far below this in every model here
@@ -407,7 +435,7 @@ def materialize(
     state = {}
     for entry in key_map:
         if isinstance(entry, Rule):
-            transient = _makes_a_copy(entry, weights, expected[entry.target], dtype, device)
+            transient = _read_transiently(entry, weights, expected[entry.target], dtype, device)
             tensors = [weights.get(s, transient=transient) for s in entry.sources]
             value = tensors[0] if entry.fn is None else entry.fn(*tensors)
             state[entry.target] = _cast(value, expected[entry.target], dtype, device)
