@@ -1,6 +1,6 @@
 """The benchmark configurations, built the same way in `dalle2_core` and in `dalle2_pytorch`.
 
-Both libraries take the seed README's keyword API, so one set of keywords builds both; where a call
+Both libraries take the DALLE2-pytorch README's keyword API, so one set of keywords builds both; where a call
 signature differs (the prior's sampling loop) the case says so in one line. Every case returns a
 `Case`: a `run()` closure doing one unit of work and how to read its timing.
 """
@@ -15,11 +15,11 @@ import torch
 
 LIBRARIES = {"ours": "dalle2_core", "peer": "dalle2_pytorch"}
 
-# the seed README's decoder unet (Unet(dim=128, image_embed_dim=512, cond_dim=128, ...))
+# the DALLE2-pytorch README's decoder unet (Unet(dim=128, image_embed_dim=512, cond_dim=128, ...))
 SPEC_UNET = dict(dim=128, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
-# the seed README's decoder-training example unet (`Unet(dim=32, image_embed_dim=512, cond_dim=128, ...)`)
+# the DALLE2-pytorch README's decoder-training example unet (`Unet(dim=32, image_embed_dim=512, cond_dim=128, ...)`)
 SEED_UNET = dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8))
-# the LAION decoder's shape (shared/spec/laion-checkpoints.md) at a fifth of its width and half its depth
+# the LAION decoder's shape (docs/laion.md) at a fifth of its width and half its depth
 LAION_SMALL_UNET = dict(
     dim=64, image_embed_dim=512, text_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 3, 4),
     num_resnet_blocks=2, attn_heads=8, attn_dim_head=64, sparse_attn=True, memory_efficient=True,

@@ -52,7 +52,7 @@ def table(report: dict, command: str) -> str:
         right, total = small_shapes(report, split)
         lines.append(f"| {split} | {r['n']} | " + " | ".join(pct(r["accuracy"][a]) for a in ATTRIBUTES)
                      + f" | {pct(r['adherence'])} | {right} / {total} |")
-    lines += ["", "Accuracy per attribute and all-five adherence in % of images (`spec/shapes-world.md` reads them back)."]
+    lines += ["", "Accuracy per attribute and all-five adherence in % of images (`docs/shapes-world.md` says how they are read back)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,6 @@
 """The typed-config machinery every network is built from.
 
-Each network has one frozen dataclass config (a `Config` subclass). The seed's keyword API
+Each network has one frozen dataclass config (a `Config` subclass). The DALLE2-pytorch README's keyword API
 (`Unet(dim=64, ...)`) goes through `Config.build`, which routes flat keywords into nested
 sub-configs and rejects unknown ones with a message naming them. Every value is checked against
 its field's annotation when a config is made (keywords, `from_dict`, or the dataclass itself), so a
@@ -33,7 +33,7 @@ def _to_tuples(value):
 class Config:
     """Base of every network config: frozen, JSON round-trippable, buildable from flat keywords.
 
-    `ALIASES` maps alternative keyword spellings (DALLE2-pytorch's, the seed README's) to
+    `ALIASES` maps alternative keyword spellings (DALLE2-pytorch's and its README's) to
     `(option, convert)`: `build` reads `alias=value` as `option=convert(value)` (`value` when
     `convert` is None); an alias of None means "not given".
     """

@@ -1,6 +1,6 @@
-"""unCLIP end to end (Ramesh et al. 2022): the seed's `DALLE2` wrapper, and slerp for interpolation (Sec. 3.2).
+"""unCLIP end to end (Ramesh et al. 2022): the DALLE2-pytorch README's `DALLE2` wrapper, and slerp for interpolation (Sec. 3.2).
 
-`DALLE2` is the unCLIP pipeline (`dalle2_core.pipeline.UnclipPipeline`) with the seed's constructor and
+`DALLE2` is the unCLIP pipeline (`dalle2_core.pipeline.UnclipPipeline`) with the DALLE2-pytorch README's constructor and
 call; variations and interpolation are the pipeline's `variations` / `interpolate`.
 """
 

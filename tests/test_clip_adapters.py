@@ -151,7 +151,7 @@ def test_open_clip_custom_text_tower_matches_too():
 
 
 def test_open_clip_text_inputs(oclip):
-    # short id tensors are padded to the context; the seed passes 256 random ids to a 77-token CLIP
+    # short id tensors are padded to the context; the DALLE2-pytorch README passes 256 random ids to a 77-token CLIP
     short = oclip.embed_text(torch.tensor([[SOT, 320, EOT]]))
     assert short.text_encodings.shape == (1, 20, 32) and short.text_mask.sum().item() == 3
     torch.testing.assert_close(short.text_embed, oclip.embed_text(["a"]).text_embed)  # "a" is id 320

@@ -187,7 +187,7 @@ def test_config_is_typed_strict_and_round_trips():
 
 
 def test_seed_readme_first_example():
-    """The seed README's CLIP example, as written (4 images, 256 px, 512 dims), on CPU."""
+    """The DALLE2-pytorch README's CLIP example, as written (4 images, 256 px, 512 dims), on CPU."""
     torch.manual_seed(0)
     clip = CLIP(
         dim_text=512,

@@ -1,4 +1,4 @@
-"""The seed README's decoder, cascade, latent-diffusion and whole-script examples.
+"""The DALLE2-pytorch README's decoder, cascade, latent-diffusion and whole-script examples.
 
 `dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped. Each example is one function whose image
 sizes (and mock batch) are parameters. The `*_small` variants run the same code at smaller

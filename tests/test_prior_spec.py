@@ -1,4 +1,4 @@
-"""The seed README's three diffusion-prior examples, as written (dalle2_pytorch → dalle2_core, no .cuda())."""
+"""The DALLE2-pytorch README's three diffusion-prior examples, as written (dalle2_pytorch → dalle2_core, no .cuda())."""
 
 import torch
 from test_decoder_spec_examples import spec_clip as readme_clip

@@ -1,4 +1,4 @@
-"""The seed README's "OpenAI CLIP" example (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
+"""The DALLE2-pytorch README's "OpenAI CLIP" example (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
 
 It needs OpenAI's ViT-B/32 weights, which open_clip downloads from the Hugging Face Hub: without
 them in the local cache (this test runs offline) it is skipped with that reason. The decoder's

@@ -1,4 +1,4 @@
-"""The seed README's DecoderTrainer example (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
+"""The DALLE2-pytorch README's DecoderTrainer example (`dalle2_pytorch` -> `dalle2_core`, `.cuda()` dropped).
 
 The sampling is shortened: the README's decoder samples all 1000 timesteps per unet, which on a
 CPU takes far longer than a test may; `sample_timesteps=2` respaces that schedule. The README's

@@ -1,4 +1,4 @@
-"""Decoder Unet against its references: DALLE2-pytorch 1.1.0 numerics, the seed README, the LAION configs."""
+"""Decoder Unet against its references: DALLE2-pytorch 1.1.0 numerics, the DALLE2-pytorch README, the LAION configs."""
 
 import json
 from pathlib import Path
@@ -34,7 +34,7 @@ def test_matches_dalle2_pytorch_1_1_0_numerics():
     assert (out - null).abs().max().item() > 1e-2  # the fixture does exercise the conditioning
 
 
-SEED_README_UNETS = [  # every Unet(...) of the seed README
+SEED_README_UNETS = [  # every Unet(...) of the DALLE2-pytorch README
     dict(dim=128, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8)),
     dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8)),
     dict(dim=32, image_embed_dim=512, cond_dim=128, channels=3, dim_mults=(1, 2, 4, 8, 16)),
@@ -79,7 +79,7 @@ def test_seed_readme_base_unet_runs_at_64px():
     assert (out[0] - out[1]).abs().mean() > 1e-3 * out[0].abs().mean()  # the embedding reaches the output
 
 
-# LAION's public checkpoints (shared/spec/laion-checkpoints.md); the counts equal DALLE2-pytorch 1.1.0's
+# LAION's public checkpoints (docs/laion.md); the counts equal DALLE2-pytorch 1.1.0's
 # for the same configs (its unused null parameters left out)
 LAION_DECODER = dict(
     dim=320, cond_dim=512, image_embed_dim=768, text_embed_dim=768, cond_on_text_encodings=True,

@@ -220,7 +220,7 @@ class OpenClipAdapter(ClipAdapter):
 
 
 class OpenAIClipAdapter(OpenClipAdapter):
-    """OpenAI's released CLIP weights (the seed's default ViT-B/32), loaded through open_clip."""
+    """OpenAI's released CLIP weights (the DALLE2-pytorch README's default ViT-B/32), loaded through open_clip."""
 
     def __init__(self, name: str = "ViT-B/32", cache_dir: str | None = None):
         super().__init__(openai_to_open_clip_name(name), pretrained="openai", cache_dir=cache_dir)

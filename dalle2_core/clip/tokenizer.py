@@ -31,7 +31,7 @@ import torch
 
 from ..helpers import exists
 
-# CLIP's BPE vocabulary (49152 merges + 256 bytes doubled + start/end tokens); the seed uses it too
+# CLIP's BPE vocabulary (49152 merges + 256 bytes doubled + start/end tokens); the DALLE2-pytorch README uses it too
 CLIP_VOCAB_SIZE = 49408
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"  # Hugging Face's names (open_clip's: <start_of_text>, <end_of_text>)
 DEFAULT_PAD_TOKEN = EOT  # transformers' CLIPTokenizer pads with it when a folder names no padding token

@@ -41,7 +41,7 @@ def _drop_mask(drop: torch.Tensor | None, batch: int, name: str, device: torch.d
 
 
 # float32 bytes a training forward keeps per pixel and channel of a block's map, and per pixel and
-# cross-attention feature, without selective recomputation (fitted to the saved tensors of the seed's
+# cross-attention feature, without selective recomputation (fitted to the saved tensors of the DALLE2-pytorch README's
 # dim 32 and dim 128 unets, dim_mults 1-2-4-8; within 15% on both)
 SAVED_BYTES_PER_MAP_ELEMENT, SAVED_BYTES_PER_ATTENTION_ELEMENT = 36.0, 8.5
 

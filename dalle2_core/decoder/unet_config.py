@@ -84,7 +84,7 @@ class UnetBlocksConfig(Config):
     scale_skip_connection: bool = False
     final_conv_kernel_size: int = 1
     # recompute each block in the backward pass (about half the activation memory, ~1.5x the time);
-    # None: on when a training batch holds >= AUTO_CHECKPOINT_PIXELS pixels, so the seed README's
+    # None: on when a training batch holds >= AUTO_CHECKPOINT_PIXELS pixels, so the DALLE2-pytorch README's
     # 512-1024 px cascades train within 24 GB
     gradient_checkpointing: bool | None = None
     # selective recomputation (Korthikanti et al. 2022): each Block's GroupNorm/FiLM/SiLU and each
@@ -109,7 +109,7 @@ class UnetBlocksConfig(Config):
 class UnetConfig(Config):
     """Decoder U-Net (unCLIP, Ramesh et al. 2022, Sec. 2.1; an ADM U-Net, Nichol & Dhariwal 2021)."""
 
-    # the seed README's and DALLE2-pytorch's spellings of the same options
+    # the DALLE2-pytorch README's and DALLE2-pytorch's spellings of the same options
     ALIASES: ClassVar[dict] = {
         "learned_sigma": ("learned_variance", None),
         "use_convnext": ("block_type", lambda on: "convnext" if on else "resnet"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# reconstruction losses of the "simple" objective, by the names the seed README uses
+# reconstruction losses of the "simple" objective, by the names the DALLE2-pytorch README uses
 SIMPLE_LOSSES = {
     "l1": F.l1_loss,
     "l2": F.mse_loss,

@@ -1,6 +1,6 @@
 """Prompt adherence in the shapes world: read the five attributes back from an image and score them.
 
-The read-back follows spec/shapes-world.md: background from the border median, object mask from
+The read-back follows docs/shapes-world.md: background from the border median, object mask from
 distance to the background colour, object colour from the mask median, shape from how the mask fills
 its bounding box (the fill ratio, refined by template overlap), size from the bounding box, position
 from the centroid. Measurements are converted to 64 px world units, so any image size works; images

@@ -1,4 +1,4 @@
-"""The shapes world: palette, compositions, splits, captions and rendering (see spec/shapes-world.md).
+"""The shapes world: palette, compositions, splits, captions and rendering (docs/shapes-world.md).
 
 A composition is the five facts a caption names (size, colour, shape, position, background).
 Rendering places the object's bounding-box centre at the position's anchor plus a uniform jitter of

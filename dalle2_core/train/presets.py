@@ -1,6 +1,6 @@
 """Model sizes for `dream train`, chosen from the output image size; a JSON file can override them.
 
-Each preset is plain keyword arguments for the seed API (`CLIP(**clip)`, `DiffusionPriorNetwork(
+Each preset is plain keyword arguments for the DALLE2-pytorch README's API (`CLIP(**clip)`, `DiffusionPriorNetwork(
 **prior_network)`, `DiffusionPrior(**prior)`, `Unet(**unet)` per stage, `Decoder(**decoder)`), so
 an override file reads like the README's examples.
 """
