@@ -65,7 +65,7 @@ limit=40
 notes=()
 if [ "$dry" = 1 ]; then
   step "CUDA tests (collected only)" "$limit" cuda-tests.log \
-    "$OURS_PYTHON" -m pytest -q --collect-only -k "gpu or cuda" "$root/tests/test_decoder.py" "$root/tests/test_perf_choices.py"
+    "$OURS_PYTHON" -m pytest -q --collect-only -k "gpu or cuda" "$root/tests/networks/test_decoder.py" "$root/tests/networks/test_perf_choices.py"
   # the table needs both libraries; the dry run measures one tiny case of ours through the same worker
   step "benchmark worker (ours, prior_sample, 1 step)" "$limit" benchmark-ours.json \
     env OMP_NUM_THREADS=1 "$OURS_PYTHON" "$here/worker.py" --impl ours --case prior_sample --sample-steps 1 --iters 1 --threads 1

@@ -4,7 +4,7 @@
 `CLIPTokenizer` runs since 5.0, and its `CLIPTokenizerFast` before): NFC, runs of white space to one space, lower
 case; split into contractions, letter runs, single digits and runs of other symbols; byte-level BPE with "</w>" at
 word ends; start / end tokens around the prompt; truncated to the context with the end token kept, then padded. Its
-ids and attention masks are transformers' (tests/test_hf_clip_tokenizer.py: 51 prompts, both padding conventions).
+ids and attention masks are transformers' (tests/networks/test_hf_clip_tokenizer.py: 51 prompts, both padding conventions).
 transformers 4's Python `CLIPTokenizer` cleaned text with ftfy and HTML unescaping first when ftfy was installed;
 diffusers and transformers >= 5 do not, and neither does this tokenizer.
 

@@ -12,7 +12,7 @@ it, so the peak stays near the size of the loaded weights (`benchmarks/karlo_mem
 
 Values are bit-identical to a plain load. A tensor left as a view of the file is only as aligned as
 safetensors' layout (16 bytes), where CPU kernels may vectorise differently from a fresh allocation:
-outputs can then differ from a plain load's at float rounding (1e-7 in `tests/test_hf_clip_adapter.py`).
+outputs can then differ from a plain load's at float rounding (1e-7 in `tests/networks/test_hf_clip_adapter.py`).
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class _NetsTrainer(nn.Module):
             if self.sharded:
                 net.set_requires_gradient_sync(syncs)
                 # raised for any network that returns a view; ours are never modified in place after
-                # (tests/test_train_ddp.py: sharded and replicated training give the same weights)
+                # (tests/train/test_train_ddp.py: sharded and replicated training give the same weights)
                 stack.enter_context(warnings.catch_warnings())
                 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             loss = (replica or self.module)(*args, **kwargs)
