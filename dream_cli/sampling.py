@@ -81,6 +81,9 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
         click.option("--sampler", type=click.Choice(list(SAMPLER_NAMES)), help="Sampler, for every stage. [model default]"),
         click.option("--spacing", type=click.Choice(list(SPACINGS)),
                      help="Which timesteps the steps visit, for every stage: uniform, leading, trailing or karras. [each stage's own]"),
+        click.option("--fast", is_flag=True,
+                     help="Start from the model's recorded fast settings (fewer network calls) instead of its defaults; "
+                          "the options above still override them."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
                      help="Weights and activations (fp16 needs an accelerator)."),
@@ -196,13 +199,14 @@ def _load_hint(err) -> str:
 
 
 def resolve_settings(pipeline, opts: dict, inpainting: bool = False):
-    """The run's sampling settings: options given over the model's defaults; a misfit names its option."""
+    """The run's sampling settings: options given over the model's defaults (`--fast`: its fast settings); a misfit names
+    its option."""
     from dalle2_core.pipeline import SettingError
 
     try:
-        return pipeline.resolve(inpainting=inpainting, **{k: opts[k] for k in SETTING_OPTIONS})
+        return pipeline.resolve(inpainting=inpainting, fast=opts.get("fast", False), **{k: opts[k] for k in SETTING_OPTIONS})
     except SettingError as err:
-        raise click.BadParameter(str(err), param_hint=SETTING_OPTIONS.get(err.setting, "settings")) from None
+        raise click.BadParameter(str(err), param_hint={**SETTING_OPTIONS, "fast": "--fast"}.get(err.setting, "settings")) from None
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ def test_bundle_is_small_float16_and_has_measured_defaults():
     for path in BUNDLE.rglob("model.safetensors"):
         with safe_open(str(path), framework="pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-    components, defaults, family = read_index(BUNDLE)
+    components, defaults, family, fast = read_index(BUNDLE)
     assert family == "unclip"
     assert components == ["clip", "prior", "decoder"]
     assert len(defaults.steps) == 2 and max(defaults.steps) <= 50 and defaults.prior_steps <= 50
