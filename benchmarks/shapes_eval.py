@@ -40,9 +40,11 @@ def small_shapes(report: dict, split: str) -> tuple[int, int]:
 def table(report: dict, command: str) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     s = report["settings"]
+    spacing = s.get("spacing") or "each stage's own"
     lines = [f"# Shapes-world prompt adherence of `{report['model']}` ({datetime.now(timezone.utc).isoformat(timespec='minutes')})",
              "", f"- Command: `{command}`",
-             f"- Settings: sampler {s['sampler']}, steps {s['steps']}, prior steps {s['prior_steps']}, guidance {s['cond_scale']}, "
+             f"- Settings: sampler {s['sampler']}, spacing {spacing}, steps {s['steps']}, "
+             f"prior steps {s['prior_steps']}, guidance {s['cond_scale']}, "
              f"prior guidance {s['prior_cond_scale']}, prior candidates {s['prior_samples']}; seed {report['seed']}; "
              f"{report['seconds']:.0f} s on {report['device']} ({report['seconds_per_image']:.2f} s/image)", "",
              "| split | n | " + " | ".join(ATTRIBUTES) + " | all five | small shapes right |",
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/shapes_eval.py" + "".join(
         f" --{k} {v}" for k, v in (("model", args.model), ("num", args.num), ("seed", args.seed)) if v != parser.get_default(k))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shapes-eval.json").write_text(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=1) + "\n")
+    kept = {k: v for k, v in report.items() if k not in ("per_image", "model_path")}  # no local paths in a results file
+    (RESULTS / "shapes-eval.json").write_text(json.dumps(kept, indent=1) + "\n")
     (RESULTS / "shapes-eval.md").write_text(table(report, command))
     print(table(report, command))
 

@@ -2,13 +2,14 @@
 
 Layout (ARCHITECTURE.md "Checkpoints"):
 
-    model_index.json         {"format": "dream-model", "version": 1, "components": [...], "defaults": {...}}
+    model_index.json         {"format": "dream-model", "version": 1, "components": [...], "defaults": {..., "fast": {...}}}
     clip/config.json         {"class": "CLIP", "config": {...}}
     clip/model.safetensors
     prior/...  decoder/...   same; the frozen CLIP inside them is not stored again
 
 Each component folder is written and read by `dalle2_core.component`; this module owns the index,
-the sampling defaults it records and the shared CLIP, stored once.
+the sampling defaults it records (with an optional "fast" entry: the settings a model recommends for
+fewer network calls, as changes to its defaults) and the shared CLIP, stored once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from dalle2_core.component import (
 )
 from dalle2_core.config import Config, config_dataclass
 from dalle2_core.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
-from dalle2_core.helpers import exists
+from dalle2_core.helpers import default, exists
 
 FORMAT = "dream-model"
 FORMAT_VERSION = 1
@@ -84,12 +85,54 @@ def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
+FAST = "fast"  # the entry of an index's "defaults" that holds the fast settings, as changes to the defaults
+
+
+def _read_defaults(raw: dict) -> tuple[SamplingSettings, SamplingSettings | None]:
+    """An index's "defaults" object: the defaults, and the fast settings (the defaults with its "fast" entry's changes)."""
+    raw = dict(raw)
+    changes = raw.pop(FAST, None)
+    defaults = SamplingSettings.from_dict(raw)
+    if changes is None:
+        return defaults, None
+    if not isinstance(changes, dict):
+        raise ValueError(f"{FAST} {changes!r} is invalid: expected an object of sampling settings (e.g. {{\"steps\": 10}})")
+    try:
+        return defaults, SamplingSettings.from_dict({**defaults.to_dict(), **changes})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{FAST}: {err}") from None
+
+
+def _fast_settings(fast: SamplingSettings | dict | None, stored: dict, defaults: SamplingSettings) -> SamplingSettings | None:
+    """The fast settings `save_model` writes: `fast` as given (settings, or changes to `defaults`), else the changes a
+    folder's stored "defaults" entry records, over `defaults` (an entry that does not fit is dropped, as invalid defaults are)."""
+    if isinstance(fast, SamplingSettings):
+        return fast
+    if fast is None:
+        with contextlib.suppress(TypeError, ValueError):
+            return _fast_settings(stored[FAST], {}, defaults) if isinstance(stored.get(FAST), dict) else None
+        return None
+    if not isinstance(fast, dict):
+        raise TypeError(f"fast must be a SamplingSettings or a dict of settings, got {type(fast).__name__}")
+    return SamplingSettings.from_dict({**defaults.to_dict(), **fast})
+
+
+def _defaults_entry(defaults: SamplingSettings, fast: SamplingSettings | None) -> dict:
+    """The "defaults" object of an index: every default, and the fields where the fast settings differ from them."""
+    entry = defaults.to_dict()
+    if exists(fast):
+        entry[FAST] = {k: v for k, v in fast.to_dict().items() if v != entry[k]}
+    return entry
+
+
 class ModelIndex(NamedTuple):
-    """What `model_index.json` says: the components present, the sampling defaults, the architecture family."""
+    """What `model_index.json` says: the components present, the sampling defaults, the architecture family and the
+    fast settings (None when the index records none)."""
 
     components: list[str]
     defaults: SamplingSettings
     family: str = DEFAULT_FAMILY
+    fast: SamplingSettings | None = None
 
 
 @dataclass
@@ -102,6 +145,7 @@ class Model:
     defaults: SamplingSettings
     path: Path | None = None
     family: str = DEFAULT_FAMILY
+    fast: SamplingSettings | None = None  # fewer network calls, as the index recommends (None: it records none)
 
 
 # --- model folders ----------------------------------------------------------------------------------
@@ -143,8 +187,13 @@ def save_model(
     decoder: nn.Module | None = None,
     defaults: SamplingSettings | dict | None = None,
     family: str | None = None,
+    fast: SamplingSettings | dict | None = None,
 ) -> Path:
     """Write a model folder; components not given are kept from an existing folder.
+
+    `defaults` (None: the folder's own, else the module defaults) are the recommended sampling settings; `fast`
+    the ones recommended for fewer network calls, a `SamplingSettings` or a dict of changes to the defaults
+    (None: the folder's own changes, if any).
 
     `family` names the family whose pipeline samples the folder (`dalle2_core.families`); None keeps
     the folder's own, else the default family.
@@ -166,6 +215,7 @@ def save_model(
     if not any(exists(m) for m in given.values()):
         raise ValueError("save_model needs at least one of clip=, prior=, decoder=")
     defaults = SamplingSettings.build(defaults) if exists(defaults) else None
+    _fast_settings(fast, {}, default(defaults, SamplingSettings()))  # invalid fast settings fail before anything is written
     folder.mkdir(parents=True, exist_ok=True)
 
     index = {}
@@ -177,15 +227,17 @@ def save_model(
             save_component(module, folder / name)
     kept = [c for c in index.get("components", []) if c in COMPONENTS and (folder / c).is_dir()]
     components = [c for c in COMPONENTS if exists(given[c]) or c in kept]
+    stored = index.get("defaults") if isinstance(index.get("defaults"), dict) else {}
     if not exists(defaults):
         try:
-            defaults = SamplingSettings.from_dict(index.get("defaults") or {})
+            defaults = _read_defaults(stored)[0]
         except (TypeError, ValueError):
             defaults = SamplingSettings()
     family = family or index.get("family") or DEFAULT_FAMILY
     write_json(
         folder / INDEX_FILE,
-        {"format": FORMAT, "version": FORMAT_VERSION, "family": family, "components": components, "defaults": defaults.to_dict()},
+        {"format": FORMAT, "version": FORMAT_VERSION, "family": family, "components": components,
+         "defaults": _defaults_entry(defaults, _fast_settings(fast, stored, defaults))},
     )
     return folder
 
@@ -212,13 +264,13 @@ def read_index(folder: str | os.PathLike) -> ModelIndex:
             f"{folder / INDEX_FILE} lists components {components!r}; expected a non-empty list of {COMPONENTS}"
         )
     try:
-        defaults = SamplingSettings.from_dict(index.get("defaults") or {})
+        defaults, fast = _read_defaults(index.get("defaults") or {})
     except (TypeError, ValueError) as err:
         raise ModelLoadError(f"{folder / INDEX_FILE} has invalid defaults: {one_line(err)}") from None
     family = index.get("family", DEFAULT_FAMILY)
     if not isinstance(family, str) or not family:
         raise ModelLoadError(f"{folder / INDEX_FILE} has family {family!r}; expected a family name such as {DEFAULT_FAMILY!r}")
-    return ModelIndex(components, defaults, family)
+    return ModelIndex(components, defaults, family, fast)
 
 
 def load_model(
@@ -229,7 +281,7 @@ def load_model(
 ) -> Model:
     """Load a model folder for sampling (modules in eval mode); the CLIP is loaded once and shared."""
     folder = Path(folder)
-    components, defaults, family = read_index(folder)
+    components, defaults, family, fast = read_index(folder)
     loaded: dict[str, nn.Module | None] = dict.fromkeys(COMPONENTS)
     if "clip" in components:
         loaded["clip"] = load_component(folder / "clip", device=device, dtype=dtype)
@@ -240,7 +292,7 @@ def load_model(
         if exists(module):
             module.eval()
     return Model(clip=loaded["clip"], prior=loaded["prior"], decoder=loaded["decoder"], defaults=defaults, path=folder,
-                 family=family)
+                 family=family, fast=fast)
 
 
 __all__ = [

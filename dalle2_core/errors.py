@@ -12,7 +12,7 @@ from dalle2_core.helpers import exists
 
 
 class SettingError(ValueError):
-    """A sampling setting this model cannot take; `setting` names the setting (a `SamplingSettings` field)."""
+    """A sampling setting this model cannot take; `setting` names the setting (a `SamplingSettings` field, or "fast")."""
 
     def __init__(self, setting: str, message: str):
         super().__init__(message)

@@ -83,7 +83,7 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
             stem = f"{row['split']}-{i:04d}-{slugify(row['prompt'])}"
             row["path"] = str(save_png(image, outdir, stem, {SETTINGS_CHUNK: json.dumps(info)}))
 
-    settings = {k: getattr(s, k) for k in ("cond_scale", "prior_cond_scale", "prior_samples", "steps", "prior_steps", "sampler")}
+    settings = {k: getattr(s, k) for k in ("cond_scale", "prior_cond_scale", "prior_samples", "steps", "prior_steps", "sampler", "spacing")}
     header = {"model": resolved.spec, "model_path": str(resolved.path.resolve()), "seed": seed, "num": num,
               "settings": settings, "precision": opts["precision"], "device": str(device),
               "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(prompts), 4)}
@@ -93,6 +93,7 @@ def shapes(num: int, seed: int, batch_size: int, save_images: Path | None, as_js
     join = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
     click.echo(
         f"model {resolved.spec}  sampler {s.sampler}  steps {join(s.steps)}  prior steps {s.prior_steps}  "
+        f"spacing {s.spacing or 'per stage'}  "
         f"cond scale {join(s.cond_scale)}  prior cond scale {s.prior_cond_scale:g}  prior samples {s.prior_samples}  "
         f"seed {seed}  ({seconds:.0f} s, {seconds / len(prompts):.2f} s/image)"
     )

@@ -101,6 +101,9 @@ def sampling_options(*, model_default: str | None = None, seed_default: int | No
         click.option("--size", type=ImageSize(), metavar="WxH",
                      help="Image size WIDTHxHEIGHT, one the model makes (kandinsky: multiples of 64 from 256 to 1024 a side; "
                           "karlo: 256x256). [model default]"),
+        click.option("--fast", is_flag=True,
+                     help="Start from the model's recorded fast settings (fewer network calls) instead of its defaults; "
+                          "the options above still override them."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Where to sample."),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
                      help="Weights and activations (fp16 needs an accelerator)."),
@@ -221,13 +224,14 @@ def _load_hint(err) -> str:
 
 
 def resolve_settings(pipeline, opts: dict, inpainting: bool = False):
-    """The run's sampling settings: options given over the model's defaults; a misfit names its option."""
+    """The run's sampling settings: options given over the model's defaults (`--fast`: its fast settings); a misfit names
+    its option."""
     from dalle2_core.pipeline import SettingError
 
     try:
-        return pipeline.resolve(inpainting=inpainting, **{k: opts[k] for k in SETTING_OPTIONS})
+        return pipeline.resolve(inpainting=inpainting, fast=opts.get("fast", False), **{k: opts[k] for k in SETTING_OPTIONS})
     except SettingError as err:
-        raise click.BadParameter(str(err), param_hint=SETTING_OPTIONS.get(err.setting, "settings")) from None
+        raise click.BadParameter(str(err), param_hint={**SETTING_OPTIONS, "fast": "--fast"}.get(err.setting, "settings")) from None
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ class Pipeline(nn.Module, abc.ABC):
 
     family: str = ""
     defaults: SamplingSettings
+    fast: SamplingSettings | None = None  # the model's settings for fewer network calls (`resolve(fast=True)`); None: it records none
     unit_embeddings: bool = True  # image embeddings on the unit sphere (unCLIP); False: raw projections whose norms matter
     folder: Path | None = None  # the model folder it was loaded from (on-demand components come from there)
 
@@ -87,7 +88,7 @@ class Pipeline(nn.Module, abc.ABC):
                                  f"{', '.join(c for c in declared.components if c not in declared.optional)}")
         parts = {c: load_component(folder / c, device=device, dtype=dtype).eval() for c in declared.components if c in index.components}
         pipeline = cls(**parts, defaults=index.defaults)
-        pipeline.folder, pipeline._load_options = folder, dict(device=device, dtype=dtype)
+        pipeline.folder, pipeline.fast, pipeline._load_options = folder, index.fast, dict(device=device, dtype=dtype)
         return pipeline.eval()
 
     def on_demand(self, name: str) -> nn.Module | None:
@@ -182,8 +183,10 @@ class Pipeline(nn.Module, abc.ABC):
 
     # ---- settings ---------------------------------------------------------------------------------
 
-    def resolve(self, settings: SamplingSettings | dict | None = None, *, inpainting: bool = False, **given) -> SamplingSettings:
-        """Concrete settings: `given` (None = not given) over `settings` over the model's defaults.
+    def resolve(self, settings: SamplingSettings | dict | None = None, *, inpainting: bool = False, fast: bool = False,
+                **given) -> SamplingSettings:
+        """Concrete settings: `given` (None = not given) over `settings` over the model's defaults (with `fast`, over the
+        model's fast settings instead: `SettingError` "fast" when it records none).
 
         Steps and guidance become one value per decoder stage; every step count is checked against
         the training schedule of its stage; the size is one the model makes (`check_size`). `inpainting`: the
@@ -191,7 +194,9 @@ class Pipeline(nn.Module, abc.ABC):
         be one RePaint runs with (`choices.INPAINT_SAMPLERS`); a model default that is not becomes DDPM, a sampler
         asked for that is not is refused. Raises `SettingError` naming the field.
         """
-        base = self.defaults.to_dict()
+        if fast and not exists(self.fast):
+            raise SettingError("fast", f"this {self.family} model records no fast settings; give the sampler, steps and spacing instead")
+        base = (self.fast if fast else self.defaults).to_dict()
         asked = dict(settings if isinstance(settings, dict) else settings.to_dict()) if exists(settings) else {}
         asked.update({k: v for k, v in given.items() if exists(v)})
         inpainting = inpainting and self.repaints

@@ -303,6 +303,36 @@ def test_library_refusals_are_one_line(model_dir, tmp_path):
     assert pngs(tmp_path / "out") == []
 
 
+def test_fast_starts_from_the_models_fast_settings_and_options_still_override_them(model_dir, tmp_path):
+    from helpers.checkpoint_tiny import DEFAULTS, tiny_modules
+
+    from dalle2_core.checkpoint import SamplingSettings, save_model
+    from dalle2_core.pipeline import SettingError, load_pipeline
+
+    clip, prior, decoder = tiny_modules()
+    folder = save_model(tmp_path / "fast-model", clip=clip, prior=prior, decoder=decoder, defaults=DEFAULTS,
+                        fast={"steps": [2, 1], "prior_steps": 2, "sampler": "dpmpp", "spacing": "trailing"})
+    pipeline = load_pipeline(folder)
+    assert pipeline.resolve(fast=True) == SamplingSettings(cond_scale=(2.0, 1.0), steps=(2, 1), prior_steps=2, sampler="dpmpp",
+                                                           spacing="trailing", size=(32, 32))
+    assert pipeline.resolve(fast=True, steps=3, sampler="ddim").steps == (3, 3)
+    assert pipeline.resolve() == SamplingSettings(cond_scale=(2.0, 1.0), steps=(3, 2), prior_steps=3, sampler="ddim", size=(32, 32))
+    with pytest.raises(SettingError, match="this unclip model records no fast settings") as err:
+        load_pipeline(model_dir).resolve(fast=True)
+    assert err.value.setting == "fast"
+
+    result = dream("--model", folder, "--fast", "--seed", 0, "--outdir", tmp_path / "a", "-q", "a cube")
+    assert result.exit_code == 0, result.output
+    info = json.loads(read_png_text(tmp_path / "a" / "a-cube-0-0.png")[SETTINGS_CHUNK])
+    assert (info["sampler"], info["steps"], info["prior_steps"], info["spacing"]) == ("dpmpp", [2, 1], 2, "trailing")
+    result = dream("--model", folder, "--fast", "--sampler", "ddim", "--seed", 0, "--outdir", tmp_path / "b", "-q", "a cube")
+    info = json.loads(read_png_text(tmp_path / "b" / "a-cube-0-0.png")[SETTINGS_CHUNK])
+    assert (info["sampler"], info["steps"], info["spacing"]) == ("ddim", [2, 1], "trailing")
+    refused = dream("--model", model_dir, "--fast", "--outdir", tmp_path / "c", "-q", "a cube")
+    assert refused.exit_code == 2 and "--fast" in refused.output and "records no fast settings" in _error_line(refused)
+    assert pngs(tmp_path / "c") == []
+
+
 def test_dream_model_env_is_the_default(model_dir, tmp_path):
     result = dream("--seed", 0, "--outdir", tmp_path, "-q", "env", env={"DREAM_MODEL": str(model_dir)})
     assert result.exit_code == 0, result.output

@@ -1,6 +1,9 @@
 """The bundled offline model (`--model shapes`): what ships, that it loads, and that it draws its prompts."""
 
+import dataclasses
 import json
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors import safe_open
 
-from dalle2_core.checkpoint import load_model, read_index
+from dalle2_core.checkpoint import SamplingSettings, load_model, read_index
 from dalle2_core.diffusion import SAMPLERS
 from dalle2_core.hub import bundled_path, resolve_model
 from dalle2_core.shapes import eval_prompts, score
@@ -31,7 +34,7 @@ def test_bundle_is_small_float16_and_has_measured_defaults():
     for path in BUNDLE.rglob("model.safetensors"):
         with safe_open(str(path), framework="pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-    components, defaults, family = read_index(BUNDLE)
+    components, defaults, family, fast = read_index(BUNDLE)
     assert family == "unclip"
     assert components == ["clip", "prior", "decoder"]
     assert len(defaults.steps) == 2 and max(defaults.steps) <= 50 and defaults.prior_steps <= 50
@@ -40,6 +43,18 @@ def test_bundle_is_small_float16_and_has_measured_defaults():
     assert decoder["image_sizes"] == [32, 64] and decoder["conditioning"]["condition_on_text_encodings"]
     # both unets read the text encodings (the upsampler too: it keeps small shapes apart)
     assert [u["conditioning"]["cond_on_text_encodings"] for u in decoder["unets"]] == [True, True]
+
+
+def test_the_bundle_script_records_defaults_and_fast_settings(tmp_path):
+    from helpers.checkpoint_tiny import save_tiny_model
+
+    bundle = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "bundle_shapes.py"))["main"]
+    out = bundle([str(save_tiny_model(tmp_path / "run")), str(tmp_path / "out"), "--sampler", "dpmpp", "--steps", "3,2",
+                  "--prior-steps", "3", "--cond-scale", "2,1", "--spacing", "trailing", "--fast-steps", "2,1", "--fast-prior-steps", "2"])
+    index = read_index(out)
+    assert index.defaults == SamplingSettings(sampler="dpmpp", steps=(3, 2), prior_steps=3, cond_scale=(2.0, 1.0), spacing="trailing")
+    assert index.fast == dataclasses.replace(index.defaults, steps=(2, 1), prior_steps=2)
+    assert json.loads((out / "model_index.json").read_text())["defaults"]["fast"] == {"steps": [2, 1], "prior_steps": 2}
 
 
 def test_loads_in_the_requested_precision(model):

@@ -1,5 +1,6 @@
 """Model folders: round trip, shared CLIP stored once, atomic writes, and one-line load errors."""
 
+import dataclasses
 import json
 import os
 
@@ -16,6 +17,7 @@ from dalle2_core.checkpoint import (
     SamplingSettings,
     load_component,
     load_model,
+    read_index,
     save_component,
     save_model,
 )
@@ -277,6 +279,42 @@ def test_partial_save_keeps_other_components(tmp_path):
     for key, value in new_decoder.state_dict().items():
         if not key.startswith("clip."):
             assert torch.equal(value, model.decoder.state_dict()[key]), key
+
+
+def test_fast_settings_are_changes_to_the_defaults_and_survive_a_partial_save(tmp_path):
+    clip, prior, decoder = tiny_modules()
+    folder = save_model(tmp_path / "m", clip=clip, prior=prior, decoder=decoder, defaults=DEFAULTS,
+                        fast={"steps": [2, 1], "prior_steps": 2, "spacing": "trailing"})
+    # stored as the fields that differ from the defaults, read back as whole settings
+    assert json.loads((folder / "model_index.json").read_text())["defaults"]["fast"] == {
+        "steps": [2, 1], "prior_steps": 2, "spacing": "trailing"}
+    index = read_index(folder)
+    assert index.fast == SamplingSettings(steps=(2, 1), prior_steps=2, cond_scale=(2.0, 1.0), sampler="ddim", spacing="trailing")
+    assert index.defaults == SamplingSettings(steps=(3, 2), prior_steps=3, cond_scale=(2.0, 1.0), sampler="ddim")
+    assert load_model(folder).fast == index.fast
+    # a save that names no fast settings keeps the folder's changes, over the defaults it writes
+    save_model(folder, decoder=tiny_modules(seed=3)[2], defaults={**DEFAULTS, "sampler": "dpmpp"})
+    assert read_index(folder).fast == dataclasses.replace(index.fast, sampler="dpmpp")
+    # a folder without the entry has none
+    assert read_index(save_tiny_model(tmp_path / "plain")).fast is None
+
+
+@pytest.mark.parametrize(("fast", "on_save", "on_load"), [
+    ({"sampler": "euler"}, "sampler 'euler' is unknown", "fast: sampler 'euler' is unknown"),
+    ({"stepz": 3}, r"unknown keys \['stepz'\]", r"fast: SamplingSettings: unknown keys \['stepz'\]"),
+    ([3], "fast must be a SamplingSettings or a dict of settings, got list", r"fast \[3\] is invalid: expected an object of sampling settings"),
+])
+def test_invalid_fast_settings_are_refused_on_save_and_on_load(tmp_path, fast, on_save, on_load):
+    clip, prior, decoder = tiny_modules()
+    with pytest.raises((ValueError, TypeError), match=on_save):
+        save_model(tmp_path / "m", clip=clip, prior=prior, decoder=decoder, fast=fast)
+    assert not (tmp_path / "m").exists()  # refused before anything is written
+    folder = save_tiny_model(tmp_path / "ok")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["defaults"]["fast"] = fast
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="model_index.json has invalid defaults: " + on_load):
+        read_index(folder)
 
 
 @pytest.mark.parametrize(

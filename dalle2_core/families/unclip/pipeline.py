@@ -65,7 +65,7 @@ class UnclipPipeline(Pipeline):
         if model.decoder is None:
             raise ModelLoadError(f"{folder} has no decoder, so it cannot make images")
         pipeline = cls(clip=model.clip, prior=model.prior, decoder=model.decoder, defaults=model.defaults)
-        pipeline.folder = Path(folder)
+        pipeline.folder, pipeline.fast = Path(folder), model.fast
         return pipeline.eval()
 
     @property
