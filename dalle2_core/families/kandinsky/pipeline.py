@@ -34,11 +34,12 @@ from dalle2_core.pipeline.base import (
     edit_options,
     prior_steps,
 )
+from dalle2_core.pipeline.prompts import ModelPrompts
 from dalle2_core.prior.prior import rerank_by_similarity
 from dalle2_core.prior.standardized_prior import StandardizedPrior
 
 
-class KandinskyPipeline(Pipeline):
+class KandinskyPipeline(ModelPrompts, Pipeline):
     """Text -> ViT-bigG text embedding and states -> prior -> image embedding -> latent U-Net -> MoVQ -> picture."""
 
     family = "kandinsky"
@@ -90,33 +91,6 @@ class KandinskyPipeline(Pipeline):
         prior, decoder = self.prior.config.diffusion, self.decoder.config.diffusion
         return StageDefaults(prior=(default(prior.sample_steps, prior.timesteps), prior.timesteps),
                              decoder=((default(decoder.sample_steps, decoder.timesteps), decoder.timesteps),))
-
-    # ---- text ---------------------------------------------------------------------------------------
-
-    def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition:
-        """The prompts' raw text embeddings, 77 token states and masks (with the empty prompt, if not yet known)."""
-        if isinstance(text, torch.Tensor):
-            raise ValueError("the kandinsky family takes prompts as strings: its tokenizer, padding included, comes with the model")
-        with self.on_device(self.clip):
-            prompts, key = list(text), self._key()
-            extra = [""] if key not in self._empty else []
-            with torch.no_grad():
-                both = self.clip.embed_text([*prompts, *extra])
-            n = len(prompts)
-            if extra:
-                self._empty[key] = both.rows(n, n + 1)
-            return both.rows(0, n)
-
-    def _key(self) -> tuple:
-        return (self.device, next(self.clip.parameters()).dtype)
-
-    def _empty_prompt(self) -> TextCondition:
-        if self._key() not in self._empty:
-            self.encode_text([])
-        return self._empty[self._key()]
-
-    def _null_text(self, like: TextCondition) -> TextCondition:
-        return self._empty_prompt()  # the decoder reads no text: any row stands for "none"
 
     # ---- the stages ---------------------------------------------------------------------------------
 

@@ -29,13 +29,14 @@ from dalle2_core.pipeline.base import (
     edit_options,
     prior_steps,
 )
+from dalle2_core.pipeline.prompts import ModelPrompts
 from dalle2_core.prior.prior import rerank_by_similarity
 from dalle2_core.prior.standardized_prior import StandardizedPrior
 
 STAGE_NAMES = ("decoder", "super-res")
 
 
-class KarloPipeline(Pipeline):
+class KarloPipeline(ModelPrompts, Pipeline):
     """Text -> CLIP ViT-L/14 text embedding and states -> Karlo prior -> image embedding -> 64 px decoder -> 256 px."""
 
     family = "karlo"
@@ -73,34 +74,6 @@ class KarloPipeline(Pipeline):
             d = self.prior.config.diffusion
             prior = (default(d.sample_steps, d.timesteps), d.timesteps)
         return StageDefaults(prior=prior, decoder=decoder)
-
-    # ---- text ---------------------------------------------------------------------------------------
-
-    def encode_text(self, text: Sequence[str] | torch.Tensor) -> TextCondition:
-        """The prompts' raw CLIP text embeddings, 77 token states and masks (with the empty prompt, if not yet known)."""
-        with self.on_device(self.clip):
-            if isinstance(text, torch.Tensor):
-                raise ValueError("the karlo family takes prompts as strings: its tokenizer, padding included, comes with the model")
-            prompts = list(text)
-            key = self._key()
-            extra = [""] if key not in self._empty else []
-            with torch.no_grad():
-                both = self.clip.embed_text([*prompts, *extra])
-            n = len(prompts)
-            if extra:
-                self._empty[key] = both.rows(n, n + 1)
-            return both.rows(0, n)
-
-    def _key(self) -> tuple:
-        return (self.device, next(self.clip.parameters()).dtype)
-
-    def _empty_prompt(self) -> TextCondition:
-        if self._key() not in self._empty:
-            self.encode_text([])
-        return self._empty[self._key()]
-
-    def _null_text(self, like: TextCondition) -> TextCondition:
-        return self._empty_prompt()
 
     # ---- the stages ---------------------------------------------------------------------------------
 
