@@ -3,9 +3,12 @@
 #   1. the CUDA tests (pytest -k "gpu or cuda")
 #   2. the benchmark table against DALLE2-pytorch 1.15.6, bf16 then fp32 (time ratio, images/s, FLOP/s and
 #      fraction of the card's peak, peak memory), default path and the compiled path (--ours-fast)
-#   3. `dream --model shapes --device cuda -n 8` end to end (timed, the PNGs kept)
-#   4. Karlo-sized networks in fp16: s/step, one 256 px image's peak, and the same image with the networks offloaded
-#   5. Kandinsky 2.2 at full size in fp16 (random weights from the Hub's configs) through its pipeline: s/image at 512 and
+#      (the table's decoder_train_seed_64 row: decoder training step time and MFU)
+#   3. against diffusers, network by network (diffusers_compare.py): the Karlo and Kandinsky 2.2 decoder U-Nets at
+#      full size, same weights, bf16 and fp32: s/call ratio, peak memory, outputs checked equal
+#   4. `dream --model shapes --device cuda -n 8` end to end (timed, the PNGs kept)
+#   5. Karlo-sized networks in fp16: s/step, one 256 px image's peak, and the same image with the networks offloaded
+#   6. Kandinsky 2.2 at full size in fp16 (random weights from the Hub's configs) through its pipeline: s/image at 512 and
 #      768 px (prior 25 steps, decoder 100), peak memory, with and without offload
 #
 #   bash benchmarks/gpu_check.sh [--out DIR]      # on the GPU machine
@@ -14,9 +17,10 @@
 # Needs on the GPU machine (it has no network): this checkout with dalle2_core importable by OURS_PYTHON (default:
 # python3; e.g. the project venv carried along), and for step 2 the peer's venv at PEER_VENV (default
 # /work/scratch/peervenv: `python3 -m venv` + `pip install torch==<ours> dalle2-pytorch==1.15.6`, made beforehand and
-# carried, ~2 GB with CUDA torch). Without it step 2 is skipped and the summary says so; nothing is installed.
-# Each step has its own time limit (40-130 s, 580 s in all), so the whole stays under 10 minutes; a step that
-# times out is reported in the summary and the others still run.
+# carried, ~2 GB with CUDA torch), and for step 3 a python with diffusers and torch at DIFFUSERS_PYTHON (default
+# /work/scratch/hf/bin/python). Without them those steps are skipped and the summary says so; nothing is installed.
+# Each step has its own time limit (40-150 s), cut to what is left of 470 s: the whole stays under 8 minutes; a step
+# that times out, or finds the time spent, is reported in the summary and the others still run.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -32,6 +36,8 @@ done
 mkdir -p "$out"
 OURS_PYTHON="${OURS_PYTHON:-python3}"
 PEER_VENV="${PEER_VENV:-/work/scratch/peervenv}"
+DIFFUSERS_PYTHON="${DIFFUSERS_PYTHON:-/work/scratch/hf/bin/python}"
+budget=470  # seconds, all steps together
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 summary="$out/summary.md"
 device=cuda
@@ -47,11 +53,17 @@ device=cuda
   echo "|---|---|---|---|"
 } > "$summary"
 
-# step NAME LIMIT LOGFILE COMMAND...: runs it with a time limit, one summary row
+# step NAME LIMIT LOGFILE COMMAND...: runs it with a time limit (at most what is left of the budget), one summary row
 step() {
   local name="$1" limit="$2" log="$3"
   shift 3
-  local start=$SECONDS rc
+  local start=$SECONDS rc left=$((budget - SECONDS))
+  if [ "$left" -lt 10 ]; then
+    echo "| $name | skipped: the ${budget} s budget is spent | 0 | — |" >> "$summary"
+    echo "$name: skipped, budget spent" >&2
+    return
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   timeout "$limit" "$@" > "$out/$log" 2>&1
   rc=$?
   local status="ok"
@@ -63,6 +75,9 @@ step() {
 
 limit=40
 notes=()
+has_diffusers=0
+"$DIFFUSERS_PYTHON" -c "import diffusers" 2>/dev/null && has_diffusers=1
+no_diffusers="- diffusers comparison: skipped, no python with diffusers at $DIFFUSERS_PYTHON (set DIFFUSERS_PYTHON)"
 if [ "$dry" = 1 ]; then
   step "CUDA tests (collected only)" "$limit" cuda-tests.log \
     "$OURS_PYTHON" -m pytest -q --collect-only -k "gpu or cuda" "$root/tests/networks/test_decoder.py" "$root/tests/networks/test_perf_choices.py"
@@ -70,6 +85,13 @@ if [ "$dry" = 1 ]; then
   step "benchmark worker (ours, prior_sample, 1 step)" "$limit" benchmark-ours.json \
     env OMP_NUM_THREADS=1 "$OURS_PYTHON" "$here/worker.py" --impl ours --case prior_sample --sample-steps 1 --iters 1 --threads 1
   notes+=("- benchmark table: not run in a dry run (on a GPU: peer_compare.py --device cuda, bf16 and fp32, and --ours-fast)")
+  if [ "$has_diffusers" = 1 ]; then
+    step "against diffusers (tiny Kandinsky U-Net, fp32)" 100 diffusers.log \
+      "$OURS_PYTHON" "$here/diffusers_compare.py" --tiny --nets kandinsky_unet --dtypes fp32 --rounds 1 --threads 1 \
+      --ours-python "$OURS_PYTHON" --diffusers-python "$DIFFUSERS_PYTHON" --out "$out/diffusers-cpu-tiny.md"
+  else
+    notes+=("$no_diffusers")
+  fi
   step "Karlo-sized networks (tiny)" 150 karlo.log \
     "$OURS_PYTHON" "$here/karlo_speed.py" --tiny --device cpu --dtypes fp32 --offload --threads 1 --out-dir "$out"
   step "Kandinsky 2.2 pipeline (tiny)" 100 kandinsky.log \
@@ -92,6 +114,13 @@ if "$PEER_VENV/bin/python" -c "import dalle2_pytorch" 2>/dev/null; then
     --cases decoder_sample_spec_64 --precision bf16 --ours-fast --out "$out/cuda-bf16-ours-fast.md"
 else
   notes+=("- benchmark table: skipped, no peer venv at $PEER_VENV (carry one: see the header of this script)")
+fi
+if [ "$has_diffusers" = 1 ]; then
+  step "against diffusers: decoder U-Nets bf16, fp32" 150 diffusers.log \
+    "$OURS_PYTHON" "$here/diffusers_compare.py" --device cuda --nets kandinsky_unet karlo_decoder --dtypes bf16 fp32 \
+    --rounds 1 --iters 3 --ours-python "$OURS_PYTHON" --diffusers-python "$DIFFUSERS_PYTHON" --out "$out/diffusers-cuda.md"
+else
+  notes+=("$no_diffusers")
 fi
 step "dream --model shapes --device cuda -n 8" "$limit" dream-shapes.log \
   "$OURS_PYTHON" -c "from dream_cli import main; main()" --model shapes --device cuda -n 8 --seed 0 --outdir "$out/shapes" \

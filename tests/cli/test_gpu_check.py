@@ -7,17 +7,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+DIFFUSERS_PYTHON = Path(os.environ.get("DIFFUSERS_PYTHON", "/work/scratch/hf/bin/python"))
 
 
 def test_gpu_check_dry_run_writes_its_results_folder(tmp_path):
-    env = {**os.environ, "OURS_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OURS_PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "DIFFUSERS_PYTHON": str(DIFFUSERS_PYTHON)}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith("# GPU check (dry run: CPU, tiny sizes)")
     rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| step")]
-    assert len(rows) == 4 and all("| ok |" in row for row in rows), summary
+    has_diffusers = DIFFUSERS_PYTHON.is_file()  # the comparison against diffusers runs where its venv is, else says why not
+    assert len(rows) == 4 + has_diffusers and all("| ok |" in row for row in rows), summary
+    if has_diffusers:
+        (row,) = json.loads((tmp_path / "diffusers-cpu-tiny.json").read_text())["rows"]
+        assert (row["net"], row["dtype"]) == ("kandinsky_unet", "fp32") and row["check"]["ok"] is True and not row["errors"]
+        assert row["ours_peak"] is not None and row["diffusers_peak"] is not None
+    else:
+        assert f"- diffusers comparison: skipped, no python with diffusers at {DIFFUSERS_PYTHON}" in summary
     worker = json.loads((tmp_path / "benchmark-ours.json").read_text().splitlines()[-1])
     assert worker["case"] == "prior_sample" and worker["steps"] == 1 and worker["seconds_per_step"] > 0
     karlo = json.loads((tmp_path / "karlo-cpu-tiny.json").read_text())
