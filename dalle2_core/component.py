@@ -25,6 +25,7 @@ from torch import nn
 from dalle2_core.atomic import atomic_path, fsync_dir, temp_dir_beside
 from dalle2_core.convert.materialize import state_mismatch
 from dalle2_core.helpers import exists
+from dalle2_core.nn.inference import prefer_channels_last
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -292,7 +293,8 @@ def load_component(
     """Rebuild a component from its config and fill in its weights; `deps` (e.g. `clip=`) are passed on.
 
     The module is built with its parameters on `meta` and filled from the memory-mapped safetensors file
-    (`convert.materialize`), so loading never holds the weights twice.
+    (`convert.materialize`), so loading never holds the weights twice. In bfloat16 on the CPU its convolution weights are
+    stored channels-last (`nn.prefer_channels_last`).
     """
     directory = _component_dir(Path(directory))
     name, config = _read_entry(directory)
@@ -306,8 +308,10 @@ def load_component(
     except _clip_package().ClipWeightsUnavailable as err:  # a pretrained CLIP that is not cached
         raise ModelLoadError(f"{directory}: {one_line(err)}") from None
     if external:
-        return module.to(device=device, dtype=dtype) if exists(device) or exists(dtype) else module
-    return _fill(module, directory / WEIGHTS_FILE, device=device, dtype=dtype)
+        module = module.to(device=device, dtype=dtype) if exists(device) or exists(dtype) else module
+    else:
+        module = _fill(module, directory / WEIGHTS_FILE, device=device, dtype=dtype)
+    return prefer_channels_last(module, device, dtype)
 
 
 

@@ -313,3 +313,29 @@ def test_prior_network_compiles_as_one_graph_with_the_same_numbers():
     net = tiny_net().train()
     x, t, text_embed, enc = inputs()
     _compiled_matches_eager(net, x, t, text_embed=text_embed, text_encodings=enc, cond_drop_mask=torch.tensor([False, True, False, False, True]))
+
+
+def test_bfloat16_on_the_cpu_loads_convolutions_channels_last_with_the_same_images():
+    from dalle2_core.checkpoint import SamplingSettings
+    from dalle2_core.hub import bundled_path
+    from dalle2_core.nn import prefer_channels_last
+    from dalle2_core.pipeline import load_pipeline
+
+    def conv_weights(pipeline):
+        return [p for p in pipeline.parameters() if p.dim() == 4]
+
+    plain = load_pipeline(bundled_path("shapes"), dtype=torch.bfloat16)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights(plain))
+    assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights(load_pipeline(bundled_path("shapes"))))
+    module = torch.nn.Conv2d(3, 8, 3)
+    assert prefer_channels_last(module, "cuda", torch.bfloat16).weight.is_contiguous()  # another device: unchanged
+    assert prefer_channels_last(module, None, torch.float32).weight.is_contiguous()
+
+    settings = SamplingSettings(steps=(3, 2), prior_steps=2, sampler="ddim")
+    contiguous = load_pipeline(bundled_path("shapes"), dtype=torch.bfloat16)
+    contiguous.to(memory_format=torch.contiguous_format)
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in conv_weights(contiguous))
+    images = [p.generate(["a red circle on the left"], settings, generator=[torch.Generator().manual_seed(0)]).float()
+              for p in (plain, contiguous)]
+    # one computation in another summation order, both in bfloat16 (8 bits of mantissa: steps of 2^-8 near 1)
+    assert (images[0] - images[1]).abs().max() <= 0.05
