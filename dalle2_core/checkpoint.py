@@ -225,21 +225,24 @@ def save_model(
     for name, module in given.items():
         if exists(module):
             save_component(module, folder / name)
+    write_json(folder / INDEX_FILE, _new_index(folder, index, [c for c in COMPONENTS if exists(given[c])], defaults, family, fast))
+    return folder
+
+
+def _new_index(folder: Path, index: dict, written: list[str], defaults: SamplingSettings | None, family: str | None,
+               fast: SamplingSettings | dict | None) -> dict:
+    """The index `save_model` writes: the components written and those the old `index` lists that are still there, and
+    the defaults, family and fast settings given, else the old index's (else the module's)."""
     kept = [c for c in index.get("components", []) if c in COMPONENTS and (folder / c).is_dir()]
-    components = [c for c in COMPONENTS if exists(given[c]) or c in kept]
+    components = [c for c in COMPONENTS if c in written or c in kept]
     stored = index.get("defaults") if isinstance(index.get("defaults"), dict) else {}
     if not exists(defaults):
         try:
             defaults = _read_defaults(stored)[0]
         except (TypeError, ValueError):
             defaults = SamplingSettings()
-    family = family or index.get("family") or DEFAULT_FAMILY
-    write_json(
-        folder / INDEX_FILE,
-        {"format": FORMAT, "version": FORMAT_VERSION, "family": family, "components": components,
-         "defaults": _defaults_entry(defaults, _fast_settings(fast, stored, defaults))},
-    )
-    return folder
+    return {"format": FORMAT, "version": FORMAT_VERSION, "family": family or index.get("family") or DEFAULT_FAMILY,
+            "components": components, "defaults": _defaults_entry(defaults, _fast_settings(fast, stored, defaults))}
 
 
 def read_index(folder: str | os.PathLike) -> ModelIndex:
