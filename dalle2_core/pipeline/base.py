@@ -143,9 +143,13 @@ class Pipeline(nn.Module, abc.ABC):
         if size is None:
             return self.default_size
         width, height = size
-        if (width, height) != self.default_size:
+        if not self.makes(width, height):
             raise SettingError("size", f"{width}x{height} is not a size this model makes; accepted: {self.sizes()}")
         return width, height
+
+    def makes(self, width: int, height: int) -> bool:
+        """Whether the model makes width × height images (`sizes()` says which it does)."""
+        return (width, height) == self.default_size
 
     @property
     def repaints(self) -> bool:

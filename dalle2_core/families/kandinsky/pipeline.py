@@ -19,7 +19,6 @@ import torch
 from dalle2_core.checkpoint import ModelLoadError, SamplingSettings
 from dalle2_core.clip.adapter import ClipAdapter
 from dalle2_core.conditioning import Condition, TextCondition
-from dalle2_core.errors import SettingError
 from dalle2_core.families.kandinsky.decoder import STAGE, KandinskyDecoder
 from dalle2_core.families.kandinsky.defaults import DECODER_INPAINT, IMAGE_ENCODER, KANDINSKY_DEFAULTS
 from dalle2_core.helpers import default, exists, randn
@@ -70,15 +69,12 @@ class KandinskyPipeline(ModelPrompts, Pipeline):
     def sizes(self) -> str:
         return self.decoder.config.sizes()
 
-    def check_size(self, size: Sequence[int] | None) -> tuple[int, int]:
-        if size is None:
-            return self.default_size
-        width, height = size
+    def makes(self, width: int, height: int) -> bool:
         try:
             self.decoder.config.check_size(height, width)
         except ValueError:
-            raise SettingError("size", f"{width}x{height} is not a size this model makes; accepted: {self.sizes()}") from None
-        return width, height
+            return False
+        return True
 
     @property
     def repaints(self) -> bool:
