@@ -282,7 +282,6 @@ class Progress:
     def __init__(self, quiet: bool, stages: list[tuple[str, int]], runs: dict[str, int], estimate: Estimate | None = None,
                  clock=time.perf_counter):
         self.bar, self.plain, self.tasks, self.runs = None, False, {}, dict(runs)
-        self.steps = dict(stages)
         self.estimate, self.clock, self.last = estimate, clock, clock()
         self.seconds: dict[str, float] = {}
         self.started: dict[str, float] = {}
